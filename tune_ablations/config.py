@@ -1,0 +1,447 @@
+"""Run configuration: every knob of one training run, validated, with the reference ablations.
+
+Design choices:
+- One frozen dataclass per concern (model, optim, data, budget, eval) under `RunConfig`; every
+  leaf field name is unique, so a config flattens to Ray's `param_space` and to DataFrame columns
+  with the same key everywhere (`lr`, `d_model`, `seq_len`, ...).
+- `validate()` runs in `__post_init__`: an impossible config cannot exist. Errors name the field,
+  the value and the rule.
+- `ABLATIONS` holds the six reference ablations as published (preset `seed`, for a GPU); the `cpu`
+  preset shrinks them for a 2-core CPU while keeping each one's relation to the baseline.
+- The reference declared `warmup_steps=1000` but applied none (plain cosine to 10%). We default to
+  a 5% linear warmup (100 of 2000 steps), a common choice for runs this short; `warmup_steps=0`
+  reproduces the reference's schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+METRIC, MODE = "val_loss", "min"
+# Reported instead of NaN/inf by a diverged run: ASHA never stops a NaN trial and `inf` breaks its
+# cutoffs; Optuna cannot record NaN. 100 nats is far above ln(vocab) for any real tokenizer.
+DIVERGED_LOSS = 100.0
+PRESETS = ("seed", "cpu", "tiny")
+EMBEDDED_CORPORA = ("embedded", "pydoc", "stdlib")
+HUB_PREFIX = "hf:"
+REFERENCE_CORPUS = "hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2"
+REFERENCE_TOKENIZER = "HuggingFaceTB/SmolLM-135M"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    d_model: int = 384
+    """Residual stream width."""
+    n_heads: int = 6
+    """Attention heads; head_dim = d_model / n_heads."""
+    n_layers: int = 12
+    """Transformer blocks."""
+    d_ff: int = 1536
+    """Hidden width of the feed-forward network."""
+    ffn: Literal["silu", "swiglu"] = "silu"
+    """Feed-forward activation: `silu` (reference) or gated `swiglu`."""
+    pos_encoding: Literal["rope", "none"] = "rope"
+    """`rope`, or `none` to reproduce the reference's effective model (its RoPE rotated by head)."""
+    rope_base: float = 10000.0
+    """RoPE frequency base (theta)."""
+    max_seq_len: int = 4096
+    """Longest sequence the model accepts (size of the rotary table), tokens."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to 2-D weights only."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    warmup_steps: int = 100
+    """Linear warmup length, steps (0 reproduces the reference, which applied none)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decays to this fraction of the peak lr."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    corpus: str = "embedded"
+    """`embedded` (= `pydoc` + `stdlib`), `pydoc` or `stdlib`, a local path (.txt file/dir, .jsonl, .json, .parquet), or
+    `hf:<dataset>/<config>` for the Hugging Face Hub."""
+    tokenizer: str = "bpe"
+    """`bpe`: byte-level BPE trained on the training split; else a Hugging Face tokenizer name."""
+    vocab_size: int = 4096
+    """Vocabulary of the trained BPE tokenizer (ignored for a named tokenizer)."""
+    seq_len: int = 512
+    """Context length of training windows, tokens."""
+    batch_size: int = 8
+    """Windows per optimizer step."""
+    num_documents: int = 0
+    """Use the first N documents of the corpus (0: all)."""
+    val_fraction: float = 0.1
+    """Fraction of the corpus's characters held out for validation, split by document groups."""
+    split_seed: int = 0
+    """Seed of the document-level train/validation split (fixed across trials)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetConfig:
+    max_steps: int = 2000
+    """Optimizer steps (ignored when `tokens` is set)."""
+    tokens: int = 0
+    """Token budget; when > 0, steps = ceil(tokens / (batch_size * seq_len))."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    eval_every: int = 400
+    """Evaluate (and report to Ray, checkpoint) every N steps, and at the end."""
+    eval_tokens: int = 65536
+    """Validation tokens scored per evaluation: the first N of the validation split, tiled into
+    windows of seq_len, so every trial is scored on the same text whatever its batch size."""
+    num_samples: int = 3
+    """Text samples generated at the end from fixed prompts (0: none)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    name: str = "baseline"
+    """Ablation name (a label; it carries no settings of its own)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Corpus, tokenizer, batches."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    """How long to train."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation cadence and size."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast dtype; `auto`: bf16 on GPUs that support it (else fp16), fp32 on CPU (most CPUs
+    have no bf16 matrix units and run bf16 matmuls orders of magnitude slower)."""
+    compile: bool = False
+    """Wrap the model in torch.compile (falls back to eager if compilation fails)."""
+    seed: int = 0
+    """Seed of initialisation, batch sampling and text samples."""
+    device: str = "auto"
+    """`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`."""
+    diverge_factor: float = 3.0
+    """A run whose train loss exceeds this multiple of its first loss is `diverged`."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s used for MFU (0: per-device default, see train.peak_flops_for)."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.data.batch_size * self.data.seq_len
+
+    @property
+    def steps(self) -> int:
+        if self.budget.tokens > 0:
+            return math.ceil(self.budget.tokens / self.tokens_per_step)
+        return self.budget.max_steps
+
+    @property
+    def total_tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ValueError naming field, value and rule for the first impossible setting."""
+    m, o, d, b, e = cfg.model, cfg.optim, cfg.data, cfg.budget, cfg.eval
+    for section in (m, o, d, b, e):
+        for f in fields(section):
+            v = getattr(section, f.name)
+            if f.type in ("int", "float"):
+                _check(_is_number(v) and (f.type == "float" or isinstance(v, int)),
+                       f"{f.name}={v!r} must be {'an integer' if f.type == 'int' else 'a number'}")
+                _check(math.isfinite(v), f"{f.name}={v!r} must be finite")
+    for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
+        _check(getattr(m, name) > 0, f"{name}={getattr(m, name)} must be > 0")
+    _check(m.d_model % m.n_heads == 0,
+           f"d_model={m.d_model} must be divisible by n_heads={m.n_heads}")
+    if m.pos_encoding == "rope":
+        _check(m.head_dim % 2 == 0,
+               f"head_dim={m.head_dim} (d_model={m.d_model} / n_heads={m.n_heads}) must be even "
+               "for RoPE")
+    _check(m.ffn in ("silu", "swiglu"), f"ffn={m.ffn!r} must be one of 'silu', 'swiglu'")
+    _check(m.pos_encoding in ("rope", "none"),
+           f"pos_encoding={m.pos_encoding!r} must be one of 'rope', 'none'")
+    _check(m.rope_base > 1, f"rope_base={m.rope_base} must be > 1")
+    _check(o.lr > 0, f"lr={o.lr} must be > 0")
+    _check(o.weight_decay >= 0, f"weight_decay={o.weight_decay} must be >= 0")
+    for name in ("beta1", "beta2"):
+        _check(0 <= getattr(o, name) < 1, f"{name}={getattr(o, name)} must be in [0, 1)")
+    _check(o.warmup_steps >= 0, f"warmup_steps={o.warmup_steps} must be >= 0")
+    _check(0 <= o.min_lr_ratio <= 1, f"min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    _check(o.grad_clip >= 0, f"grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    _check(isinstance(d.corpus, str) and d.corpus != "", f"corpus={d.corpus!r} must be a "
+           f"non-empty string: one of {EMBEDDED_CORPORA}, a local path, or 'hf:<dataset>'")
+    if d.corpus not in EMBEDDED_CORPORA and not d.corpus.startswith(HUB_PREFIX):
+        _check(os.path.exists(os.path.expanduser(d.corpus)),
+               f"corpus={d.corpus!r} is not an embedded corpus ({', '.join(EMBEDDED_CORPORA)}), "
+               f"a Hub corpus ('{HUB_PREFIX}<dataset>/<config>') or an existing local path")
+    _check(isinstance(d.tokenizer, str) and d.tokenizer != "",
+           f"tokenizer={d.tokenizer!r} must be 'bpe' or a Hugging Face tokenizer name")
+    _check(d.vocab_size >= 260, f"vocab_size={d.vocab_size} must be >= 260 (256 bytes + specials)")
+    _check(d.seq_len >= 2, f"seq_len={d.seq_len} must be >= 2")
+    _check(d.seq_len <= m.max_seq_len,
+           f"seq_len={d.seq_len} must be <= max_seq_len={m.max_seq_len} (what the model supports)")
+    _check(d.batch_size > 0, f"batch_size={d.batch_size} must be > 0")
+    _check(d.num_documents >= 0, f"num_documents={d.num_documents} must be >= 0 (0: all)")
+    _check(0 < d.val_fraction < 1, f"val_fraction={d.val_fraction} must be in (0, 1)")
+    _check(b.max_steps > 0, f"max_steps={b.max_steps} must be > 0")
+    _check(b.tokens >= 0, f"tokens={b.tokens} must be >= 0 (0: use max_steps)")
+    _check(o.warmup_steps < cfg.steps,
+           f"warmup_steps={o.warmup_steps} must be < the run's steps={cfg.steps}")
+    _check(e.eval_every > 0, f"eval_every={e.eval_every} must be > 0")
+    _check(e.eval_tokens >= d.seq_len,
+           f"eval_tokens={e.eval_tokens} must be >= seq_len={d.seq_len} (one window)")
+    _check(e.num_samples >= 0, f"num_samples={e.num_samples} must be >= 0")
+    _check(cfg.precision in ("auto", "fp32", "bf16", "fp16"),
+           f"precision={cfg.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'")
+    _check(isinstance(cfg.compile, bool), f"compile={cfg.compile!r} must be true or false")
+    _check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0,
+           f"seed={cfg.seed!r} must be an integer >= 0")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+           f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
+    _check(cfg.diverge_factor > 1, f"diverge_factor={cfg.diverge_factor} must be > 1")
+    _check(cfg.peak_flops >= 0, f"peak_flops={cfg.peak_flops} must be >= 0 (0: default)")
+
+
+# --- flat dict round trip (the Ray boundary) -------------------------------------------------
+
+_SECTIONS = ("model", "optim", "data", "budget", "eval")
+_TOP = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
+# Flat keys that select a base config rather than set a field.
+SELECTOR_KEYS = ("ablation", "preset")
+
+
+def _section_of() -> dict[str, str]:
+    out = {}
+    for s in _SECTIONS:
+        cls = {f.name: f for f in fields(RunConfig)}[s].default_factory
+        for f in fields(cls):
+            out[f.name] = s
+    for name in _TOP:
+        out[name] = ""
+    return out
+
+
+def field_names() -> list[str]:
+    """Every flat key a config accepts (leaf fields), in declaration order."""
+    return list(_section_of())
+
+
+def field_type(key: str) -> str:
+    """The annotation of a flat key as a string (e.g. 'int', 'float', "Literal['silu', ...]")."""
+    section = _section_of()[key]
+    cls = RunConfig if not section else type(getattr(RunConfig(), section))
+    return {f.name: f.type for f in fields(cls)}[key]
+
+
+def unknown_key_error(key: str, valid: list[str], what: str = "config key") -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ValueError(f"unknown {what} {key!r}{hint}")
+
+
+def to_flat_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Leaf fields as one flat dict (the same names Ray, search spaces and DataFrames use)."""
+    out: dict[str, Any] = {}
+    for key in _TOP:
+        out[key] = getattr(cfg, key)
+    for s in _SECTIONS:
+        out.update(dataclasses.asdict(getattr(cfg, s)))
+    return out
+
+
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply flat-key overrides; an unknown key is an error suggesting the closest name."""
+    sections = _section_of()
+    per: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    top: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in sections:
+            raise unknown_key_error(key, list(sections))
+        (per[sections[key]] if sections[key] else top)[key] = value
+    # Replace sections without validating the half-built config; validate once at the end.
+    parts = {s: replace(getattr(cfg, s), **per[s]) for s in _SECTIONS if per[s]}
+    return replace(cfg, **parts, **top)
+
+
+def from_flat_dict(flat: dict[str, Any]) -> RunConfig:
+    """Strict inverse of `to_flat_dict`. `ablation` and `preset` select the base config (default
+    baseline / seed); every other key overrides a field."""
+    flat = dict(flat)
+    preset = flat.pop("preset", "seed")
+    ablation = flat.pop("ablation", None)
+    if ablation is None:
+        ablation = flat.get("name") if flat.get("name") in ABLATIONS else "baseline"
+    base = build_ablation(ablation, preset)
+    return with_overrides(base, flat)
+
+
+# --- the six reference ablations and scale presets -----------------------------------------
+
+# Exactly as published (preset `seed`): overrides of the baseline.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "high_lr": {"lr": 1e-3},
+    "low_lr": {"lr": 1e-4},
+    "large_batch": {"batch_size": 16, "lr": 5e-4},
+    "short_seq": {"seq_len": 256, "batch_size": 12},
+    "small_model": {"d_model": 256, "n_heads": 4, "n_layers": 8, "d_ff": 1024, "batch_size": 12},
+}
+
+_SEED_BASE: dict[str, Any] = {
+    "d_model": 384, "n_heads": 6, "n_layers": 12, "d_ff": 1536, "batch_size": 8, "lr": 3e-4,
+    "seq_len": 512, "max_steps": 2000, "eval_every": 400, "num_documents": 500,
+    "warmup_steps": 100, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0,
+    "min_lr_ratio": 0.1, "precision": "auto", "vocab_size": 8192, "eval_tokens": 65536,
+}
+
+# `cpu`: widths and depths x1/2, sequence lengths x1/4, batch sizes and learning rates unchanged,
+# so every ablation keeps its relation to the baseline (small_model stays 2/3 of the baseline's
+# width, depth and heads with the same head_dim). Measured figure in benchmarks/RESULTS.md.
+_CPU_SCALE = {"d_model": 0.5, "d_ff": 0.5, "n_layers": 0.5, "seq_len": 0.25}
+_CPU_FIXED: dict[str, Any] = {
+    "max_steps": 200, "eval_every": 50, "warmup_steps": 10, "num_documents": 0,
+    "vocab_size": 2048, "eval_tokens": 8192, "precision": "auto",
+}
+# `tiny`: for tests and --smoke-test; minutes become seconds, relations are not kept.
+_TINY_FIXED: dict[str, Any] = {
+    "d_model": 32, "n_heads": 2, "n_layers": 2, "d_ff": 64, "seq_len": 32, "batch_size": 4,
+    "max_steps": 30, "eval_every": 10, "warmup_steps": 3, "vocab_size": 512, "eval_tokens": 1024,
+    "num_documents": 0, "num_samples": 1,
+}
+
+
+def preset_overrides(name: str, preset: str) -> dict[str, Any]:
+    """Flat overrides that make ablation `name` at `preset` from the default dataclasses."""
+    if name not in ABLATIONS:
+        raise unknown_key_error(name, list(ABLATIONS), what="ablation")
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} must be one of {', '.join(PRESETS)}")
+    flat = {**_SEED_BASE, **ABLATIONS[name]}
+    if preset == "cpu":
+        for key, factor in _CPU_SCALE.items():
+            flat[key] = max(1, round(flat[key] * factor))
+        flat.update(_CPU_FIXED)
+    elif preset == "tiny":
+        flat.update(_TINY_FIXED)
+        if name == "short_seq":
+            flat["seq_len"] = 16
+        elif name == "large_batch":
+            flat["batch_size"] = 8
+        elif name == "small_model":
+            flat.update(d_model=16, n_layers=1, n_heads=2, d_ff=32)
+        flat["lr"] = 10 * flat["lr"]  # so 30 steps visibly learn; ratios between LRs kept
+    return flat
+
+
+def build_ablation(name: str, preset: str = "seed", **overrides: Any) -> RunConfig:
+    """The named reference ablation at a scale preset, with optional flat-key overrides."""
+    flat = preset_overrides(name, preset)
+    flat.update(overrides)
+    return with_overrides(RunConfig(name=name), flat)
+
+
+def with_token_budget(cfg: RunConfig, tokens: int) -> RunConfig:
+    """Train on `tokens` tokens; warmup and eval cadence scale with the new step count so every
+    run spends the same fraction of its budget warming up and is evaluated as often."""
+    if tokens <= 0:
+        raise ValueError(f"tokens={tokens} must be > 0")
+    new_steps = math.ceil(tokens / cfg.tokens_per_step)
+    ratio = new_steps / cfg.steps
+    warm = min(new_steps - 1, round(cfg.optim.warmup_steps * ratio))
+    return with_overrides(cfg, {
+        "tokens": tokens, "warmup_steps": max(0, warm),
+        "eval_every": max(1, round(cfg.eval.eval_every * ratio)),
+    })
+
+
+# --- config files and command-line overrides -------------------------------------------------
+
+def parse_value(text: str) -> Any:
+    """A command-line value: int, float, bool or string, in that order of preference."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["lr=1e-3", "ffn=swiglu"]` -> {"lr": 0.001, "ffn": "swiglu"}; keys checked."""
+    out: dict[str, Any] = {}
+    valid = field_names() + list(SELECTOR_KEYS)
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} must look like key=value")
+        if key not in valid:
+            raise unknown_key_error(key, valid)
+        out[key] = parse_value(value)
+    return out
+
+
+def toml_module():
+    """stdlib `tomllib` (3.11+), else its backport `tomli` (same API)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A TOML run file: top-level `ablation`/`preset` and a `[config]` table of flat keys (what
+    `search` writes as best.toml). Returns flat overrides, keys checked."""
+    tomllib = toml_module()
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--config {str(path)!r}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {str(path)!r}: TOML syntax error: {exc}") from None
+    flat = {k: doc[k] for k in SELECTOR_KEYS if k in doc}
+    for key in doc:
+        if key not in (*SELECTOR_KEYS, "config", "meta"):
+            raise unknown_key_error(key, [*SELECTOR_KEYS, "config", "meta"],
+                                    what=f"top-level key in {path}")
+    valid = field_names()
+    for key, value in doc.get("config", {}).items():
+        if key not in valid:
+            raise unknown_key_error(key, valid, what=f"config key in {path}")
+        flat[key] = value
+    return flat
