@@ -211,6 +211,8 @@ def validate(cfg: RunConfig) -> None:
     _check(d.seq_len >= 2, f"seq_len={d.seq_len} must be >= 2")
     _check(d.seq_len <= m.max_seq_len,
            f"seq_len={d.seq_len} must be <= max_seq_len={m.max_seq_len} (what the model supports)")
+    _check(not d.corpus.startswith(HUB_PREFIX) or d.num_documents > 0,
+           f"num_documents={d.num_documents} must be > 0 for a Hub corpus (it is streamed)")
     _check(d.batch_size > 0, f"batch_size={d.batch_size} must be > 0")
     _check(d.num_documents >= 0, f"num_documents={d.num_documents} must be >= 0 (0: all)")
     _check(0 < d.val_fraction < 1, f"val_fraction={d.val_fraction} must be in (0, 1)")
@@ -238,7 +240,7 @@ def validate(cfg: RunConfig) -> None:
 _SECTIONS = ("model", "optim", "data", "budget", "eval")
 _TOP = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
 # Flat keys that select a base config rather than set a field.
-SELECTOR_KEYS = ("ablation", "preset")
+SELECTOR_KEYS = ("ablation", "preset", "iso_tokens", "token_budget")
 
 
 def _section_of() -> dict[str, str]:
@@ -295,15 +297,22 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 def from_flat_dict(flat: dict[str, Any]) -> RunConfig:
-    """Strict inverse of `to_flat_dict`. `ablation` and `preset` select the base config (default
-    baseline / seed); every other key overrides a field."""
+    """Strict inverse of `to_flat_dict`. Selector keys pick the base config: `ablation` and
+    `preset` (default baseline / seed); `token_budget` trains every run on that many tokens and
+    `iso_tokens` on the baseline's (both scale warmup and eval cadence, `with_token_budget`).
+    Every other key overrides a field; an unknown key is an error naming the closest one."""
     flat = dict(flat)
     preset = flat.pop("preset", "seed")
     ablation = flat.pop("ablation", None)
+    iso = flat.pop("iso_tokens", False)
+    budget = flat.pop("token_budget", 0) or 0
     if ablation is None:
         ablation = flat.get("name") if flat.get("name") in ABLATIONS else "baseline"
-    base = build_ablation(ablation, preset)
-    return with_overrides(base, flat)
+    cfg = with_overrides(build_ablation(ablation, preset), flat)
+    if iso and not budget:
+        base_flat = {k: v for k, v in flat.items() if k != "name"}
+        budget = with_overrides(build_ablation("baseline", preset), base_flat).total_tokens
+    return with_token_budget(cfg, budget) if budget else cfg
 
 
 # --- the six reference ablations and scale presets -----------------------------------------
@@ -360,7 +369,7 @@ def preset_overrides(name: str, preset: str) -> dict[str, Any]:
             flat["batch_size"] = 8
         elif name == "small_model":
             flat.update(d_model=16, n_layers=1, n_heads=2, d_ff=32)
-        flat["lr"] = 10 * flat["lr"]  # so 30 steps visibly learn; ratios between LRs kept
+        flat["lr"] = float(f"{10 * flat['lr']:.6g}")  # 30 steps visibly learn; LR ratios kept
     return flat
 
 
