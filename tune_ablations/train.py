@@ -226,6 +226,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         gen.set_state(ck["sampler_rng"])
         torch.set_rng_state(ck["torch_rng"])
         st = ck["state"]
+        st["resumed_from"] = [*st.get("resumed_from", []), st["step"]]
         log(f"event=resumed step={st['step']}")
     fwd = _maybe_compile(model, cfg, sample_batch(data.train, 1, cfg.data.seq_len,
                                                   torch.Generator())[0].to(device), log)
@@ -327,7 +328,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         "train_loss": last.get("train_loss"), "tokens_seen": last.get("tokens_seen", 0),
         "steps": st["step"], "epochs": last.get("epoch", 0.0),
         "train_time_s": st["train_time"], "eval_time_s": st["eval_time"],
-        "wall_time_s": time.perf_counter() - wall0, "tokens_per_s": last.get("tokens_per_s"),
+        "resumed_from": st.get("resumed_from", []), "wall_time_s": time.perf_counter() - wall0, "tokens_per_s": last.get("tokens_per_s"),
         "mfu": last.get("mfu"), "peak_flops": peak, "flops_per_token": fpt,
         "device": str(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
         "threads": torch.get_num_threads(), **counts, "history": history, "samples": samples,

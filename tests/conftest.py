@@ -1,0 +1,72 @@
+"""Shared fixtures: a small corpus made here, a private token cache, a tiny config, one Ray."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ("model token layer window batch learning rate schedule warmup cosine attention head "
+         "residual norm embedding vocabulary corpus document split train validation loss "
+         "gradient step seed sweep trial metric report checkpoint resume budget").split()
+
+
+def make_corpus(folder: Path, n_docs: int = 60, words_per_doc: int = 300, seed: int = 0) -> Path:
+    """A folder of .txt documents with Zipf-ish word statistics and some repeated phrases."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = [1 / (i + 1) for i in range(len(WORDS))]
+    for i in range(n_docs):
+        words = rng.choices(WORDS, weights=weights, k=words_per_doc)
+        text = " ".join(words)
+        (folder / f"doc{i:03d}.txt").write_text(f"Document {i}. {text}.\n")
+    return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("token_cache")
+    old = os.environ.get("TUNE_ABLATIONS_CACHE")
+    os.environ["TUNE_ABLATIONS_CACHE"] = str(cache)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network at test time
+    yield cache
+    if old is None:
+        os.environ.pop("TUNE_ABLATIONS_CACHE", None)
+    else:
+        os.environ["TUNE_ABLATIONS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(corpus_dir):
+    """2 layers, d_model 32, on the made-up corpus."""
+    from tune_ablations.config import build_ablation
+
+    return build_ablation("baseline", "tiny", corpus=str(corpus_dir), vocab_size=300,
+                          max_steps=30, eval_every=10, eval_tokens=512, num_samples=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_cfg):
+    from tune_ablations.data import prepare_data
+
+    return prepare_data(tiny_cfg.data, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the session; num_gpus=1 is logical, so fractional-GPU scheduling is
+    testable without CUDA."""
+    ray = pytest.importorskip("ray")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,194 @@
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tune_ablations import data as D
+from tune_ablations.config import DataConfig
+
+
+def _cfg(corpus, **kw) -> DataConfig:
+    return DataConfig(corpus=str(corpus), vocab_size=kw.pop("vocab_size", 300), **kw)
+
+
+def test_local_txt_folder_one_document_per_file(corpus_dir):
+    docs = D.load_documents(_cfg(corpus_dir))
+    assert len(docs) == 60 and docs[0].startswith("Document 0.")
+    assert len(D.load_documents(_cfg(corpus_dir, num_documents=5))) == 5
+
+
+def test_local_txt_file_blank_line_blocks(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("first block\nstill first\n\nsecond\n\n\n\nthird\n")
+    assert D.load_documents(_cfg(f)) == ["first block\nstill first", "second", "third"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
+def test_local_text_column_files(tmp_path, fmt):
+    import pandas as pd
+
+    texts = [f"doc number {i} " * 5 for i in range(7)]
+    path = tmp_path / f"c.{fmt}"
+    frame = pd.DataFrame({"text": texts, "id": range(7)})
+    if fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif fmt == "json":
+        path.write_text(json.dumps([{"text": t} for t in texts]))
+    else:
+        frame.to_parquet(path)
+    assert D.load_documents(_cfg(path)) == [t.strip() for t in texts]
+    assert len(D.load_documents(_cfg(path, num_documents=3))) == 3
+
+
+def test_missing_text_column_is_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"body": "x"}\n')
+    with pytest.raises(D.CorpusError, match="no 'text' column"):
+        D.load_documents(_cfg(path))
+
+
+def test_empty_corpus_rejected(tmp_path):
+    f = tmp_path / "empty.txt"
+    f.write_text("\n\n  \n")
+    with pytest.raises(D.CorpusError, match="is empty"):
+        D.load_documents(_cfg(f))
+
+
+def test_hub_code_path_on_local_files_in_the_same_format(tmp_path):
+    """The Hub loader's own calls (streaming load_dataset, first N, text column), pointed at
+    local parquet shards like cosmopedia-v2's."""
+    import pandas as pd
+
+    for shard in range(2):
+        pd.DataFrame({"text": [f"shard {shard} doc {i}" for i in range(5)],
+                      "audience": "x"}).to_parquet(tmp_path / f"train-{shard}.parquet")
+    docs = D.load_hub_documents("hf:parquet", 7, data_files=sorted(
+        str(p) for p in tmp_path.glob("*.parquet")))
+    assert docs[:2] == ["shard 0 doc 0", "shard 0 doc 1"] and len(docs) == 7
+
+
+def test_hub_unreachable_is_a_clear_error():
+    code = ("import os; os.environ['HF_HUB_OFFLINE']='1'\n"
+            "from tune_ablations.data import load_hub_documents, CorpusError\n"
+            "try:\n    load_hub_documents('hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2', 3)\n"
+            "except CorpusError as e:\n    print('CLEAR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "CLEAR corpus='hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2': could not load" in \
+        out.stdout, out.stderr[-2000:]
+
+
+def test_embedded_corpora_load_offline():
+    pydoc = D.load_pydoc_documents()
+    assert len(pydoc) > 50 and all(isinstance(d, str) and d for d in pydoc)
+    stdlib = D.load_stdlib_documents()
+    assert len(stdlib) > 100
+    assert sum(map(len, stdlib)) > 3 * sum(map(len, pydoc))
+
+
+def test_split_groups_documents_sharing_passages():
+    shared = " ".join(f"w{i}" for i in range(30))
+    docs = [f"alpha {shared} tail", f"prefix {shared}", *[f"unique doc {i} " * 20
+                                                          for i in range(20)]]
+    groups = D.group_documents(docs)
+    assert groups[0] == groups[1]
+    assert len(set(groups)) == 21
+
+
+def _shingles(doc: str, n: int = 12) -> set[str]:
+    w = doc.split()
+    return {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def test_embedded_split_has_no_shared_document_or_passage():
+    docs = D.load_pydoc_documents()
+    train, val = D.split_documents(docs, 0.1, seed=0)
+    assert train and val and len(train) + len(val) == len(docs)
+    assert not set(train) & set(val)
+    train_sh = set().union(*map(_shingles, train))
+    val_sh = set().union(*map(_shingles, val))
+    assert not train_sh & val_sh
+    # The known verbatim repeat lands on one side.
+    topics = __import__("pydoc_data.topics", fromlist=["topics"]).topics
+    a, b = topics["specialnames"].strip(), topics["customization"].strip()
+    assert (a in train) == (b in train)
+    frac = sum(map(len, val)) / sum(map(len, docs))
+    assert 0.05 < frac < 0.2
+
+
+def test_cache_hit_does_not_tokenize_again(tmp_path, corpus_dir, monkeypatch):
+    cfg = _cfg(corpus_dir)
+    first = D.prepare_data(cfg, tmp_path, log=lambda s: None)
+    monkeypatch.setattr(D, "_build", lambda *a, **k: pytest.fail("tokenized again"))
+    second = D.prepare_data(cfg, tmp_path, log=lambda s: None)
+    assert np.array_equal(first.train, second.train) and second.key == first.key
+    facts = second.facts(tokens_budget=2 * len(second.train))
+    assert facts["epochs"] == pytest.approx(2.0)
+    assert facts["train_documents"] + facts["val_documents"] == 60
+
+
+def test_corrupted_cache_is_rebuilt(tmp_path, corpus_dir):
+    cfg = _cfg(corpus_dir)
+    first = D.prepare_data(cfg, tmp_path, log=lambda s: None)
+    good = np.array(first.train)
+    path = first.path / "train.npy"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # killed mid-write
+    with pytest.warns(UserWarning, match="does not match its manifest"):
+        again = D.prepare_data(cfg, tmp_path, log=lambda s: None)
+    assert np.array_equal(np.array(again.train), good)
+    (first.path / "manifest.json").unlink()  # killed before the manifest: rebuilt too
+    with pytest.warns(UserWarning):
+        D.prepare_data(cfg, tmp_path, log=lambda s: None)
+
+
+def _prepare_in_child(args):
+    corpus, cache = args
+    d = D.prepare_data(_cfg(corpus), cache, log=lambda s: None)
+    return d.key, int(d.train.sum()), len(d.val)
+
+
+def test_concurrent_cache_creation(tmp_path, corpus_dir):
+    with mp.get_context("spawn").Pool(3) as pool:
+        out = pool.map(_prepare_in_child, [(str(corpus_dir), str(tmp_path))] * 3)
+    assert len(set(out)) == 1
+    folders = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1 and D._valid_cache(folders[0]) is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_tokenizer_loads_with_autotokenizer_and_counts_bytes(tiny_data):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_data.path / "tokenizer"))
+    text = "The model reads a document, then a window."
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    assert tiny_data.token_bytes[ids].sum() == len(text.encode())
+    assert tiny_data.token_bytes[tiny_data.eos_id] == 0
+
+
+def test_batches_are_shifted_windows_and_seeded(tiny_data):
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x1, y1 = D.sample_batch(tiny_data.train, 4, 16, g1)
+    x2, y2 = D.sample_batch(tiny_data.train, 4, 16, g2)
+    assert x1.shape == y1.shape == (4, 16) and x1.dtype == torch.int64
+    assert torch.equal(x1[:, 1:], y1[:, :-1])
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_validation_windows_are_fixed_and_tile_the_split(tiny_data):
+    w1 = D.val_windows(tiny_data.val, 16, 160)
+    w2 = D.val_windows(tiny_data.val, 16, 160)
+    assert torch.equal(w1, w2) and w1.shape == (10, 17)
+    assert torch.equal(w1[1, :], torch.from_numpy(np.asarray(tiny_data.val[16:33],
+                                                             dtype=np.int64)))
+    assert torch.equal(w1[:-1, -1], w1[1:, 0])  # consecutive, non-overlapping targets
+
+
+def test_corpus_smaller_than_a_window(tiny_data):
+    with pytest.raises(D.CorpusError, match="smaller than one window"):
+        D.check_fits(tiny_data, len(tiny_data.val) + 5)

@@ -1,0 +1,129 @@
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tune_ablations.config import DIVERGED_LOSS, build_ablation, with_overrides
+from tune_ablations.train import REPORT_KEYS, StopTraining, lr_at, main, train
+
+TIMING = {"tokens_per_s", "steps_per_s", "mfu", "train_time_s", "eval_time_s"}
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+def test_lr_schedule_boundaries():
+    cfg = build_ablation("baseline", "seed", warmup_steps=100, max_steps=1000, lr=1e-3)
+    assert lr_at(0, cfg) == pytest.approx(1e-5)  # warmup starts at peak / warmup
+    assert lr_at(49, cfg) == pytest.approx(0.5e-3)
+    assert lr_at(99, cfg) == pytest.approx(1e-3)  # end of warmup: peak
+    assert lr_at(100, cfg) == pytest.approx(1e-3)  # cosine starts at peak
+    assert lr_at(550, cfg) == pytest.approx(0.55e-3)  # half-way: mean of peak and floor
+    assert lr_at(1000, cfg) == pytest.approx(1e-4)  # the floor: 10% of peak
+    assert lr_at(5000, cfg) == pytest.approx(1e-4)
+    lrs = [lr_at(s, cfg) for s in range(100, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    ref = replace(cfg, optim=replace(cfg.optim, warmup_steps=0))  # the reference: no warmup
+    assert lr_at(0, ref) == pytest.approx(1e-3)
+
+
+def test_loss_falls_below_unigram_entropy_on_embedded_corpus():
+    from tune_ablations.data import prepare_data
+
+    cfg = build_ablation("baseline", "tiny", max_steps=400, eval_every=100, d_model=64,
+                         n_heads=4, d_ff=128, num_samples=0)
+    data = prepare_data(cfg.data, log=lambda s: None)
+    counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    unigram = float(-(p * np.log(p)).sum())
+    result = train(cfg, data=data, threads=2)
+    assert result["status"] == "completed"
+    assert result["final"]["val_loss"] < unigram - 0.5
+    losses = [h["val_loss"] for h in result["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_same_seed_same_numbers(tiny_cfg, tiny_data):
+    a = train(tiny_cfg, data=tiny_data)
+    b = train(tiny_cfg, data=tiny_data)
+    assert _strip(a["history"]) == _strip(b["history"])
+    assert a["samples"] == b["samples"] and a["samples"]
+    c = train(with_overrides(tiny_cfg, {"seed": 1}), data=tiny_data)
+    assert _strip(c["history"]) != _strip(a["history"])
+
+
+def test_resume_equals_uninterrupted(tiny_cfg, tiny_data, tmp_path):
+    full = train(tiny_cfg, data=tiny_data)
+
+    def stop_at_20(metrics, save):
+        if metrics["step"] == 20:
+            save(tmp_path)
+            return True
+        return None
+
+    part = train(tiny_cfg, data=tiny_data, report=stop_at_20)
+    assert part["status"] == "stopped" and part["steps"] == 20
+    resumed = train(tiny_cfg, data=tiny_data, resume_from=tmp_path)
+    assert resumed["resumed_from"] == [20]
+    assert _strip(resumed["history"]) == _strip(full["history"])
+    assert resumed["final"] == full["final"] and resumed["samples"] == full["samples"]
+
+
+def test_divergence_is_a_status_not_an_exception(tiny_cfg, tiny_data):
+    seen = []
+    cfg = with_overrides(tiny_cfg, {"lr": 10.0, "warmup_steps": 0, "grad_clip": 0.0})
+    result = train(cfg, data=tiny_data, report=lambda m, s: seen.append(m))
+    assert result["status"] == "diverged"
+    assert result["steps"] < cfg.steps
+    last = seen[-1]
+    assert last["diverged"] is True and last["val_loss"] == DIVERGED_LOSS
+    assert all(math.isfinite(v) for m in seen for v in m.values() if isinstance(v, float))
+
+
+def test_report_gets_exactly_the_documented_keys(tiny_cfg, tiny_data):
+    seen = []
+    train(tiny_cfg, data=tiny_data, report=lambda m, s: seen.append(m))
+    assert [m["step"] for m in seen] == [10, 20, 30]
+    for m in seen:
+        assert tuple(m) == REPORT_KEYS
+    assert [m["status"] for m in seen] == ["running", "running", "completed"]
+    assert [m["tokens_seen"] for m in seen] == [10 * tiny_cfg.tokens_per_step * i
+                                                for i in (1, 2, 3)]
+
+
+def test_stop_signal(tiny_cfg, tiny_data):
+    def stop(m, s):
+        raise StopTraining
+
+    result = train(tiny_cfg, data=tiny_data, report=stop)
+    assert result["status"] == "stopped" and result["steps"] == 10
+
+
+def test_metrics_are_consistent_and_timing_honest(tiny_cfg, tiny_data):
+    r = train(tiny_cfg, data=tiny_data)
+    f = r["final"]
+    assert f["val_ppl"] == pytest.approx(math.exp(f["val_loss"]))
+    assert 0 <= f["val_acc"] <= f["val_top5"] <= 1
+    assert 0 < f["val_confidence"] <= 1 and f["val_entropy"] > 0 and f["val_bpb"] > 0
+    assert r["train_time_s"] + r["eval_time_s"] <= r["wall_time_s"]
+    assert r["tokens_per_s"] == pytest.approx(r["tokens_seen"] / r["train_time_s"])
+    assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / r["peak_flops"])
+    assert r["epochs"] == pytest.approx(r["tokens_seen"] / len(tiny_data.train))
+    assert r["best"]["val_loss"] <= f["val_loss"]
+    assert r["params"] > r["non_embedding_params"] > 0
+
+
+def test_cli_smoke_and_bad_input(tmp_path, corpus_dir, capsys):
+    out = tmp_path / "r.json"
+    assert main(["--smoke-test", "--out", str(out), "--set", f"corpus={corpus_dir}",
+                 "vocab_size=300"]) == 0
+    result = json.loads(out.read_text())
+    assert result["status"] == "completed" and len(result["history"]) == 3
+    assert "val_loss=" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["--smoke-test", "--set", "lr=-1"])
+    assert err.value.code == 2
+    assert "lr=-1 must be > 0" in capsys.readouterr().err
