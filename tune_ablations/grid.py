@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .trainable import build_trainable, git_sha, package_versions
 
+    try:
+        init_ray(args.address)
+        preflight(cpus, gpus)
+    except SweepError as exc:
+        return fail(str(exc))
     sha = git_sha()
     if not args.resume:
         write_sweep_file(exp, {
@@ -256,11 +261,6 @@ def main(argv: list[str] | None = None) -> int:
             "created": datetime.now().isoformat(timespec="seconds")})
     log(f"event=sweep_start name={exp.name} trials={len(configs)} preset={shared['preset']} "
         f"cpus_per_trial={cpus} gpus_per_trial={gpus} resume={args.resume} path={exp}")
-    try:
-        init_ray(args.address)
-        preflight(cpus, gpus)
-    except SweepError as exc:
-        return fail(str(exc))
     trainable = build_trainable(cpus=cpus, gpus=gpus, cache_dir=args.cache_dir, sha=sha)
     param_space = {**shared, "ablation": tune.grid_search(list(ablations)),
                    "seed": tune.grid_search(list(range(seeds)))}

@@ -57,7 +57,8 @@ def check_resources(cpus: float, gpus: float, *, address: str | None) -> None:
         raise SweepError(f"--cpus-per-trial={cpus} must be > 0")
     if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
         raise SweepError(f"--gpus-per-trial={gpus} must be >= 0, and a whole number above 1")
-    if address is None:
+    ray = sys.modules.get("ray")
+    if address is None and not (ray is not None and ray.is_initialized()):
         if gpus > 0 and local_gpus() == 0:
             raise SweepError(f"--gpus-per-trial={gpus} but this machine has no CUDA GPU; use "
                              "--gpus-per-trial 0 (the default without a GPU) or join a cluster "
