@@ -240,7 +240,7 @@ def validate(cfg: RunConfig) -> None:
 _SECTIONS = ("model", "optim", "data", "budget", "eval")
 _TOP = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
 # Flat keys that select a base config rather than set a field.
-SELECTOR_KEYS = ("ablation", "preset", "iso_tokens", "token_budget")
+SELECTOR_KEYS = ("ablation", "preset", "iso_tokens", "token_budget", "head_dim", "ffn_mult")
 
 
 def _section_of() -> dict[str, str]:
@@ -306,9 +306,20 @@ def from_flat_dict(flat: dict[str, Any]) -> RunConfig:
     ablation = flat.pop("ablation", None)
     iso = flat.pop("iso_tokens", False)
     budget = flat.pop("token_budget", 0) or 0
+    head_dim = flat.pop("head_dim", None)
+    ffn_mult = flat.pop("ffn_mult", None)
     if ablation is None:
         ablation = flat.get("name") if flat.get("name") in ABLATIONS else "baseline"
-    cfg = with_overrides(build_ablation(ablation, preset), flat)
+    base = build_ablation(ablation, preset)
+    if head_dim or ffn_mult:  # derived architecture, so a searched width stays valid
+        d_model = flat.get("d_model", base.model.d_model)
+        if head_dim:
+            _check(isinstance(d_model, int) and d_model % head_dim == 0,
+                   f"d_model={d_model} must be divisible by head_dim={head_dim}")
+            flat["n_heads"] = d_model // head_dim
+        if ffn_mult:
+            flat["d_ff"] = round(ffn_mult * d_model)
+    cfg = with_overrides(base, flat)
     if iso and not budget:
         base_flat = {k: v for k, v in flat.items() if k != "name"}
         budget = with_overrides(build_ablation("baseline", preset), base_flat).total_tokens
@@ -334,10 +345,10 @@ _SEED_BASE: dict[str, Any] = {
     "min_lr_ratio": 0.1, "precision": "auto", "vocab_size": 8192, "eval_tokens": 65536,
 }
 
-# `cpu`: widths and depths x1/2, sequence lengths x1/4, batch sizes and learning rates unchanged,
+# `cpu`: widths x1/2, depths and sequence lengths x1/4, batch sizes and learning rates unchanged,
 # so every ablation keeps its relation to the baseline (small_model stays 2/3 of the baseline's
 # width, depth and heads with the same head_dim). Measured figure in benchmarks/RESULTS.md.
-_CPU_SCALE = {"d_model": 0.5, "d_ff": 0.5, "n_layers": 0.5, "seq_len": 0.25}
+_CPU_SCALE = {"d_model": 0.5, "d_ff": 0.5, "n_layers": 0.25, "seq_len": 0.25}
 _CPU_FIXED: dict[str, Any] = {
     "max_steps": 200, "eval_every": 50, "warmup_steps": 10, "num_documents": 0,
     "vocab_size": 2048, "eval_tokens": 8192, "precision": "auto",

@@ -195,8 +195,10 @@ def _maybe_compile(model: torch.nn.Module, cfg: RunConfig, x: torch.Tensor, log)
 
 def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | None = None,
           resume_from: Path | None = None, threads: int | None = None,
-          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Train one run; returns final and best metrics, history, throughput, status, samples."""
+          log: Callable[[str], None] = lambda s: None,
+          on_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one run; returns final and best metrics, history, throughput, status, samples.
+    `on_end(result)` runs when the run completes or diverges, before its last `report`."""
     wall0 = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -236,6 +238,27 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
                 "scaler": scaler.state_dict(), "sampler_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "state": st}
 
+    def build_result() -> dict[str, Any]:
+        history = st["history"]
+        last = history[-1] if history else {}
+        samples = []
+        if st["status"] == "completed" and cfg.eval.num_samples:
+            samples = generate_samples(model, data, cfg, device)
+        return {
+            "name": cfg.name, "seed": cfg.seed, "status": st["status"],
+            "final": {k: last.get(k) for k in VAL_KEYS}, "best": st["best"],
+            "train_loss": last.get("train_loss"), "tokens_seen": last.get("tokens_seen", 0),
+            "steps": st["step"], "epochs": last.get("epoch", 0.0),
+            "train_time_s": st["train_time"], "eval_time_s": st["eval_time"],
+            "resumed_from": st.get("resumed_from", []),
+            "wall_time_s": time.perf_counter() - wall0, "tokens_per_s": last.get("tokens_per_s"),
+            "mfu": last.get("mfu"), "peak_flops": peak, "flops_per_token": fpt,
+            "device": str(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
+            "threads": torch.get_num_threads(), **counts, "history": history,
+            "samples": samples, "data": data.facts(cfg.total_tokens), "config": to_flat_dict(cfg),
+        }
+
+    result: dict[str, Any] | None = None
     loss_sum = torch.zeros((), device=device)
     gnorm = torch.zeros((), device=device)
     n_since = 0
@@ -306,6 +329,11 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
                      for k, v in metrics.items()))
         loss_sum.zero_()
         n_since = 0
+        if st["status"] in ("completed", "diverged"):
+            # Before the last report: a scheduler may stop the process as soon as it reports.
+            result = build_result()
+            if on_end is not None:
+                on_end(result)
         if report is not None:
             try:
                 stop = report(dict(metrics), lambda path: save_checkpoint(Path(path),
@@ -317,23 +345,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         _sync(device)
         t0 = time.perf_counter()
 
-    history = st["history"]
-    last = history[-1] if history else {}
-    samples = []
-    if st["status"] == "completed" and cfg.eval.num_samples:
-        samples = generate_samples(model, data, cfg, device)
-    return {
-        "name": cfg.name, "seed": cfg.seed, "status": st["status"],
-        "final": {k: last.get(k) for k in VAL_KEYS}, "best": st["best"],
-        "train_loss": last.get("train_loss"), "tokens_seen": last.get("tokens_seen", 0),
-        "steps": st["step"], "epochs": last.get("epoch", 0.0),
-        "train_time_s": st["train_time"], "eval_time_s": st["eval_time"],
-        "resumed_from": st.get("resumed_from", []), "wall_time_s": time.perf_counter() - wall0, "tokens_per_s": last.get("tokens_per_s"),
-        "mfu": last.get("mfu"), "peak_flops": peak, "flops_per_token": fpt,
-        "device": str(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
-        "threads": torch.get_num_threads(), **counts, "history": history, "samples": samples,
-        "data": data.facts(cfg.total_tokens), "config": to_flat_dict(cfg),
-    }
+    return result if result is not None else build_result()
 
 
 def main(argv: list[str] | None = None) -> int:

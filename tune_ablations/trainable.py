@@ -105,17 +105,19 @@ def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float =
     if checkpoint is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="resume-"))
         checkpoint.to_directory(str(resume_dir))
+    def on_end(result: dict[str, Any]) -> None:
+        _write_json(trial_dir / OUTCOME_FILE, result | {"trial_id": context.get_trial_id()})
+
     try:
-        result = _train_resuming(cfg, report, data, resume_dir, threads)
+        _train_resuming(cfg, report, data, resume_dir, threads, on_end)
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
-    result["trial_id"] = context.get_trial_id()
-    _write_json(trial_dir / OUTCOME_FILE, result)
     return {}
 
 
-def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int) -> dict[str, Any]:
+def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int,
+                    on_end) -> dict[str, Any]:
     """`train()`, resuming from `resume_dir` when given; a checkpoint that cannot be read
     (truncated, corrupted) is skipped with a warning and the run starts from scratch."""
     if resume_dir is not None:
@@ -130,7 +132,7 @@ def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int) ->
                   "action=restart_from_scratch", file=sys.stderr, flush=True)
             resume_dir = None
     return train(cfg, report=report, data=data, resume_from=resume_dir, threads=threads,
-                 log=lambda s: print(s, flush=True))
+                 log=lambda s: print(s, flush=True), on_end=on_end)
 
 
 def build_trainable(*, cpus: float, gpus: float, cache_dir: str | None, sha: str | None):

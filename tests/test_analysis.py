@@ -1,0 +1,151 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune_ablations import analysis as A
+from tune_ablations.config import field_names
+from tune_ablations.report import make_synthetic_experiment, write_report
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_synthetic_experiment(tmp_path_factory.mktemp("syn"))
+
+
+@pytest.fixture(scope="module")
+def real_grid(ray_session, corpus_dir, tmp_path_factory):
+    """A small experiment folder made by a real tiny grid run, built once."""
+    from tune_ablations import grid
+
+    root = tmp_path_factory.mktemp("real")
+    assert grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+                      "--ablations", "baseline", "large_batch", "--storage", str(root),
+                      "--name", "g"]) == 0
+    return root / "g"
+
+
+def test_results_frame_from_real_run(real_grid):
+    df = A.load_results(real_grid)
+    assert len(df) == 2 and set(df["status"]) == {"completed"}
+    for col in ["trial_id", "ablation", "seed", *field_names(), "val_loss", "val_ppl",
+                "val_acc", "val_top5", "val_confidence", "val_entropy", "best_val_loss",
+                "train_loss", "tokens_seen", "step", "epoch", "wall_time_s", "tokens_per_s",
+                "mfu", "params", "non_embedding_params", "status"]:
+        assert col in df, col
+    assert df["status"].dtype == "category" and str(df["seed"].dtype) == "Int64"
+    assert df["val_loss"].dtype == float and df["tokens_seen"].dtype == "Int64"
+    big = df.set_index("ablation").loc["large_batch"]
+    assert big["batch_size"] == 2 * df.set_index("ablation").loc["baseline", "batch_size"]
+    assert big["tokens_seen"] == big["step"] * big["batch_size"] * big["seq_len"]
+    hist = A.load_history(real_grid)
+    assert len(hist) == 6 and list(hist.groupby("trial_id").size()) == [3, 3]
+
+
+def test_statuses_of_a_partial_sweep(synthetic):
+    df = A.load_results(synthetic)
+    assert len(df) == 7
+    got = dict(zip(zip(df["ablation"], df["seed"]), df["status"]))
+    assert got[("baseline", 0)] == "completed" and got[("high_lr", 0)] == "diverged"
+    assert got[("low_lr", 0)] == "error" and got[("short_seq", 0)] == "running"
+    assert math.isnan(df.set_index("ablation").loc["high_lr", "val_loss"])  # no sentinel
+
+
+def test_early_stopped_from_ray_state(synthetic, tmp_path):
+    import json
+    import shutil
+
+    exp = tmp_path / "e"
+    shutil.copytree(synthetic, exp)
+    (exp / "trials.json").write_text(json.dumps({"syn_00006": {"status": "TERMINATED"}}))
+    df = A.load_results(exp)
+    assert df.set_index("trial_id").loc["syn_00006", "status"] == "early_stopped"
+
+
+def test_t_interval_against_hand_computation():
+    mean, half, std, n = A.t_interval([1.0, 2.0, 3.0, 4.0])
+    assert (mean, n) == (2.5, 4)
+    assert std == pytest.approx(math.sqrt(5 / 3))
+    assert half == pytest.approx(3.182446305 * math.sqrt(5 / 3) / 2, rel=1e-6)
+    assert math.isnan(A.t_interval([3.0])[1])
+
+
+def test_summarize_and_compare(synthetic):
+    df = A.load_results(synthetic)
+    s = A.summarize(df)
+    assert list(s["ablation"][:2]) == ["large_batch", "baseline"]  # sorted by val_loss
+    row = s.set_index("ablation").loc["baseline"]
+    vals = df[(df["ablation"] == "baseline")]["val_loss"].astype(float)
+    assert row["n"] == 2 and row["val_loss_mean"] == pytest.approx(vals.mean())
+    assert row["val_loss_ci_high"] - row["val_loss_mean"] == pytest.approx(
+        12.70620474 * vals.std() / math.sqrt(2), rel=1e-6)
+    c = A.compare_to_baseline(df).set_index("ablation")
+    assert bool(c.loc["large_batch", "exceeds_noise"]) is True
+    noisy = df.copy()
+    noisy.loc[noisy["ablation"] == "large_batch", "val_loss"] = [5.0, 7.0]
+    noisy.loc[noisy["ablation"] == "baseline", "val_loss"] = [5.9, 6.1]
+    c2 = A.compare_to_baseline(noisy).set_index("ablation")
+    assert bool(c2.loc["large_batch", "exceeds_noise"]) is False
+    assert c2.loc["large_batch", "ci_low"] < 0 < c2.loc["large_batch", "ci_high"]
+
+
+def test_at_tokens_interpolates_without_extrapolating():
+    h = pd.DataFrame({"trial_id": ["a", "a", "b", "b"], "ablation": ["x", "x", "y", "y"],
+                      "seed": [0, 0, 0, 0], "tokens_seen": [100, 300, 200, 400],
+                      "val_loss": [5.0, 3.0, 4.0, 2.0], "diverged": [False] * 4})
+    r = A.at_tokens(h, 200).set_index("trial_id")["val_loss"]
+    assert r["a"] == pytest.approx(4.0) and r["b"] == pytest.approx(4.0)
+    r = A.at_tokens(h, 350).set_index("trial_id")["val_loss"]
+    assert math.isnan(r["a"]) and r["b"] == pytest.approx(2.5)
+
+
+def test_lr_sensitivity_on_a_known_curve():
+    df = pd.DataFrame({"lr": [1e-4, 3e-4, 1e-3, 3e-3, 3e-4],
+                       "val_loss": [4.0, 3.0, 3.5, np.nan, 3.0],
+                       "status": ["completed", "completed", "completed", "diverged",
+                                  "completed"],
+                       "vocab_size": [148] * 5})
+    assert A.lr_sensitivity(df, initial_loss=5.0) == pytest.approx((1 + 0 + 0.5 + 2) / 4)
+    assert A.lr_sensitivity(df) == pytest.approx((1 + 0 + 0.5 + (math.log(148) - 3)) / 4)
+    with pytest.raises(ValueError, match="at least 2 learning rates"):
+        A.lr_sensitivity(df[df["lr"] == 3e-4])
+
+
+def test_rung_agreement():
+    rows = []
+    for i, (early, final) in enumerate([(5.0, 3.0), (5.5, 3.2), (6.0, 3.4), (6.5, 3.6)]):
+        rows += [{"trial_id": f"t{i}", "tokens_seen": 100, "val_loss": early},
+                 {"trial_id": f"t{i}", "tokens_seen": 400, "val_loss": final}]
+    rows += [{"trial_id": "stopped", "tokens_seen": 100, "val_loss": 9.0}]
+    h = pd.DataFrame(rows).assign(ablation="a", seed=0, diverged=False)
+    ra = A.rung_agreement(h)
+    assert list(ra["rung_tokens"]) == [100.0] and ra["n_trials"][0] == 4
+    assert ra["spearman"][0] == pytest.approx(1.0)
+    h.loc[(h["trial_id"] == "t0") & (h["tokens_seen"] == 400), "val_loss"] = 3.7
+    assert A.rung_agreement(h)["spearman"][0] < 0.5
+
+
+def test_report_folder_has_every_plot_and_table(synthetic, tmp_path):
+    report = write_report(synthetic, tmp_path / "r")
+    text = report.read_text()
+    for name in ("curves.png", "final_metrics.png", "throughput.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 1000
+        assert name in text
+    for heading in ("Final metrics per ablation", "at equal tokens", "Throughput", "Status",
+                    "Against baseline", "What the data supports", "Text samples"):
+        assert heading in text
+    assert "large_batch saw 2.0x the tokens of baseline" in text
+    assert "1 trial(s) diverged" in text
+
+
+def test_cli_writes_report_and_exports(real_grid, tmp_path, capsys):
+    assert A.main([str(real_grid), "--out", str(tmp_path / "out")]) == 0
+    assert "event=report" in capsys.readouterr().out
+    for name in ("report.md", "results.csv", "results.parquet", "history.csv",
+                 "history.parquet", "curves.png"):
+        assert (tmp_path / "out" / name).exists(), name
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "n=1" in text and "Text samples" in text
+    with pytest.raises(SystemExit):
+        A.main([str(tmp_path / "missing")])
