@@ -90,9 +90,9 @@ def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float =
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
     data = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None, log=lambda s: None)
-    meta = run_metadata(dict(config), cfg, data, sha=sha) | {"trial_id": context.get_trial_id(),
-                                                               "threads": threads,
-                                                               "gpu_fraction": gpu_fraction}
+    meta = run_metadata(dict(config), cfg, data, sha=sha) | {
+        "trial_id": context.get_trial_id(), "threads": threads, "gpu_fraction": gpu_fraction,
+        "pid": os.getpid()}
     _write_json(trial_dir / RUN_FILE, meta)
 
     def report(metrics: dict[str, Any], save_checkpoint) -> None:

@@ -1,0 +1,95 @@
+"""Sweep overhead and memory: the six-ablation grid through Ray Tune against the same six
+`train()` calls back to back in one process, and two at a time (one thread each).
+
+    python benchmarks/bench_sweep.py [--preset cpu] [--skip-serial]
+
+Prints wall seconds of each schedule, the Ray/best-plain ratio (target <= 1.15, Ray's start-up
+included), and the peak resident memory of the driver and of the largest trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine  # noqa: E402
+
+from tune_ablations.config import ABLATIONS  # noqa: E402
+
+
+def _one(args: tuple[str, str, int]) -> float:
+    import torch
+
+    from tune_ablations.config import build_ablation
+    from tune_ablations.train import train
+
+    name, preset, threads = args
+    torch.set_num_threads(threads)
+    train(build_ablation(name, preset), threads=threads)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plain(preset: str, parallel: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    jobs = [(n, preset, 2 if parallel == 1 else 1) for n in ABLATIONS]
+    with mp.get_context("spawn").Pool(parallel, maxtasksperchild=1) as pool:
+        rss = pool.map(_one, jobs, chunksize=1)
+    return time.perf_counter() - t0, max(rss)
+
+
+def ray_grid(preset: str) -> tuple[float, float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", (
+            "import resource, sys; from tune_ablations import grid; "
+            f"c = grid.main(['--preset', '{preset}', '--storage', '{tmp}', '--name', 'b']); "
+            "print('DRIVER_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024); "
+            "sys.exit(c)")], cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        assert out.returncode == 0, out.stderr[-2000:]
+        driver = float(out.stdout.split("DRIVER_RSS_MB")[1].split()[0])
+        trial_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        n = sum(1 for p in Path(tmp, "b").glob("*/outcome.json")
+                if json.loads(p.read_text())["status"] == "completed")
+        assert n == len(ABLATIONS)
+    return wall, driver, trial_rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--skip-serial", action="store_true")
+    args = ap.parse_args()
+    print(f"machine {machine()}")
+    # Warm the token cache so no schedule pays for tokenization.
+    from tune_ablations.config import build_ablation
+    from tune_ablations.data import prepare_data
+
+    prepare_data(build_ablation("baseline", args.preset).data, log=lambda s: None)
+    ray_s, driver_mb, child_mb = ray_grid(args.preset)
+    two_s, trial_mb = plain(args.preset, min(2, os.cpu_count() or 1))
+    times = {"ray_grid": ray_s, "plain_two_at_a_time": two_s}
+    if not args.skip_serial:
+        times["plain_back_to_back"], _ = plain(args.preset, 1)
+    best = min(v for k, v in times.items() if k != "ray_grid")
+    for k, v in times.items():
+        print(f"schedule={k} wall_s={v:.1f}")
+    print(f"ray_vs_best_plain={ray_s / best:.3f} (target <= 1.15)")
+    print(f"peak_rss_mb driver={driver_mb:.0f} largest_ray_process={child_mb:.0f} "
+          f"plain_trial={trial_mb:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The search: ASHA on tokens (synthetic results and a real tiny run), the exported study, the
+best-config file, and diverging samples."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tune_ablations.config import DIVERGED_LOSS, METRIC, MODE
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+
+
+def test_asha_on_tokens_with_synthetic_results():
+    """Trials that report at different token counts (different batch sizes) meet the same
+    rungs; the worse one at a rung is stopped, and a finite diverged sentinel is ranked last."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    asha = ASHAScheduler(time_attr="tokens_seen", metric=METRIC, mode=MODE, max_t=10_000,
+                         grace_period=1_000, reduction_factor=2)
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    decisions = {}
+    # t0 (batch 8) and t1 (batch 16) reach the 1000-token rung at different steps.
+    decisions["t0"] = asha.on_trial_result(None, trials[0], {"tokens_seen": 1024, METRIC: 5.0})
+    decisions["t1"] = asha.on_trial_result(None, trials[1], {"tokens_seen": 2048, METRIC: 4.0})
+    decisions["t2"] = asha.on_trial_result(None, trials[2], {"tokens_seen": 1024, METRIC: 6.0})
+    decisions["t3"] = asha.on_trial_result(None, trials[3], {"tokens_seen": 1024,
+                                                             METRIC: DIVERGED_LOSS})
+    assert decisions["t1"] == TrialScheduler.CONTINUE
+    assert decisions["t2"] == TrialScheduler.STOP
+    assert decisions["t3"] == TrialScheduler.STOP
+    assert asha.on_trial_result(None, trials[1], {"tokens_seen": 10_000, METRIC: 3.0}) == \
+        TrialScheduler.STOP  # max_t reached
+
+
+@pytest.fixture(scope="module")
+def searched(ray_session, corpus_dir, tmp_path_factory):
+    from tune_ablations import search
+
+    root = tmp_path_factory.mktemp("search")
+    code = search.main(["--space", str(SPACES / "lr.toml"), "--preset", "tiny", "--data",
+                        str(corpus_dir), "--set", "vocab_size=300", "num_samples=0",
+                        "max_steps=60", "eval_every=10", "--num-samples", "6",
+                        "--grace-tokens", "1000", "--reduction-factor", "2",
+                        "--max-concurrent", "2", "--storage", str(root), "--name", "s"])
+    assert code == 0
+    return root / "s"
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_search_stops_some_trials_early(searched):
+    import pandas as pd
+
+    df = pd.read_parquet(searched / "results.parquet")
+    assert len(df) == 6
+    statuses = df["status"].astype(str)
+    assert (statuses == "early_stopped").sum() >= 1
+    assert (statuses == "completed").sum() >= 1
+    stopped = df[statuses == "early_stopped"]
+    assert (stopped["tokens_seen"] < df["tokens_seen"].max()).all()
+    first = df.sort_values("trial_id")
+    assert (df["lr"] == 3e-3).any()  # the baseline point was enqueued
+    assert first["lr"].nunique() > 1
+    assert (searched / "space.toml").read_text() == (SPACES / "lr.toml").read_text()
+
+
+def test_exported_study_opens_with_optuna(searched):
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{searched / 'study.db'}")
+    assert len(study.trials) == 6
+    assert all(t.value is not None for t in study.trials
+               if t.state == optuna.trial.TrialState.COMPLETE)
+    assert study.best_value < DIVERGED_LOSS
+    assert json.loads((searched / "importances.json").read_text()).keys() <= {"lr"}
+
+
+def test_best_config_file_reruns(searched, tmp_path, corpus_dir):
+    from tune_ablations.config import load_config_file
+    from tune_ablations.train import main
+
+    best = searched / "best.toml"
+    flat = load_config_file(best)
+    assert flat["ablation"] == "baseline" and "lr" in flat
+    out = tmp_path / "rerun.json"
+    assert main(["--config", str(best), "--set", "max_steps=20", "eval_every=10",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["status"] == "completed" and result["config"]["lr"] == flat["lr"]
+
+
+def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_path):
+    import optuna
+    import pandas as pd
+
+    from tune_ablations import search
+
+    space = tmp_path / "wild.toml"
+    space.write_text('ablation = "baseline"\n[fixed]\nwarmup_steps = 0\ngrad_clip = 0.0\n'
+                     '[params.lr]\ndistribution = "loguniform"\nlow = 3.0\nhigh = 30.0\n')
+    code = search.main(["--space", str(space), "--preset", "tiny", "--data", str(corpus_dir),
+                        "--set", "vocab_size=300", "num_samples=0", "--num-samples", "3",
+                        "--storage", str(tmp_path), "--name", "wild"])
+    assert code == 0
+    df = pd.read_parquet(tmp_path / "wild" / "results.parquet")
+    assert len(df) == 3 and set(df["status"].astype(str)) == {"diverged"}
+    study = optuna.load_study(study_name="wild",
+                              storage=f"sqlite:///{tmp_path / 'wild' / 'study.db'}")
+    assert [t.value for t in study.trials] == [DIVERGED_LOSS] * 3
