@@ -3,9 +3,21 @@ import dataclasses
 import pytest
 
 from tune_ablations.config import (
-    ABLATIONS, DIVERGED_LOSS, METRIC, MODE, PRESETS, RunConfig, build_ablation, field_names,
-    from_flat_dict, load_config_file, parse_overrides, to_flat_dict, with_overrides,
-    with_token_budget)
+    ABLATIONS,
+    DIVERGED_LOSS,
+    METRIC,
+    MODE,
+    PRESETS,
+    RunConfig,
+    build_ablation,
+    field_names,
+    from_flat_dict,
+    load_config_file,
+    parse_overrides,
+    to_flat_dict,
+    with_overrides,
+    with_token_budget,
+)
 
 
 def test_metric_named_once():

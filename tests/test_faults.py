@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -165,7 +164,6 @@ def test_local_ray_dashboard_is_off():
             "init_ray(None, num_cpus=1)\n"
             "s = socket.socket(); r = s.connect_ex(('127.0.0.1', 8265)); s.close()\n"
             "print('DASHBOARD_PORT', r)\n"
-            "print('DASHBOARD_URL', ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), 'dashboard_url') else '')\n"
             "ray.shutdown()\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
@@ -181,3 +179,37 @@ def test_safe_loaders_only():
     assert calls
     for call in calls:
         assert "weights_only=True" in call, call
+
+
+@pytest.mark.slow
+def test_failing_trials_make_the_command_exit_nonzero(ray_session, corpus_dir, tmp_path,
+                                                      capsys):
+    """Every trial raises at start (a device that does not exist, like an OOM would): each is
+    marked error with its traceback beside it, and the command exits 1 naming them."""
+    code = grid.main(_args(corpus_dir, tmp_path, "boom", "--ablations", "baseline", "low_lr",
+                           "--set", "device=cuda:7", "--max-failures", "0"))
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "event=trials_failed count=2" in out
+    df = pd.read_parquet(tmp_path / "boom" / "results.parquet")
+    assert set(df["status"].astype(str)) == {"error"}
+    for path in df["path"]:
+        assert f"logs={path}" in out
+        text = (Path(path) / "error.txt").read_text()
+        assert "File \"" in text and "CUDA" in text  # the traceback, with its cause
+
+
+def test_compile_failure_falls_back_to_eager(tiny_cfg, tiny_data, monkeypatch):
+    import torch
+
+    from tune_ablations.config import with_overrides
+    from tune_ablations.train import train
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    lines = []
+    r = train(with_overrides(tiny_cfg, {"compile": True}), data=tiny_data, log=lines.append)
+    assert r["status"] == "completed"
+    assert any("event=compile_failed" in x for x in lines)

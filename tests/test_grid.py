@@ -34,7 +34,8 @@ def test_two_ablation_grid_end_to_end(ray_session, corpus_dir, tmp_path, capsys)
     assert (df.loc[df["ablation"] == "high_lr", "lr"] > df.loc[df["ablation"] == "baseline",
                                                               "lr"].max()).all()
     hist = pd.read_parquet(exp / "history.parquet")
-    assert len(hist) == 4 * 3 and hist.groupby("trial_id")["tokens_seen"].is_monotonic_increasing.all()
+    assert len(hist) == 4 * 3
+    assert hist.groupby("trial_id")["tokens_seen"].is_monotonic_increasing.all()
     for trial in df["path"]:
         run = json.loads((Path(trial) / "run.json").read_text())
         assert {"config", "seed", "versions", "git_sha", "data"} <= set(run)
@@ -130,44 +131,62 @@ def _reports(trial: Path) -> list[dict]:
         return []
 
 
-def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path):
-    """SIGKILL the driver (and its local Ray) once a trial has finished and another is part-way;
-    --resume finishes every trial, reruns no finished one, continues the other from its
-    checkpoint."""
-    exp = tmp_path / "killed"
-    args = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "high_lr",
-                 "small_model", "--set", "max_steps=1200", "eval_every=100", "num_samples=0")
+def _run_until(args, exp, condition, timeout=240):
+    """Start the grid CLI in its own process group; SIGKILL the group once `condition()`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.grid", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    finished: dict[Path, float] = {}
-    partial: Path | None = None
-    deadline = time.time() + 240
+    deadline = time.time() + timeout
     try:
         while time.time() < deadline:
-            trials = list(exp.glob("run_trial_*")) if exp.exists() else []
-            finished = {t: (t / "outcome.json").stat().st_mtime for t in trials
-                        if (t / "outcome.json").exists()}
-            partial = next((t for t in trials if t not in finished and list(t.glob(
-                "checkpoint_*")) and any(r["step"] >= 300 for r in _reports(t))), None)
-            if finished and partial:
-                break
+            found = condition()
+            if found:
+                return found
             assert proc.poll() is None, "sweep ended before it could be killed"
             time.sleep(0.1)
-        else:
-            pytest.fail("no point with a finished and a part-way trial")
+        pytest.fail("the kill point was never reached")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(1)
-    killed_at = max(r["step"] for r in _reports(partial))
-    assert killed_at < 1200
+        time.sleep(1)
+
+
+def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path):
+    """SIGKILL the driver (and its local Ray) twice: once when a trial has finished and another
+    is part-way, again part-way through the resumed sweep. --resume then finishes every trial,
+    reruns no finished one, and continues the other from its checkpoints."""
+    exp = tmp_path / "killed"
+    args = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "high_lr",
+                 "small_model", "--set", "max_steps=1200", "eval_every=100", "num_samples=0")
+
+    def finished_and_partial():
+        trials = list(exp.glob("run_trial_*")) if exp.exists() else []
+        done = {t: (t / "outcome.json").stat().st_mtime for t in trials
+                if (t / "outcome.json").exists()}
+        part = next((t for t in trials if t not in done and any(
+            r["step"] >= 300 for r in _reports(t))), None)
+        return (done, part) if done and part else None
+
+    finished, partial = _run_until(args, exp, finished_and_partial)
+    first_kill = max(r["step"] for r in _reports(partial))
+    assert first_kill < 1200
+
+    def further():
+        steps = [r["step"] for r in _reports(partial)]
+        return max(steps) if steps and max(steps) >= first_kill + 200 and not (
+            partial / "outcome.json").exists() else None
+
+    second_kill = _run_until(["--storage", str(tmp_path), "--name", "killed", "--resume"], exp,
+                             further)
+    assert second_kill < 1200
     assert grid.main(["--storage", str(tmp_path), "--name", "killed", "--resume"]) == 0
     df = pd.read_parquet(exp / "results.parquet")
     assert len(df) == 3 and set(df["status"]) == {"completed"}
     for t, mtime in finished.items():  # finished trials were not rerun
         assert (t / "outcome.json").stat().st_mtime == mtime
     outcome = json.loads((partial / "outcome.json").read_text())
-    assert outcome["resumed_from"] and 100 <= outcome["resumed_from"][0] <= killed_at
+    resumed = outcome["resumed_from"]
+    assert resumed[0] >= 100 and resumed[0] <= first_kill
+    assert resumed[-1] > first_kill and resumed[-1] <= second_kill
     assert outcome["steps"] == 1200

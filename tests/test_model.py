@@ -3,7 +3,12 @@ import torch
 
 from tune_ablations.config import ModelConfig
 from tune_ablations.model import (
-    TransformerLM, apply_rope, count_params, flops_per_token, rope_tables)
+    TransformerLM,
+    apply_rope,
+    count_params,
+    flops_per_token,
+    rope_tables,
+)
 
 CFG = ModelConfig(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=64)
 

@@ -46,7 +46,7 @@ class ModelConfig:
     ffn: Literal["silu", "swiglu"] = "silu"
     """Feed-forward activation: `silu` (reference) or gated `swiglu`."""
     pos_encoding: Literal["rope", "none"] = "rope"
-    """`rope`, or `none` to reproduce the reference's effective model (its RoPE rotated by head)."""
+    """`rope`, or `none`: the reference's effective model (its RoPE rotated by head index)."""
     rope_base: float = 10000.0
     """RoPE frequency base (theta)."""
     max_seq_len: int = 4096
@@ -78,8 +78,8 @@ class OptimConfig:
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     corpus: str = "embedded"
-    """`embedded` (= `pydoc` + `stdlib`), `pydoc` or `stdlib`, a local path (.txt file/dir, .jsonl, .json, .parquet), or
-    `hf:<dataset>/<config>` for the Hugging Face Hub."""
+    """`embedded` (= `pydoc` + `stdlib`), `pydoc` or `stdlib`, a local path (.txt file or folder,
+    .jsonl, .json, .parquet), or `hf:<dataset>/<config>` for the Hugging Face Hub."""
     tokenizer: str = "bpe"
     """`bpe`: byte-level BPE trained on the training split; else a Hugging Face tokenizer name."""
     vocab_size: int = 4096

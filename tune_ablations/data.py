@@ -273,7 +273,8 @@ def fetch_tokenizer(name: str, out_dir: Path) -> None:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as exc:
         raise CorpusError(f"tokenizer={name!r}: could not load ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}). Use tokenizer='bpe' to train one offline.") from None
+                          f"{str(exc)[:200]}). Use tokenizer='bpe' to train one offline."
+                          ) from None
     tok.save_pretrained(str(out_dir))
 
 

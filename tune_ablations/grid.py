@@ -22,11 +22,31 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    ABLATIONS, METRIC, MODE, REFERENCE_CORPUS, REFERENCE_TOKENIZER, RunConfig, from_flat_dict,
-    load_config_file, parse_overrides)
+    ABLATIONS,
+    METRIC,
+    MODE,
+    REFERENCE_CORPUS,
+    REFERENCE_TOKENIZER,
+    RunConfig,
+    from_flat_dict,
+    load_config_file,
+    parse_overrides,
+)
 from .sweep import (
-    SweepError, check_resources, default_gpus_per_trial, experiment_dir, fail, finish, init_ray,
-    local_gpus, log, preflight, read_sweep_file, run_tuner, write_sweep_file)
+    SweepError,
+    check_resources,
+    default_gpus_per_trial,
+    experiment_dir,
+    fail,
+    finish,
+    init_ray,
+    local_gpus,
+    log,
+    preflight,
+    read_sweep_file,
+    run_tuner,
+    write_sweep_file,
+)
 
 
 def data_overrides(data: str) -> dict[str, Any]:
@@ -171,14 +191,14 @@ def print_summary(df) -> None:
         return
     rows = []
     for name, g in df.groupby("ablation", sort=False, observed=True):
-        def fmt(col: str, spec: str = ".4f") -> str:
+        def fmt(col: str, spec: str = ".4f", g=g) -> str:
             v = g[col].astype(float).dropna()
             if v.empty:
                 return "-"
             return f"{v.mean():{spec}}" + (f"+-{v.std():{spec}}" if len(v) > 1 else "")
         statuses = ",".join(f"{k}:{v}" for k, v in g["status"].value_counts().items() if v)
         rows.append((name, fmt("val_loss"), fmt("val_ppl", ".1f"), fmt("val_acc", ".3f"),
-                     f"{int(g['tokens_seen'].max() or 0):,}", fmt("tokens_per_s", ".0f"),
+                     f"{int(g['tokens_seen'].fillna(0).max()):,}", fmt("tokens_per_s", ".0f"),
                      statuses))
     rows.sort(key=lambda r: float(r[1].split("+")[0]) if r[1] != "-" else float("inf"))
     head = ("ablation", METRIC, "val_ppl", "val_acc", "tokens_seen", "tokens/s", "status")
@@ -236,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, int(cpus))
     concurrency = max(1, int((os.cpu_count() or 1) // cpus)) if not gpus else \
         max(1, int(local_gpus() / gpus)) if local_gpus() else 1
-    for key, data in data_by_key.items():
+    for data in data_by_key.values():
         facts = data.facts()
         log("event=data " + " ".join(f"{k}={v}" for k, v in facts.items()))
     if args.dry_run:

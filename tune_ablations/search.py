@@ -27,8 +27,20 @@ from .config import METRIC, MODE, build_ablation, from_flat_dict, to_flat_dict
 from .grid import data_overrides, latest_experiment
 from .search_space import SearchSpace, build_param_space, load_space
 from .sweep import (
-    SweepError, check_resources, default_gpus_per_trial, experiment_dir, fail, finish, init_ray,
-    local_gpus, log, preflight, read_sweep_file, run_tuner, write_sweep_file)
+    SweepError,
+    check_resources,
+    default_gpus_per_trial,
+    experiment_dir,
+    fail,
+    finish,
+    init_ray,
+    local_gpus,
+    log,
+    preflight,
+    read_sweep_file,
+    run_tuner,
+    write_sweep_file,
+)
 
 SMOKE_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "lr.toml"
 

@@ -29,8 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    ABLATIONS, PRESETS, SELECTOR_KEYS, field_names, field_type, from_flat_dict, toml_module,
-    unknown_key_error)
+    ABLATIONS,
+    PRESETS,
+    SELECTOR_KEYS,
+    field_names,
+    field_type,
+    from_flat_dict,
+    toml_module,
+    unknown_key_error,
+)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _TOP_KEYS = ("description", "ablation", "preset", "num_samples", "fixed", "params", "derive")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import METRIC, MODE
+from .config import METRIC
 
 SWEEP_FILE = "sweep.json"
 SNAPSHOT_PERIOD_S = "1"

@@ -43,8 +43,9 @@ def git_sha(path: str | os.PathLike | None = None) -> str | None:
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True, text=True,
+                           timeout=5).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -77,9 +78,8 @@ def _write_json(path: Path, obj: Any) -> None:
 def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float = 0.0,
               cache_dir: str | None = None, sha: str | None = None) -> dict[str, Any]:
     """Ray Tune function trainable: one training run, reporting at every evaluation."""
-    from ray import tune
-
     import torch
+    from ray import tune
 
     cfg = from_flat_dict(config)
     if threads:
