@@ -1,7 +1,7 @@
 """ASHA savings: the `lr.toml` search with and without ASHA at equal samples. Reports the best
 val loss each found and the total tokens each trained.
 
-    python benchmarks/bench_asha.py [--samples 8] [--preset cpu] [--sampler random]
+    python benchmarks/bench_asha.py [--samples 16] [--preset cpu] [--sampler random]
 
 With `--sampler random` (the default here) both runs draw the same learning rates, so the
 comparison isolates the scheduler.
@@ -42,7 +42,7 @@ def run(scheduler: str, args, root: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--sampler", default="random")
     args = ap.parse_args()

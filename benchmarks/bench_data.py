@@ -34,7 +34,9 @@ def make_text_corpus(folder: Path, mb: int) -> Path:
     while size < mb * 1_000_000:
         n = rng.randint(200, 2000)
         start = rng.randrange(0, len(words) - n)
-        text = " ".join(words[start:start + n])
+        doc = words[start:start + n]
+        rng.shuffle(doc)  # overlapping windows would share passages and form one split group
+        text = " ".join(doc)
         (folder / f"{i:06d}.txt").write_text(text)
         size += len(text)
         i += 1

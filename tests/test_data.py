@@ -192,3 +192,10 @@ def test_validation_windows_are_fixed_and_tile_the_split(tiny_data):
 def test_corpus_smaller_than_a_window(tiny_data):
     with pytest.raises(D.CorpusError, match="smaller than one window"):
         D.check_fits(tiny_data, len(tiny_data.val) + 5)
+
+
+def test_split_keeps_an_oversized_group_in_train():
+    docs = ["huge " * 5000] + [f"small document number {i} " * 20 for i in range(30)]
+    train, val = D.split_documents(docs, 0.1)
+    assert docs[0] in train and val
+    assert sum(map(len, val)) <= 0.1 * 1.05 * sum(map(len, docs))

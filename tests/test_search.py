@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tune_ablations import search
 from tune_ablations.config import DIVERGED_LOSS, METRIC, MODE
 
 SPACES = Path(__file__).parent.parent / "search_spaces"
@@ -112,3 +113,40 @@ def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_p
     study = optuna.load_study(study_name="wild",
                               storage=f"sqlite:///{tmp_path / 'wild' / 'study.db'}")
     assert [t.value for t in study.trials] == [DIVERGED_LOSS] * 3
+
+
+def test_killed_search_resumes(ray_session, corpus_dir, tmp_path):
+    """Kill a search mid-way; --resume finishes it with every sample and exports the study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import pandas as pd
+
+    args = ["--space", str(SPACES / "lr.toml"), "--preset", "tiny", "--data", str(corpus_dir),
+            "--set", "vocab_size=300", "num_samples=0", "max_steps=300", "eval_every=50",
+            "--num-samples", "4", "--scheduler", "none", "--storage", str(tmp_path),
+            "--name", "rs"]
+    proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.search", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    exp = tmp_path / "rs"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            if len(list(exp.glob("*/outcome.json"))) >= 1:
+                break
+            assert proc.poll() is None
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1)
+    assert search.main(["--storage", str(tmp_path), "--name", "rs", "--resume"]) == 0
+    df = pd.read_parquet(exp / "results.parquet")
+    assert len(df) == 4 and set(df["status"].astype(str)) == {"completed"}
+    study = optuna.load_study(study_name="rs", storage=f"sqlite:///{exp / 'study.db'}")
+    assert len(study.trials) == 4

@@ -233,13 +233,16 @@ def split_documents(docs: list[str], val_fraction: float, seed: int = 0
     target = val_fraction * sum(len(d) for d in docs)
     val_idx: set[int] = set()
     size = 0
-    for members in sorted(groups.values(), key=order):
+    ordered = sorted(groups.values(), key=order)
+    for members in ordered:
         g_size = sum(len(docs[i]) for i in members)
-        if size + g_size <= target * 1.05 or not val_idx:
+        if size + g_size <= target * 1.05:  # a group too big for the budget stays in train
             val_idx.update(members)
             size += g_size
         if size >= target:
             break
+    if not val_idx:  # every group exceeds the budget: hold out the smallest
+        val_idx.update(min(ordered, key=lambda m: sum(len(docs[i]) for i in m)))
     if len(val_idx) == len(docs):
         raise CorpusError(f"val_fraction={val_fraction} leaves no training documents")
     train = [d for i, d in enumerate(docs) if i not in val_idx]

@@ -185,6 +185,20 @@ def print_plan(configs: list[RunConfig], data_by_key: dict, threads: int,
         f"concurrency={concurrency}")
 
 
+def by_cost(configs: list[RunConfig], data_by_key: dict) -> list[str]:
+    """Ablation names, most training FLOPs first: starting the longest trials first shortens
+    the sweep when trials outnumber slots (longest-processing-time scheduling)."""
+    from .data import cache_key
+    from .model import flops_per_token
+
+    cost: dict[str, float] = {}
+    for c in configs:
+        vocab = data_by_key[cache_key(c.data)].vocab_size
+        cost[c.name] = cost.get(c.name, 0.0) + flops_per_token(
+            c.model, vocab, c.data.seq_len) * c.total_tokens
+    return sorted(cost, key=lambda name: -cost[name])
+
+
 def print_summary(df) -> None:
     """One row per ablation; mean +- std across seeds when there are several."""
     if df.empty:
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"event=sweep_start name={exp.name} trials={len(configs)} preset={shared['preset']} "
         f"cpus_per_trial={cpus} gpus_per_trial={gpus} resume={args.resume} path={exp}")
     trainable = build_trainable(cpus=cpus, gpus=gpus, cache_dir=args.cache_dir, sha=sha)
-    param_space = {**shared, "ablation": tune.grid_search(list(ablations)),
+    param_space = {**shared, "ablation": tune.grid_search(by_cost(configs, data_by_key)),
                    "seed": tune.grid_search(list(range(seeds)))}
     try:
         results = run_tuner(trainable, param_space, exp=exp, resume=args.resume,

@@ -54,7 +54,8 @@ def lr_only_sweep(df) -> bool:
 
 def statements(df, history) -> list[str]:
     """Plain sentences the data supports, and flags where it does not."""
-    out = []
+    out: list[str] = []
+    few: list[str] = []
     done = df[df["status"].astype(str) == "completed"]
     if "baseline" in set(df["ablation"].dropna()):
         base_tokens = done.loc[done["ablation"] == "baseline", "tokens_seen"].astype(float).mean()
@@ -69,9 +70,7 @@ def statements(df, history) -> list[str]:
             if name in comp.index:
                 c = comp.loc[name]
                 if c["n"] < 2 or c["n_baseline"] < 2:
-                    out.append(f"{name}: n={int(c['n'])} vs baseline n={int(c['n_baseline'])}: "
-                               "no confidence interval; run --seeds 3 before claiming a "
-                               "difference.")
+                    few.append(name)
                 elif c["exceeds_noise"]:
                     word = "lower" if c["diff"] < 0 else "higher"
                     out.append(f"{name}: {METRIC} {word} than baseline by {abs(c['diff']):.4f} "
@@ -80,6 +79,9 @@ def statements(df, history) -> list[str]:
                 else:
                     out.append(f"{name}: difference from baseline {c['diff']:+.4f} is within "
                                f"seed noise (95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}).")
+    if few:
+        out.append(f"n=1 (or baseline n=1) for {', '.join(few)}: no confidence interval, so no "
+                   "difference can be told from seed noise; run --seeds 3 before claiming one.")
     epochs = df["epoch"].astype(float)
     if (epochs > 1).any():
         out.append(f"{int((epochs > 1).sum())} trial(s) trained for more than one epoch "

@@ -77,7 +77,7 @@ def _trial_record(trial: Path, ray_states: dict[str, dict]) -> tuple[dict, list[
     reports = read_reports(trial)
     trial_id = run.get("trial_id") or (reports[-1].get("trial_id") if reports else None) or \
         trial.name
-    ray_state = ray_states.get(trial_id)
+    ray_state = ray_states.get(trial_id) or ray_states.get(trial.name)
     config = run.get("config", {})
     row: dict[str, Any] = {"trial_id": trial_id,
                            "ablation": run.get("ablation") or params.get("ablation"),

@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("--scheduler", choices=("asha", "none"), default="asha")
     ap.add_argument("--grace-tokens", type=int,
-                    help="ASHA grace period in tokens (default: 1/8 of the largest budget)")
+                    help="ASHA grace period in tokens (default: the largest budget / --evals)")
     ap.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA eta")
+    ap.add_argument("--evals", type=int, default=8,
+                    help="evaluations per trial: ASHA can only stop a trial when it reports "
+                    "(ignored if eval_every is set in the space or --set)")
     ap.add_argument("--storage", default="./results")
     ap.add_argument("--name", help="experiment name (default search-<space>-<time>)")
     ap.add_argument("--resume", action="store_true")
@@ -173,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             space = load_space(args.space)
             preset = args.preset or space.preset or ("seed" if local_gpus() else "cpu")
             extra = {**data_overrides(args.data), **parse_overrides(args.set)}
+            if args.evals < 1:
+                raise ValueError(f"--evals={args.evals} must be >= 1")
+            if "eval_every" not in extra and "eval_every" not in space.fixed:
+                steps = from_flat_dict({**space.base_flat(preset), **extra,
+                                        "iso_tokens": False, "token_budget": 0}).steps
+                extra["eval_every"] = max(1, steps // args.evals)
             if args.num_samples is not None and args.num_samples < 1:
                 raise ValueError(f"--num-samples={args.num_samples} must be >= 1")
             if args.reduction_factor <= 1:
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus = args.cpus_per_trial
             gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \
                 default_gpus_per_trial(args.max_concurrent or 4, local_gpus())
-        num_samples = args.num_samples or space.num_samples or 16
+        num_samples = saved["num_samples"] if args.resume else (
+            args.num_samples or space.num_samples or 16)
         base = from_flat_dict({**space.base_flat(preset), **extra})
         check_resources(cpus, gpus, address=args.address)
         from .data import check_fits, prepare_data
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "scheduler": args.scheduler, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
             "max_t": max_t, "argv": sys.argv, "git_sha": sha, "versions": package_versions(),
             "created": datetime.now().isoformat(timespec="seconds")})
-    grace = args.grace_tokens or max(1, max_t // 8)
+    grace = args.grace_tokens or max(1, max_t // args.evals)
     scheduler = ASHAScheduler(time_attr="tokens_seen", max_t=max_t, grace_period=grace,
                               reduction_factor=args.reduction_factor) \
         if args.scheduler == "asha" else None

@@ -186,7 +186,10 @@ def _maybe_compile(model: torch.nn.Module, cfg: RunConfig, x: torch.Tensor, log)
         return model
     try:
         compiled = torch.compile(model)
-        compiled(x)  # compile now, so a failure falls back before training starts
+        # Compile forward and backward now, outside the training clock, at the training shape;
+        # a failure falls back before training starts. No optimizer step: weights unchanged.
+        F.cross_entropy(compiled(x).float().flatten(0, 1), x.flatten()).backward()
+        model.zero_grad(set_to_none=True)
         return compiled
     except Exception as exc:  # no compiler toolchain, unsupported platform, ...
         log(f"event=compile_failed error={type(exc).__name__} fallback=eager")
@@ -230,8 +233,9 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         st = ck["state"]
         st["resumed_from"] = [*st.get("resumed_from", []), st["step"]]
         log(f"event=resumed step={st['step']}")
-    fwd = _maybe_compile(model, cfg, sample_batch(data.train, 1, cfg.data.seq_len,
-                                                  torch.Generator())[0].to(device), log)
+    fwd = _maybe_compile(model, cfg, sample_batch(data.train, cfg.data.batch_size,
+                                                  cfg.data.seq_len, torch.Generator())[0].to(
+                                                      device), log)
 
     def state_dict() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(),
