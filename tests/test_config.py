@@ -12,12 +12,11 @@ from tune_ablations.config import (
     build_ablation,
     field_names,
     from_flat_dict,
-    load_config_file,
-    parse_overrides,
     to_flat_dict,
     with_overrides,
     with_token_budget,
 )
+from tune_ablations.overrides import load_config_file, parse_overrides
 
 
 def test_metric_named_once():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tune_ablations import corpus as C
 from tune_ablations import data as D
 from tune_ablations.config import DataConfig
 
@@ -16,15 +17,15 @@ def _cfg(corpus, **kw) -> DataConfig:
 
 
 def test_local_txt_folder_one_document_per_file(corpus_dir):
-    docs = D.load_documents(_cfg(corpus_dir))
+    docs = C.load_documents(_cfg(corpus_dir))
     assert len(docs) == 60 and docs[0].startswith("Document 0.")
-    assert len(D.load_documents(_cfg(corpus_dir, num_documents=5))) == 5
+    assert len(C.load_documents(_cfg(corpus_dir, num_documents=5))) == 5
 
 
 def test_local_txt_file_blank_line_blocks(tmp_path):
     f = tmp_path / "c.txt"
     f.write_text("first block\nstill first\n\nsecond\n\n\n\nthird\n")
-    assert D.load_documents(_cfg(f)) == ["first block\nstill first", "second", "third"]
+    assert C.load_documents(_cfg(f)) == ["first block\nstill first", "second", "third"]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
@@ -40,22 +41,22 @@ def test_local_text_column_files(tmp_path, fmt):
         path.write_text(json.dumps([{"text": t} for t in texts]))
     else:
         frame.to_parquet(path)
-    assert D.load_documents(_cfg(path)) == [t.strip() for t in texts]
-    assert len(D.load_documents(_cfg(path, num_documents=3))) == 3
+    assert C.load_documents(_cfg(path)) == [t.strip() for t in texts]
+    assert len(C.load_documents(_cfg(path, num_documents=3))) == 3
 
 
 def test_missing_text_column_is_named(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"body": "x"}\n')
     with pytest.raises(D.CorpusError, match="no 'text' column"):
-        D.load_documents(_cfg(path))
+        C.load_documents(_cfg(path))
 
 
 def test_empty_corpus_rejected(tmp_path):
     f = tmp_path / "empty.txt"
     f.write_text("\n\n  \n")
     with pytest.raises(D.CorpusError, match="is empty"):
-        D.load_documents(_cfg(f))
+        C.load_documents(_cfg(f))
 
 
 def test_hub_code_path_on_local_files_in_the_same_format(tmp_path):
@@ -66,14 +67,14 @@ def test_hub_code_path_on_local_files_in_the_same_format(tmp_path):
     for shard in range(2):
         pd.DataFrame({"text": [f"shard {shard} doc {i}" for i in range(5)],
                       "audience": "x"}).to_parquet(tmp_path / f"train-{shard}.parquet")
-    docs = D.load_hub_documents("hf:parquet", 7, data_files=sorted(
+    docs = C.load_hub_documents("hf:parquet", 7, data_files=sorted(
         str(p) for p in tmp_path.glob("*.parquet")))
     assert docs[:2] == ["shard 0 doc 0", "shard 0 doc 1"] and len(docs) == 7
 
 
 def test_hub_unreachable_is_a_clear_error():
     code = ("import os; os.environ['HF_HUB_OFFLINE']='1'\n"
-            "from tune_ablations.data import load_hub_documents, CorpusError\n"
+            "from tune_ablations.corpus import load_hub_documents, CorpusError\n"
             "try:\n    load_hub_documents('hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2', 3)\n"
             "except CorpusError as e:\n    print('CLEAR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -83,9 +84,9 @@ def test_hub_unreachable_is_a_clear_error():
 
 
 def test_embedded_corpora_load_offline():
-    pydoc = D.load_pydoc_documents()
+    pydoc = C.load_pydoc_documents()
     assert len(pydoc) > 50 and all(isinstance(d, str) and d for d in pydoc)
-    stdlib = D.load_stdlib_documents()
+    stdlib = C.load_stdlib_documents()
     assert len(stdlib) > 100
     assert sum(map(len, stdlib)) > 3 * sum(map(len, pydoc))
 
@@ -94,7 +95,7 @@ def test_split_groups_documents_sharing_passages():
     shared = " ".join(f"w{i}" for i in range(30))
     docs = [f"alpha {shared} tail", f"prefix {shared}", *[f"unique doc {i} " * 20
                                                           for i in range(20)]]
-    groups = D.group_documents(docs)
+    groups = C.group_documents(docs)
     assert groups[0] == groups[1]
     assert len(set(groups)) == 21
 
@@ -105,8 +106,8 @@ def _shingles(doc: str, n: int = 12) -> set[str]:
 
 
 def test_embedded_split_has_no_shared_document_or_passage():
-    docs = D.load_pydoc_documents()
-    train, val = D.split_documents(docs, 0.1, seed=0)
+    docs = C.load_pydoc_documents()
+    train, val = C.split_documents(docs, 0.1, seed=0)
     assert train and val and len(train) + len(val) == len(docs)
     assert not set(train) & set(val)
     train_sh = set().union(*map(_shingles, train))
@@ -196,6 +197,6 @@ def test_corpus_smaller_than_a_window(tiny_data):
 
 def test_split_keeps_an_oversized_group_in_train():
     docs = ["huge " * 5000] + [f"small document number {i} " * 20 for i in range(30)]
-    train, val = D.split_documents(docs, 0.1)
+    train, val = C.split_documents(docs, 0.1)
     assert docs[0] in train and val
     assert sum(map(len, val)) <= 0.1 * 1.05 * sum(map(len, docs))

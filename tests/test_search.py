@@ -82,7 +82,7 @@ def test_exported_study_opens_with_optuna(searched):
 
 
 def test_best_config_file_reruns(searched, tmp_path, corpus_dir):
-    from tune_ablations.config import load_config_file
+    from tune_ablations.overrides import load_config_file
     from tune_ablations.train import main
 
     best = searched / "best.toml"

@@ -29,9 +29,8 @@ from .config import (
     REFERENCE_TOKENIZER,
     RunConfig,
     from_flat_dict,
-    load_config_file,
-    parse_overrides,
 )
+from .overrides import load_config_file, parse_overrides
 from .sweep import (
     SweepError,
     check_resources,

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         args.space = args.space or str(SMOKE_SPACE)
         args.preset, args.num_samples = "tiny", args.num_samples or 4
     try:
-        from .config import parse_overrides
+        from .overrides import parse_overrides
 
         if args.resume:
             if not args.name:

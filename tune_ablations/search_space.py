@@ -35,9 +35,9 @@ from .config import (
     field_names,
     field_type,
     from_flat_dict,
-    toml_module,
     unknown_key_error,
 )
+from .overrides import toml_module
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _TOP_KEYS = ("description", "ablation", "preset", "num_samples", "fixed", "params", "derive")

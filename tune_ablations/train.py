@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from .config import build_ablation, load_config_file, parse_overrides, with_overrides
+    from .config import build_ablation, with_overrides
+    from .overrides import load_config_file, parse_overrides
 
     ap = argparse.ArgumentParser(prog="python -m tune_ablations.train", description=main.__doc__)
     ap.add_argument("--ablation", default="baseline")
