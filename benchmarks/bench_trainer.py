@@ -65,8 +65,8 @@ def trainer(cfg, data) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
     ap.add_argument("--sizes", nargs="+", default=["baseline", "small_model"])
@@ -97,6 +97,7 @@ def main() -> None:
                 print(f"size={size} dtype={name} compile={comp} "
                       f"train_tokens_per_s={median(ours):.0f} minimal_tokens_per_s="
                       f"{median(plain):.0f} ratio={median(ratios):.3f} "
+                      f"ratio_range={min(ratios):.3f}..{max(ratios):.3f} "
                       f"mfu={median(mfus):.3f} plain_mfu={median(plain) * fpt / peak:.3f}")
         # Evaluation cost at the preset's default cadence.
         cfg = build_ablation("baseline", "cpu", num_samples=0, precision=name)
