@@ -112,6 +112,8 @@ def test_gpus_requested_on_a_machine_without_gpus(corpus_dir, tmp_path):
     (["--seeds", "0"], "--seeds=0 must be >= 1"),
     (["--max-steps", "0"], "max_steps=0 must be > 0"),
     (["--set", "warmup_steps=500"], "warmup_steps=500 must be < the run's steps=30"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints=0 must be >= 1"),
+    (["--max-failures", "-1"], "--max-failures=-1 must be >= 0"),
 ])
 def test_grid_bad_input(corpus_dir, tmp_path, capsys, extra, message):
     assert grid.main(_args(corpus_dir, tmp_path, "bad", *extra)) == 2

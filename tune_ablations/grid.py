@@ -33,7 +33,9 @@ from .config import (
 from .overrides import load_config_file, parse_overrides
 from .sweep import (
     SweepError,
+    add_sweep_args,
     check_resources,
+    check_sweep_args,
     default_gpus_per_trial,
     experiment_dir,
     fail,
@@ -76,20 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help="TOML run file (e.g. a search's best.toml): its [config] "
                     "applies to every ablation")
     ap.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
-    ap.add_argument("--storage", default="./results", help="results root (default ./results)")
-    ap.add_argument("--name", help="experiment name (default grid-<preset>-<time>)")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue the sweep --name (default: the latest grid in --storage)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
-    ap.add_argument("--cpus-per-trial", type=float, default=1.0)
-    ap.add_argument("--gpus-per-trial", type=float,
-                    help="fraction of a GPU per trial (default: packs trials on the GPUs)")
-    ap.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS or local)")
-    ap.add_argument("--max-failures", type=int, default=2,
-                    help="retries of a crashed trial from its checkpoint")
-    ap.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial")
-    ap.add_argument("--cache-dir", help="token cache (default $TUNE_ABLATIONS_CACHE or "
-                    "~/.cache/tune_ablations)")
+    add_sweep_args(ap, "grid")
     ap.add_argument("--smoke-test", action="store_true",
                     help="tiny preset, two ablations, seconds per trial")
     return ap
@@ -236,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             args.ablations = ["baseline", "high_lr"]
     preset = args.preset or ("seed" if local_gpus() else "cpu")
     try:
+        check_sweep_args(args)
         if args.resume and not args.name:
             args.name = latest_experiment(args.storage, "grid")
             if args.name is None:

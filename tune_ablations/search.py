@@ -28,7 +28,9 @@ from .grid import data_overrides, latest_experiment
 from .search_space import SearchSpace, build_param_space, load_space
 from .sweep import (
     SweepError,
+    add_sweep_args,
     check_resources,
+    check_sweep_args,
     default_gpus_per_trial,
     experiment_dir,
     fail,
@@ -63,15 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--evals", type=int, default=8,
                     help="evaluations per trial: ASHA can only stop a trial when it reports "
                     "(ignored if eval_every is set in the space or --set)")
-    ap.add_argument("--storage", default="./results")
-    ap.add_argument("--name", help="experiment name (default search-<space>-<time>)")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--cpus-per-trial", type=float, default=1.0)
-    ap.add_argument("--gpus-per-trial", type=float)
-    ap.add_argument("--address")
-    ap.add_argument("--max-failures", type=int, default=2)
-    ap.add_argument("--keep-checkpoints", type=int, default=2)
-    ap.add_argument("--cache-dir")
+    add_sweep_args(ap, "search")
     ap.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                     help="extra fixed overrides (on top of the file's [fixed])")
     ap.add_argument("--smoke-test", action="store_true",
@@ -160,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .overrides import parse_overrides
 
+        check_sweep_args(args)
         if args.resume:
             if not args.name:
                 args.name = latest_experiment(args.storage, "search")

@@ -37,6 +37,33 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def add_sweep_args(ap, kind: str) -> None:
+    """The options every sweep command shares: where results go, resume, resources, retries."""
+    ap.add_argument("--storage", default="./results", help="results root (default ./results)")
+    ap.add_argument("--name", help=f"experiment name (default {kind}-...-<time>)")
+    ap.add_argument("--resume", action="store_true",
+                    help=f"continue the sweep --name (default: the latest {kind} in --storage)")
+    ap.add_argument("--cpus-per-trial", type=float, default=1.0,
+                    help="CPUs (and torch threads) per trial")
+    ap.add_argument("--gpus-per-trial", type=float,
+                    help="fraction of a GPU per trial (default: packs trials on the GPUs)")
+    ap.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS or local)")
+    ap.add_argument("--max-failures", type=int, default=2,
+                    help="retries of a crashed trial from its checkpoint")
+    ap.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial")
+    ap.add_argument("--cache-dir", help="token cache (default $TUNE_ABLATIONS_CACHE or "
+                    "~/.cache/tune_ablations)")
+
+
+def check_sweep_args(args) -> None:
+    """Reject impossible values of the shared options (before anything runs)."""
+    if args.keep_checkpoints < 1:
+        raise SweepError(f"--keep-checkpoints={args.keep_checkpoints} must be >= 1 (a trial "
+                         "resumes from its latest checkpoint)")
+    if args.max_failures < 0:
+        raise SweepError(f"--max-failures={args.max_failures} must be >= 0")
+
+
 def local_gpus() -> int:
     import torch
 
