@@ -32,7 +32,7 @@ def run(scheduler: str, args, root: Path) -> dict:
     code = search.main(["--space", str(SPACE), "--preset", args.preset, "--num-samples",
                         str(args.samples), "--sampler", args.sampler, "--scheduler", scheduler,
                         "--seed", "0", "--storage", str(root), "--name", scheduler,
-                        "--set", "num_samples=0"])
+                        "--set", "text_samples=0"])
     assert code == 0, f"search exited {code}"
     df = pd.read_parquet(root / scheduler / "results.parquet")
     return {"best": float(df["val_loss"].min()), "tokens": int(df["tokens_seen"].sum()),

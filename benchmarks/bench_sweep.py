@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine  # noqa: E402
 
-from tune_ablations.config import ABLATIONS  # noqa: E402
+from tune_ablations.resolve import ABLATIONS  # noqa: E402
 
 
 def _one(args: tuple[str, str, int]) -> float:
     import torch
 
-    from tune_ablations.config import build_ablation
+    from tune_ablations.resolve import build_ablation
     from tune_ablations.train import train
 
     name, preset, threads = args
@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine {machine()}")
     # Warm the token cache so no schedule pays for tokenization.
-    from tune_ablations.config import build_ablation
+    from tune_ablations.resolve import build_ablation
     from tune_ablations.data import prepare_data
 
     prepare_data(build_ablation("baseline", args.preset).data, log=lambda s: None)

@@ -22,10 +22,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import has_fast_bf16, machine, median  # noqa: E402
 
-from tune_ablations.config import build_ablation  # noqa: E402
+from tune_ablations.resolve import build_ablation  # noqa: E402
 from tune_ablations.data import prepare_data, sample_batch  # noqa: E402
 from tune_ablations.model import TransformerLM, flops_per_token  # noqa: E402
-from tune_ablations.train import measure_matmul_peak, train  # noqa: E402
+from tune_ablations.runtime import measure_matmul_peak  # noqa: E402
+from tune_ablations.train import train  # noqa: E402
 
 
 def minimal_loop(cfg, data, steps: int, amp, compile_: bool) -> float:
@@ -84,7 +85,7 @@ def main() -> None:
             for comp in ([False, True] if args.compile else [False]):
                 cfg = build_ablation(size, "cpu", max_steps=args.steps, eval_every=10_000,
                                      warmup_steps=2, precision=name, compile=comp,
-                                     num_samples=0, peak_flops=peak)
+                                     text_samples=0, peak_flops=peak)
                 data = prepare_data(cfg.data, log=lambda s: None)
                 fpt = flops_per_token(cfg.model, data.vocab_size, cfg.data.seq_len)
                 ours, plain, mfus = [], [], []
@@ -100,7 +101,7 @@ def main() -> None:
                       f"ratio_range={min(ratios):.3f}..{max(ratios):.3f} "
                       f"mfu={median(mfus):.3f} plain_mfu={median(plain) * fpt / peak:.3f}")
         # Evaluation cost at the preset's default cadence.
-        cfg = build_ablation("baseline", "cpu", num_samples=0, precision=name)
+        cfg = build_ablation("baseline", "cpu", text_samples=0, precision=name)
         data = prepare_data(cfg.data, log=lambda s: None)
         r = train(cfg, data=data)
         print(f"eval_cost dtype={name} eval_every={cfg.eval.eval_every} "

@@ -46,10 +46,10 @@ def corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cfg(corpus_dir):
     """2 layers, d_model 32, on the made-up corpus."""
-    from tune_ablations.config import build_ablation
+    from tune_ablations.resolve import build_ablation
 
     return build_ablation("baseline", "tiny", corpus=str(corpus_dir), vocab_size=300,
-                          max_steps=30, eval_every=10, eval_tokens=512, num_samples=1)
+                          max_steps=30, eval_every=10, eval_tokens=512, text_samples=1)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ import pytest
 
 from tune_ablations import analysis as A
 from tune_ablations.config import field_names
-from tune_ablations.report import make_synthetic_experiment, write_report
+from tune_ablations.report import write_report
+
+from synthetic import make_synthetic_experiment
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,12 @@ def test_results_frame_from_real_run(real_grid):
     assert big["batch_size"] == 2 * df.set_index("ablation").loc["baseline", "batch_size"]
     assert big["tokens_seen"] == big["step"] * big["batch_size"] * big["seq_len"]
     hist = A.load_history(real_grid)
-    assert len(hist) == 6 and list(hist.groupby("trial_id").size()) == [3, 3]
+    # Both arms evaluate at the same token milestones: large_batch (2x tokens per step, same
+    # steps) reports twice as often, at every milestone of the baseline and beyond.
+    per = {a: set(g["tokens_seen"]) for a, g in hist.groupby("ablation")}
+    assert sorted(len(v) for v in per.values()) == [3, 6]
+    assert per["baseline"] <= per["large_batch"]
+    assert (df["unigram_val_loss"] > 0).all() and (df["val_loss_se"] > 0).all()
 
 
 def test_statuses_of_a_partial_sweep(synthetic):
@@ -77,7 +84,7 @@ def test_summarize_and_compare(synthetic):
     assert list(s["ablation"][:2]) == ["large_batch", "baseline"]  # sorted by val_loss
     row = s.set_index("ablation").loc["baseline"]
     vals = df[(df["ablation"] == "baseline")]["val_loss"].astype(float)
-    assert row["n"] == 2 and row["val_loss_mean"] == pytest.approx(vals.mean())
+    assert row["n_completed"] == 2 and row["val_loss_mean"] == pytest.approx(vals.mean())
     assert row["val_loss_ci_high"] - row["val_loss_mean"] == pytest.approx(
         12.70620474 * vals.std() / math.sqrt(2), rel=1e-6)
     c = A.compare_to_baseline(df).set_index("ablation")
@@ -90,26 +97,33 @@ def test_summarize_and_compare(synthetic):
     assert c2.loc["large_batch", "ci_low"] < 0 < c2.loc["large_batch", "ci_high"]
 
 
-def test_at_tokens_interpolates_without_extrapolating():
+def test_at_tokens_reads_evaluations_never_interpolates():
     h = pd.DataFrame({"trial_id": ["a", "a", "b", "b"], "ablation": ["x", "x", "y", "y"],
                       "seed": [0, 0, 0, 0], "tokens_seen": [100, 300, 200, 400],
-                      "val_loss": [5.0, 3.0, 4.0, 2.0], "diverged": [False] * 4})
+                      "step": [1, 3, 1, 2], "val_loss": [5.0, 3.0, 4.0, 2.0],
+                      "diverged": [False] * 4})
     r = A.at_tokens(h, 200).set_index("trial_id")["val_loss"]
-    assert r["a"] == pytest.approx(4.0) and r["b"] == pytest.approx(4.0)
-    r = A.at_tokens(h, 350).set_index("trial_id")["val_loss"]
-    assert math.isnan(r["a"]) and r["b"] == pytest.approx(2.5)
+    assert math.isnan(r["a"]) and r["b"] == 4.0  # a has no evaluation within a step of 200
+    r = A.at_tokens(h, 290).set_index("trial_id")["val_loss"]
+    assert r["a"] == 3.0 and r["b"] == 2.0  # each within one of its own steps
+    r = A.at_tokens(h, 450).set_index("trial_id")["val_loss"]
+    assert math.isnan(r["a"]) and math.isnan(r["b"])  # no extrapolation
 
 
 def test_lr_sensitivity_on_a_known_curve():
-    df = pd.DataFrame({"lr": [1e-4, 3e-4, 1e-3, 3e-3, 3e-4],
-                       "val_loss": [4.0, 3.0, 3.5, np.nan, 3.0],
+    df = pd.DataFrame({"lr": [1e-4, 3e-4, 1e-3, 3e-3, 3e-4, 1e-2],
+                       "val_loss": [4.0, 3.0, 3.5, np.nan, 3.0, 3.2],
                        "status": ["completed", "completed", "completed", "diverged",
-                                  "completed"],
-                       "vocab_size": [148] * 5})
+                                  "completed", "early_stopped"],
+                       "initial_loss": [6.0, 6.2, 6.1, 6.0, 6.1, 6.0]})
     assert A.lr_sensitivity(df, initial_loss=5.0) == pytest.approx((1 + 0 + 0.5 + 2) / 4)
-    assert A.lr_sensitivity(df) == pytest.approx((1 + 0 + 0.5 + (math.log(148) - 3)) / 4)
+    # The measured initial loss (median of the full-budget runs: 6.1); the early-stopped
+    # trial's rung loss does not count as a final loss.
+    assert A.lr_sensitivity(df) == pytest.approx((1 + 0 + 0.5 + 3.1) / 4)
     with pytest.raises(ValueError, match="at least 2 learning rates"):
         A.lr_sensitivity(df[df["lr"] == 3e-4])
+    with pytest.raises(ValueError, match="measured initial_loss"):
+        A.lr_sensitivity(df.drop(columns="initial_loss"))
 
 
 def test_rung_agreement():
@@ -132,11 +146,11 @@ def test_report_folder_has_every_plot_and_table(synthetic, tmp_path):
     for name in ("curves.png", "final_metrics.png", "throughput.png"):
         assert (tmp_path / "r" / name).stat().st_size > 1000
         assert name in text
-    for heading in ("Final metrics per ablation", "at equal tokens", "Throughput", "Status",
-                    "Against baseline", "What the data supports", "Text samples"):
+    for heading in ("Final metrics per ablation", "Equal-token comparison", "Throughput",
+                    "Status", "Against baseline", "What the data supports", "Text samples"):
         assert heading in text
-    assert "large_batch saw 2.0x the tokens of baseline" in text
-    assert "1 trial(s) diverged" in text
+    assert "Omitted: completed runs ended at different budgets" in text
+    assert "1 trial(s) diverged" in text and "n_diverged" in text
 
 
 def test_cli_writes_report_and_exports(real_grid, tmp_path, capsys):
@@ -147,5 +161,5 @@ def test_cli_writes_report_and_exports(real_grid, tmp_path, capsys):
         assert (tmp_path / "out" / name).exists(), name
     text = (tmp_path / "out" / "report.md").read_text()
     assert "n=1" in text and "Text samples" in text
-    with pytest.raises(SystemExit):
-        A.main([str(tmp_path / "missing")])
+    assert A.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -3,20 +3,18 @@ import dataclasses
 import pytest
 
 from tune_ablations.config import (
-    ABLATIONS,
     DIVERGED_LOSS,
     METRIC,
     MODE,
     PRESETS,
     RunConfig,
-    build_ablation,
     field_names,
-    from_flat_dict,
     to_flat_dict,
     with_overrides,
-    with_token_budget,
 )
 from tune_ablations.overrides import load_config_file, parse_overrides
+from tune_ablations.resolve import ABLATIONS, CPU_LR_SCALE, build_ablation, with_token_budget
+from tune_ablations.resolve import resolve as from_flat_dict
 
 
 def test_metric_named_once():
@@ -30,7 +28,7 @@ def test_reference_ablations_as_published():
     assert (m.d_model, m.n_heads, m.n_layers, m.d_ff) == (384, 6, 12, 1536)
     assert (d.batch_size, o.lr, d.seq_len, base.steps, base.eval.eval_every) == (
         8, 3e-4, 512, 2000, 400)
-    assert d.num_documents == 500
+    assert d.num_documents == 0  # the whole corpus (a Hub corpus is sized by resolve)
     assert (o.weight_decay, o.beta1, o.beta2, o.grad_clip, o.min_lr_ratio) == (
         0.1, 0.9, 0.95, 1.0, 0.1)
     got = {n: build_ablation(n, "seed") for n in ABLATIONS}
@@ -56,7 +54,8 @@ def test_warmup_zero_reproduces_reference_schedule():
 def test_cpu_preset_keeps_relations(name):
     seed_b, cpu_b = build_ablation("baseline", "seed"), build_ablation("baseline", "cpu")
     seed_a, cpu_a = build_ablation(name, "seed"), build_ablation(name, "cpu")
-    assert cpu_a.optim.lr == seed_a.optim.lr
+    assert cpu_a.optim.lr / cpu_b.optim.lr == pytest.approx(seed_a.optim.lr / seed_b.optim.lr)
+    assert cpu_b.optim.lr == pytest.approx(CPU_LR_SCALE * seed_b.optim.lr)
     assert cpu_a.data.batch_size / cpu_b.data.batch_size == \
         seed_a.data.batch_size / seed_b.data.batch_size
     assert cpu_a.data.seq_len / cpu_b.data.seq_len == seed_a.data.seq_len / seed_b.data.seq_len
@@ -110,7 +109,10 @@ def test_flat_round_trip(name, preset):
     flat = to_flat_dict(cfg)
     assert set(flat) == set(field_names())
     assert from_flat_dict(flat) == cfg
-    assert from_flat_dict({"ablation": name, "preset": preset, "seed": 7}) == cfg
+    resolved = from_flat_dict({"ablation": name, "preset": preset, "seed": 7})
+    assert with_overrides(resolved, {"eval_every_tokens": 0}) == cfg
+    base = build_ablation("baseline", preset)
+    assert resolved.eval.eval_every_tokens == base.eval.eval_every * base.tokens_per_step
 
 
 def test_unknown_key_suggests_closest():
@@ -131,8 +133,8 @@ def test_iso_tokens_and_token_budget():
     assert big.steps == base.steps // 2
     assert big.optim.warmup_steps == base.optim.warmup_steps // 2  # same fraction of the run
     cfg = with_token_budget(base, 4 * base.total_tokens)
-    assert cfg.steps == 4 * base.steps and cfg.eval.eval_every == 4 * base.eval.eval_every
-    with pytest.raises(ValueError, match="tokens=0 must be > 0"):
+    assert cfg.steps == 4 * base.steps
+    with pytest.raises(ValueError, match="token_budget=0 must be an integer > 0"):
         with_token_budget(base, 0)
 
 

@@ -181,13 +181,25 @@ def test_batches_are_shifted_windows_and_seeded(tiny_data):
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
-def test_validation_windows_are_fixed_and_tile_the_split(tiny_data):
+def test_validation_windows_spread_over_the_whole_split(tiny_data):
+    val = np.asarray(tiny_data.val, dtype=np.int64)
     w1 = D.val_windows(tiny_data.val, 16, 160)
-    w2 = D.val_windows(tiny_data.val, 16, 160)
-    assert torch.equal(w1, w2) and w1.shape == (10, 17)
-    assert torch.equal(w1[1, :], torch.from_numpy(np.asarray(tiny_data.val[16:33],
-                                                             dtype=np.int64)))
-    assert torch.equal(w1[:-1, -1], w1[1:, 0])  # consecutive, non-overlapping targets
+    assert torch.equal(w1, D.val_windows(tiny_data.val, 16, 160)) and w1.shape == (10, 17)
+    starts = []
+    for row in w1.numpy():  # each window is a contiguous slice of the split
+        hits = [s for s in range(len(val) - 16) if np.array_equal(val[s:s + 17], row)]
+        starts.append(hits[0])
+    n = len(val)
+    assert starts[0] == 0 and starts[-1] > 0.85 * (n - 17)  # not one corner of the split
+    gaps = np.diff(starts)
+    assert gaps.min() >= 17 and gaps.max() - gaps.min() <= 2  # evenly spaced, no overlap
+    hold = D.val_windows(tiny_data.val, 16, 160, part="holdout")
+    hold_starts = [int(s + g // 2) for s, g in zip(starts, [*gaps, gaps[-1]])]
+    assert hold.shape == w1.shape
+    for h, s in zip(hold.numpy(), hold_starts):  # the holdout sits between selection windows
+        assert np.array_equal(h, val[s:s + 17]) or np.array_equal(h, val[s + 1:s + 18])
+    with pytest.raises(ValueError, match="part='test' must be"):
+        D.val_windows(tiny_data.val, 16, 160, part="test")
 
 
 def test_corpus_smaller_than_a_window(tiny_data):

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _args(corpus, storage, name, *extra):
     return ["--preset", "tiny", "--data", str(corpus), "--set", "vocab_size=300",
-            "num_samples=0", "--storage", str(storage), "--name", name, *extra]
+            "text_samples=0", "--storage", str(storage), "--name", name, *extra]
 
 
 @pytest.mark.slow

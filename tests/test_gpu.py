@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.gpu,
 
 def test_tiny_run_on_gpu(tiny_cfg, tiny_data):
     from tune_ablations.config import with_overrides
-    from tune_ablations.train import autocast_dtype, resolve_device, train
+    from tune_ablations.train import train
 
     cfg = with_overrides(tiny_cfg, {"device": "cuda", "precision": "auto"})
     assert autocast_dtype(cfg, resolve_device(cfg)) in (torch.bfloat16, torch.float16)

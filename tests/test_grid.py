@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _args(corpus, storage, name, *extra):
     return ["--preset", "tiny", "--data", str(corpus), "--set", "vocab_size=300",
-            "num_samples=1", "--storage", str(storage), "--name", name, *extra]
+            "text_samples=1", "--storage", str(storage), "--name", name, *extra]
 
 
 def test_two_ablation_grid_end_to_end(ray_session, corpus_dir, tmp_path, capsys):
@@ -70,7 +70,7 @@ def test_diverging_and_failing_trials_are_recorded(ray_session, corpus_dir, tmp_
     from tune_ablations.trainable import build_trainable
 
     exp = tmp_path / "mixed"
-    space = {"preset": "tiny", "corpus": str(corpus_dir), "vocab_size": 300, "num_samples": 0,
+    space = {"preset": "tiny", "corpus": str(corpus_dir), "vocab_size": 300, "text_samples": 0,
              "warmup_steps": 0, "grad_clip": 0.0,
              "lr": tune.grid_search([3e-3, 10.0]), "device": tune.grid_search(["cpu", "cuda:7"])}
     results = run_tuner(build_trainable(cpus=1, gpus=0, cache_dir=None, sha=None), space,
@@ -161,7 +161,7 @@ def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path
     reruns no finished one, and continues the other from its checkpoints."""
     exp = tmp_path / "killed"
     args = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "high_lr",
-                 "small_model", "--set", "max_steps=2000", "eval_every=100", "num_samples=0")
+                 "small_model", "--set", "max_steps=2000", "eval_every=100", "text_samples=0")
 
     def finished_and_partial():
         trials = list(exp.glob("run_trial_*")) if exp.exists() else []

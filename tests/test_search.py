@@ -43,7 +43,7 @@ def searched(ray_session, corpus_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("search")
     code = search.main(["--space", str(SPACES / "lr.toml"), "--preset", "tiny", "--data",
-                        str(corpus_dir), "--set", "vocab_size=300", "num_samples=0",
+                        str(corpus_dir), "--set", "vocab_size=300", "text_samples=0",
                         "max_steps=60", "eval_every=10", "--num-samples", "6",
                         "--grace-tokens", "1000", "--reduction-factor", "2",
                         "--max-concurrent", "2", "--storage", str(root), "--name", "s"])
@@ -105,7 +105,7 @@ def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_p
     space.write_text('ablation = "baseline"\n[fixed]\nwarmup_steps = 0\ngrad_clip = 0.0\n'
                      '[params.lr]\ndistribution = "loguniform"\nlow = 3.0\nhigh = 30.0\n')
     code = search.main(["--space", str(space), "--preset", "tiny", "--data", str(corpus_dir),
-                        "--set", "vocab_size=300", "num_samples=0", "--num-samples", "3",
+                        "--set", "vocab_size=300", "text_samples=0", "--num-samples", "3",
                         "--storage", str(tmp_path), "--name", "wild"])
     assert code == 0
     df = pd.read_parquet(tmp_path / "wild" / "results.parquet")
@@ -127,7 +127,7 @@ def test_killed_search_resumes(ray_session, corpus_dir, tmp_path):
     import pandas as pd
 
     args = ["--space", str(SPACES / "lr.toml"), "--preset", "tiny", "--data", str(corpus_dir),
-            "--set", "vocab_size=300", "num_samples=0", "max_steps=300", "eval_every=50",
+            "--set", "vocab_size=300", "text_samples=0", "max_steps=300", "eval_every=50",
             "--num-samples", "4", "--scheduler", "none", "--storage", str(tmp_path),
             "--name", "rs"]
     proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.search", *args],

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_ablations.config import from_flat_dict
+from tune_ablations.resolve import resolve as from_flat_dict
 from tune_ablations.search_space import build_param_space, load_space
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.toml"))

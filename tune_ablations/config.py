@@ -1,4 +1,5 @@
-"""Run configuration: every knob of one training run, validated, with the reference ablations.
+"""Run configuration: every knob of one training run, validated; and the names (metrics, report
+keys, statuses, file names) that every other module imports instead of spelling them again.
 
 Design choices:
 - One frozen dataclass per concern (model, optim, data, budget, eval) under `RunConfig`; every
@@ -6,8 +7,8 @@ Design choices:
   with the same key everywhere (`lr`, `d_model`, `seq_len`, ...).
 - `validate()` runs in `__post_init__`: an impossible config cannot exist. Errors name the field,
   the value and the rule.
-- `ABLATIONS` holds the six reference ablations as published (preset `seed`, for a GPU); the `cpu`
-  preset shrinks them for a 2-core CPU while keeping each one's relation to the baseline.
+- Ablations, presets and selectors (`iso_tokens`, budgets, derived widths) live in `resolve.py`,
+  the one place that turns a run spec into a config.
 - The reference declared `warmup_steps=1000` but applied none (plain cosine to 10%). We default to
   a 5% linear warmup (100 of 2000 steps), a common choice for runs this short; `warmup_steps=0`
   reproduces the reference's schedule.
@@ -22,7 +23,23 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+# --- names defined once: metrics, report keys, statuses, files -------------------------------
 METRIC, MODE = "val_loss", "min"
+# ASHA's time attribute: trials are compared at equal tokens, not equal steps.
+TIME_ATTR = "tokens_seen"
+VAL_KEYS = ("val_loss", "val_loss_se", "val_ppl", "val_bpb", "val_acc", "val_top5",
+            "val_confidence", "val_entropy")
+# Exactly the keys every report to Ray (and every history row) holds.
+REPORT_KEYS = ("step", "tokens_seen", "epoch", "lr", "train_loss", "grad_norm", *VAL_KEYS,
+               "unigram_val_loss", "unigram_val_bpb", "tokens_per_s", "steps_per_s", "mfu",
+               "train_time_s", "eval_time_s", "diverged", "status")
+# `completed`: ran its budget; `early_stopped`: stopped by the scheduler (ASHA); `diverged`:
+# non-finite or runaway loss; `error`: raised; `stopped`: asked to stop by its caller;
+# `running`: no end recorded yet.
+STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "stopped")
+RUN_FILE, OUTCOME_FILE, SWEEP_FILE = "run.json", "outcome.json", "sweep.json"
+TRIALS_FILE, SPACE_FILE, BEST_FILE = "trials.json", "space.toml", "best.toml"
+STUDY_FILE, IMPORTANCES_FILE = "study.db", "importances.json"
 # Reported instead of NaN/inf by a diverged run: ASHA never stops a NaN trial and `inf` breaks its
 # cutoffs; Optuna cannot record NaN. 100 nats is far above ln(vocab) for any real tokenizer.
 DIVERGED_LOSS = 100.0
@@ -108,10 +125,13 @@ class BudgetConfig:
 class EvalConfig:
     eval_every: int = 400
     """Evaluate (and report to Ray, checkpoint) every N steps, and at the end."""
+    eval_every_tokens: int = 0
+    """When > 0, evaluate at the first step whose tokens seen reach each multiple of this
+    (token milestones, the same for every run of a sweep) instead of every `eval_every` steps."""
     eval_tokens: int = 65536
-    """Validation tokens scored per evaluation: the first N of the validation split, tiled into
-    windows of seq_len, so every trial is scored on the same text whatever its batch size."""
-    num_samples: int = 3
+    """Validation tokens scored per evaluation: windows of seq_len spread evenly over the whole
+    validation split, so every trial with this seq_len is scored on the same text."""
+    text_samples: int = 3
     """Text samples generated at the end from fixed prompts (0: none)."""
 
 
@@ -140,6 +160,12 @@ class RunConfig:
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`."""
     diverge_factor: float = 3.0
     """A run whose train loss exceeds this multiple of its first loss is `diverged`."""
+    diverge_margin: float = 1.0
+    """Nats: after warmup and a quarter of the run, a train loss this far above the unigram
+    reference at two evaluations in a row means `diverged` (0 disables)."""
+    diverge_climb: float = 2.0
+    """Nats: a train loss this far above the run's best evaluation-interval train loss means
+    `diverged` (0 disables)."""
     peak_flops: float = 0.0
     """Peak FLOP/s used for MFU (0: per-device default, see train.peak_flops_for)."""
 
@@ -223,7 +249,7 @@ def validate(cfg: RunConfig) -> None:
     _check(e.eval_every > 0, f"eval_every={e.eval_every} must be > 0")
     _check(e.eval_tokens >= d.seq_len,
            f"eval_tokens={e.eval_tokens} must be >= seq_len={d.seq_len} (one window)")
-    _check(e.num_samples >= 0, f"num_samples={e.num_samples} must be >= 0")
+    _check(e.text_samples >= 0, f"text_samples={e.text_samples} must be >= 0")
     _check(cfg.precision in ("auto", "fp32", "bf16", "fp16"),
            f"precision={cfg.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'")
     _check(isinstance(cfg.compile, bool), f"compile={cfg.compile!r} must be true or false")
@@ -232,6 +258,11 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
            f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
     _check(cfg.diverge_factor > 1, f"diverge_factor={cfg.diverge_factor} must be > 1")
+    for name in ("diverge_margin", "diverge_climb"):
+        _check(_is_number(getattr(cfg, name)) and getattr(cfg, name) >= 0,
+               f"{name}={getattr(cfg, name)!r} must be a number >= 0 (0 disables)")
+    _check(e.eval_every_tokens >= 0,
+           f"eval_every_tokens={e.eval_every_tokens} must be >= 0 (0: every eval_every steps)")
     _check(cfg.peak_flops >= 0, f"peak_flops={cfg.peak_flops} must be >= 0 (0: default)")
 
 
@@ -239,8 +270,6 @@ def validate(cfg: RunConfig) -> None:
 
 _SECTIONS = ("model", "optim", "data", "budget", "eval")
 _TOP = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
-# Flat keys that select a base config rather than set a field.
-SELECTOR_KEYS = ("ablation", "preset", "iso_tokens", "token_budget", "head_dim", "ffn_mult")
 
 
 def _section_of() -> dict[str, str]:
@@ -294,112 +323,3 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     # Replace sections without validating the half-built config; validate once at the end.
     parts = {s: replace(getattr(cfg, s), **per[s]) for s in _SECTIONS if per[s]}
     return replace(cfg, **parts, **top)
-
-
-def from_flat_dict(flat: dict[str, Any]) -> RunConfig:
-    """Strict inverse of `to_flat_dict`. Selector keys pick the base config: `ablation` and
-    `preset` (default baseline / seed); `token_budget` trains every run on that many tokens and
-    `iso_tokens` on the baseline's (both scale warmup and eval cadence, `with_token_budget`).
-    Every other key overrides a field; an unknown key is an error naming the closest one."""
-    flat = dict(flat)
-    preset = flat.pop("preset", "seed")
-    ablation = flat.pop("ablation", None)
-    iso = flat.pop("iso_tokens", False)
-    budget = flat.pop("token_budget", 0) or 0
-    head_dim = flat.pop("head_dim", None)
-    ffn_mult = flat.pop("ffn_mult", None)
-    if ablation is None:
-        ablation = flat.get("name") if flat.get("name") in ABLATIONS else "baseline"
-    base = build_ablation(ablation, preset)
-    if head_dim or ffn_mult:  # derived architecture, so a searched width stays valid
-        d_model = flat.get("d_model", base.model.d_model)
-        if head_dim:
-            _check(isinstance(d_model, int) and d_model % head_dim == 0,
-                   f"d_model={d_model} must be divisible by head_dim={head_dim}")
-            flat["n_heads"] = d_model // head_dim
-        if ffn_mult:
-            flat["d_ff"] = round(ffn_mult * d_model)
-    cfg = with_overrides(base, flat)
-    if iso and not budget:
-        base_flat = {k: v for k, v in flat.items() if k != "name"}
-        budget = with_overrides(build_ablation("baseline", preset), base_flat).total_tokens
-    return with_token_budget(cfg, budget) if budget else cfg
-
-
-# --- the six reference ablations and scale presets -----------------------------------------
-
-# Exactly as published (preset `seed`): overrides of the baseline.
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "high_lr": {"lr": 1e-3},
-    "low_lr": {"lr": 1e-4},
-    "large_batch": {"batch_size": 16, "lr": 5e-4},
-    "short_seq": {"seq_len": 256, "batch_size": 12},
-    "small_model": {"d_model": 256, "n_heads": 4, "n_layers": 8, "d_ff": 1024, "batch_size": 12},
-}
-
-_SEED_BASE: dict[str, Any] = {
-    "d_model": 384, "n_heads": 6, "n_layers": 12, "d_ff": 1536, "batch_size": 8, "lr": 3e-4,
-    "seq_len": 512, "max_steps": 2000, "eval_every": 400, "num_documents": 500,
-    "warmup_steps": 100, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0,
-    "min_lr_ratio": 0.1, "precision": "auto", "vocab_size": 8192, "eval_tokens": 65536,
-}
-
-# `cpu`: widths x1/2, depths and sequence lengths x1/4, batch sizes and learning rates unchanged,
-# so every ablation keeps its relation to the baseline (small_model stays 2/3 of the baseline's
-# width, depth and heads with the same head_dim). Measured figure in benchmarks/RESULTS.md.
-_CPU_SCALE = {"d_model": 0.5, "d_ff": 0.5, "n_layers": 0.25, "seq_len": 0.25}
-_CPU_FIXED: dict[str, Any] = {
-    "max_steps": 200, "eval_every": 50, "warmup_steps": 10, "num_documents": 0,
-    "vocab_size": 2048, "eval_tokens": 8192, "precision": "auto",
-}
-# `tiny`: for tests and --smoke-test; minutes become seconds, relations are not kept.
-_TINY_FIXED: dict[str, Any] = {
-    "d_model": 32, "n_heads": 2, "n_layers": 2, "d_ff": 64, "seq_len": 32, "batch_size": 4,
-    "max_steps": 30, "eval_every": 10, "warmup_steps": 3, "vocab_size": 512, "eval_tokens": 1024,
-    "num_documents": 0, "num_samples": 1,
-}
-
-
-def preset_overrides(name: str, preset: str) -> dict[str, Any]:
-    """Flat overrides that make ablation `name` at `preset` from the default dataclasses."""
-    if name not in ABLATIONS:
-        raise unknown_key_error(name, list(ABLATIONS), what="ablation")
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} must be one of {', '.join(PRESETS)}")
-    flat = {**_SEED_BASE, **ABLATIONS[name]}
-    if preset == "cpu":
-        for key, factor in _CPU_SCALE.items():
-            flat[key] = max(1, round(flat[key] * factor))
-        flat.update(_CPU_FIXED)
-    elif preset == "tiny":
-        flat.update(_TINY_FIXED)
-        if name == "short_seq":
-            flat["seq_len"] = 16
-        elif name == "large_batch":
-            flat["batch_size"] = 8
-        elif name == "small_model":
-            flat.update(d_model=16, n_layers=1, n_heads=2, d_ff=32)
-        flat["lr"] = float(f"{10 * flat['lr']:.6g}")  # 30 steps visibly learn; LR ratios kept
-    return flat
-
-
-def build_ablation(name: str, preset: str = "seed", **overrides: Any) -> RunConfig:
-    """The named reference ablation at a scale preset, with optional flat-key overrides."""
-    flat = preset_overrides(name, preset)
-    flat.update(overrides)
-    return with_overrides(RunConfig(name=name), flat)
-
-
-def with_token_budget(cfg: RunConfig, tokens: int) -> RunConfig:
-    """Train on `tokens` tokens; warmup and eval cadence scale with the new step count so every
-    run spends the same fraction of its budget warming up and is evaluated as often."""
-    if tokens <= 0:
-        raise ValueError(f"tokens={tokens} must be > 0")
-    new_steps = math.ceil(tokens / cfg.tokens_per_step)
-    ratio = new_steps / cfg.steps
-    warm = min(new_steps - 1, round(cfg.optim.warmup_steps * ratio))
-    return with_overrides(cfg, {
-        "tokens": tokens, "warmup_steps": max(0, warm),
-        "eval_every": max(1, round(cfg.eval.eval_every * ratio)),
-    })

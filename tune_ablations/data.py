@@ -6,8 +6,9 @@ Design choices:
   as .npy arrays plus a manifest written last; a build happens in a temp folder renamed into
   place, so concurrent trials never see a half-written cache, and a cache whose files do not
   match their manifest is rebuilt.
-- Validation is the first `eval_tokens` of the validation split tiled into seq_len windows:
-  every trial is scored on the same text, whatever its batch size.
+- Validation windows are spread evenly over the whole validation split (not its first
+  documents), the same for every trial with the same seq_len, whatever its batch size; the
+  windows between them form a held-out slice that selection never scores.
 """
 
 from __future__ import annotations
@@ -253,9 +254,19 @@ def sample_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: t
     return w[:, :-1], w[:, 1:]
 
 
-def val_windows(tokens: np.ndarray, seq_len: int, eval_tokens: int) -> torch.Tensor:
-    """The first `eval_tokens` validation tokens as non-overlapping windows (N, seq_len + 1):
-    each scored token appears once, and every trial with this seq_len sees the same ones."""
-    n = max(1, min(eval_tokens, len(tokens) - 1) // seq_len)
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+def val_windows(tokens: np.ndarray, seq_len: int, eval_tokens: int, part: str = "select"
+                ) -> torch.Tensor:
+    """`eval_tokens // seq_len` non-overlapping windows (N, seq_len + 1) spread evenly over the
+    whole validation split. The split is cut into 2N equal strides: window i of `select` (what
+    every evaluation scores) starts stride 2i, of `holdout` (a slice that selection never sees,
+    for re-evaluating a search's best config) stride 2i + 1. Deterministic: every trial with
+    this seq_len is scored on the same text."""
+    if part not in ("select", "holdout"):
+        raise ValueError(f"part={part!r} must be 'select' or 'holdout'")
+    usable = len(tokens) - seq_len - 1  # last valid start
+    n = max(1, min(eval_tokens // seq_len, (len(tokens) - 1) // (2 * seq_len)))
+    stride = (usable + 1) / (2 * n)
+    offset = 0 if part == "select" else 1
+    starts = np.minimum((stride * (2 * np.arange(n) + offset)).astype(np.int64), usable)
+    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))

@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import SELECTOR_KEYS, field_names, unknown_key_error
+from .config import field_names, unknown_key_error
+from .resolve import SELECTOR_KEYS
+
+# Fields the resolver sets from selectors; a user sets the selector instead.
+RESOLVED_ONLY = ("tokens",)
 
 
 def parse_value(text: str) -> Any:
@@ -35,6 +39,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--set {item!r} must look like key=value")
         if key not in valid:
             raise unknown_key_error(key, valid)
+        if key in RESOLVED_ONLY:
+            raise ValueError(f"--set {item!r}: {key} is the resolved budget; use --tokens "
+                             f"{value} (token_budget={value}), which also rescales warmup")
         out[key] = parse_value(value)
     return out
 

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .analysis import at_tokens, compare_to_baseline, lr_sensitivity, rung_agreement, summarize
-from .config import METRIC, build_ablation, to_flat_dict
+from .config import METRIC
 from .results import load_history, load_outcomes, load_results
+from .stats import compare_to_baseline, equal_budgets, lr_sensitivity, rung_agreement, summarize
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:
@@ -52,44 +52,70 @@ def lr_only_sweep(df) -> bool:
     return "lr" in varying and varying <= {"lr", "seed", "name"}
 
 
+def _compare_statements(df) -> list[str]:
+    out: list[str] = []
+    comp = compare_to_baseline(df)
+    few = []
+    for _, c in comp.iterrows():
+        name = c["ablation"]
+        if c["lost_seeds"]:
+            out.append(f"{name}: {c['lost_seeds']} of {c['n']} trial(s) diverged or errored; "
+                       "its mean is over the survivors only.")
+        if c["test"] == "-":
+            few.append(name)
+        elif c["exceeds_noise"]:
+            word = "lower" if c["diff"] < 0 else "higher"
+            out.append(f"{name}: {METRIC} {word} than baseline by {abs(c['diff']):.4f} "
+                       f"({c['test']}, n={c['n_pairs'] or c['n_completed']}, 95% CI "
+                       f"{c['ci_low']:+.4f} to {c['ci_high']:+.4f}, Holm p={c['p_holm']:.3g}): "
+                       "beyond seed noise.")
+        else:
+            out.append(f"{name}: difference from baseline {c['diff']:+.4f} is within seed "
+                       f"noise ({c['test']}, 95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}, "
+                       f"Holm p={c['p_holm']:.3g}).")
+    if few:
+        out.append(f"fewer than 2 seeds for {', '.join(few)} (or the baseline): no test, so no "
+                   "difference can be told from seed noise; run --seeds 3 before claiming one.")
+    return out
+
+
 def statements(df, history) -> list[str]:
     """Plain sentences the data supports, and flags where it does not."""
     out: list[str] = []
-    few: list[str] = []
-    done = df[df["status"].astype(str) == "completed"]
     if "baseline" in set(df["ablation"].dropna()):
-        base_tokens = done.loc[done["ablation"] == "baseline", "tokens_seen"].astype(float).mean()
-        comp = compare_to_baseline(df).set_index("ablation")
-        for name, g in done.groupby("ablation", observed=True):
-            if name == "baseline" or not base_tokens:
-                continue
-            ratio = g["tokens_seen"].astype(float).mean() / base_tokens
-            if abs(ratio - 1) > 0.02:
-                out.append(f"{name} saw {ratio:.1f}x the tokens of baseline: its final loss "
-                           "mixes the ablation with data exposure (see loss at equal tokens).")
-            if name in comp.index:
-                c = comp.loc[name]
-                if c["n"] < 2 or c["n_baseline"] < 2:
-                    few.append(name)
-                elif c["exceeds_noise"]:
-                    word = "lower" if c["diff"] < 0 else "higher"
-                    out.append(f"{name}: {METRIC} {word} than baseline by {abs(c['diff']):.4f} "
-                               f"(95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}), beyond "
-                               "seed noise.")
-                else:
-                    out.append(f"{name}: difference from baseline {c['diff']:+.4f} is within "
-                               f"seed noise (95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}).")
-    if few:
-        out.append(f"n=1 (or baseline n=1) for {', '.join(few)}: no confidence interval, so no "
-                   "difference can be told from seed noise; run --seeds 3 before claiming one.")
-    epochs = df["epoch"].astype(float)
+        out += _compare_statements(df)
+    equal, why = equal_budgets(df)
+    if not equal and why:
+        out.append(why)
+    done = df[df["status"].astype(str) == "completed"]
+    if "unigram_val_loss" in done and done["unigram_val_loss"].notna().any():
+        gap = (done["unigram_val_loss"].astype(float) - done[METRIC].astype(float))
+        out.append(f"Every completed trial is {gap.min():.2f} to {gap.max():.2f} nats below its "
+                   "unigram reference (token frequencies of the training split on the same "
+                   "eval tokens)." if (gap > 0).all() else
+                   f"{int((gap <= 0).sum())} completed trial(s) did not beat the unigram "
+                   "reference: they learned no more than token frequencies.")
+    if "val_loss_se" in done and done["val_loss_se"].notna().any():
+        out.append(f"Eval noise: the standard error of {METRIC} across eval windows is "
+                   f"{done['val_loss_se'].astype(float).median():.4f} nats (median); smaller "
+                   "differences are not resolved by this eval set.")
+    if "seq_len" in df and df["seq_len"].nunique() > 1:
+        out.append("Arms with a shorter seq_len are scored with less context per token, which "
+                   "raises their loss independently of what they learned.")
+    epochs = df.groupby("ablation", observed=True)["epoch"].max().astype(float)
     if (epochs > 1).any():
-        out.append(f"{int((epochs > 1).sum())} trial(s) trained for more than one epoch "
-                   f"(max {epochs.max():.2f}): later tokens repeat earlier text.")
+        over = ", ".join(f"{a} {e:.2f}" for a, e in epochs[epochs > 1].items())
+        out.append(f"More than one epoch over the corpus ({over}): later tokens repeat "
+                   "earlier text.")
+    if "cpus_per_trial" in df.attrs or len(df) > 1:
+        out.append("Throughput: trials ran concurrently and shared the machine's cores (or a "
+                   "GPU), so tokens/s and MFU compare trials under load, not exclusive speed; "
+                   "benchmarks/ measures exclusive throughput.")
     for status in ("diverged", "error", "early_stopped", "running"):
         n = int((df["status"].astype(str) == status).sum())
         if n:
-            out.append(f"{n} trial(s) {status.replace('_', ' ')}: excluded from the means.")
+            out.append(f"{n} trial(s) {status.replace('_', ' ')}: counted in the tables, "
+                       "excluded from the means.")
     return out
 
 
@@ -162,6 +188,34 @@ def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
     return made
 
 
+def _tables(df, summary) -> list[str]:
+    lines = ["## Final metrics per ablation (mean ± 95% CI across seeds, completed trials)", "",
+             "`n` counts every trial; means are over `n_completed`. `unigram` is the loss of "
+             "token frequencies on the same eval tokens; `val_loss_se` the eval noise.", ""]
+    view = summary.copy()
+    for m, spec in (("val_loss", ".4f"), ("unigram_val_loss", ".4f"), ("val_loss_se", ".4f"),
+                    ("val_acc", ".4f"), ("val_bpb", ".4f"), ("epoch", ".2f")):
+        view[m] = [_pm(r, m, spec) for _, r in summary.iterrows()]
+    view = view.rename(columns={"unigram_val_loss": "unigram", "epoch": "epochs"})
+    lines += [md_table(view, ["ablation", "n", "n_completed", "n_diverged", "n_error",
+                              "val_loss", "val_loss_se", "unigram", "val_acc", "val_bpb",
+                              "epochs"]), ""]
+    flagged = summary[summary["lost_seeds"] > 0]["ablation"].astype(str).tolist()
+    if flagged:
+        lines += [f"**Lost seeds** in {', '.join(flagged)}: their means are over fewer trials.",
+                  ""]
+    equal, why = equal_budgets(df)
+    lines += ["## Equal-token comparison", ""]
+    lines += ["Every completed run ended at the same token budget (within one step), so the "
+              "final losses above are the equal-token comparison, each at its fully decayed "
+              "learning rate.", ""] if equal else [f"Omitted: {why}", ""]
+    lines += ["## Throughput", "", "Trials ran concurrently on shared cores or GPU shares: "
+              "tokens/s is under load; `benchmarks/` measures exclusive throughput.", "",
+              md_table(summary, ["ablation", "tokens_per_s_mean", "mfu_mean"], ".3g"), ""]
+    counts = df["status"].astype(str).value_counts().rename_axis("status").reset_index()
+    return lines + ["## Status", "", md_table(counts), ""]
+
+
 def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Path:
     """report.md (+ PNG plots) for the experiment folder `exp`; returns the report's path."""
     exp, out = Path(exp), Path(out)
@@ -172,91 +226,63 @@ def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Pat
         (out / "report.md").write_text("\n".join(lines + ["No trials found."]) + "\n")
         return out / "report.md"
     summary = summarize(df)
-    lines += ["## Final metrics per ablation (mean ± 95% CI across seeds, completed trials)", ""]
-    view = summary.copy()
-    for m, spec in (("val_loss", ".4f"), ("val_ppl", ".2f"), ("val_acc", ".4f"),
-                    ("val_top5", ".4f"), ("val_bpb", ".4f")):
-        view[m] = [_pm(r, m, spec) for _, r in summary.iterrows()]
-    lines += [md_table(view, ["ablation", "n", "val_loss", "val_ppl", "val_acc", "val_top5",
-                              "val_bpb"]), ""]
-    common = df.loc[df["status"].astype(str) == "completed", "tokens_seen"].astype(float).min()
-    if common and not math.isnan(common):
-        eq = at_tokens(history, common)
-        eq_sum = eq.groupby("ablation")[METRIC].agg(["mean", "count"]).reset_index()
-        tok = df.groupby("ablation", observed=True)["tokens_seen"].max().reset_index()
-        eq_sum = eq_sum.merge(tok, on="ablation")
-        lines += [f"## Tokens seen and {METRIC} at equal tokens ({int(common):,})", "",
-                  md_table(eq_sum.rename(columns={"mean": f"{METRIC}_at_tokens",
-                                                  "count": "n"})), ""]
-    lines += ["## Throughput", "", md_table(summary, ["ablation", "tokens_per_s_mean",
-                                                       "mfu_mean"], ".3g"), ""]
-    counts = df["status"].astype(str).value_counts().rename_axis("status").reset_index()
-    lines += ["## Status", "", md_table(counts), ""]
+    lines += _tables(df, summary)
     comp = compare_to_baseline(df)
     if len(comp):
-        lines += [f"## Against baseline ({METRIC}, Welch 95% CI)", "", md_table(comp), ""]
+        lines += [f"## Against baseline ({METRIC}: paired t over shared seeds, else Welch; "
+                  "Holm-corrected across arms; 95% CI of the difference)", "",
+                  md_table(comp), ""]
     if lr_only_sweep(df):
         try:
-            lines += [f"LR sensitivity (Wortsman et al. 2023): {lr_sensitivity(df):.4f}", ""]
-        except ValueError:
-            pass
+            lines += [f"LR sensitivity (Wortsman et al. 2023, full-budget runs, measured "
+                      f"initial loss): {lr_sensitivity(df):.4f}", ""]
+        except ValueError as exc:
+            lines += [f"LR sensitivity: not computed ({exc}).", ""]
     if (df["status"].astype(str) == "early_stopped").any():
         ra = rung_agreement(history)
         lines += ["## Early-stopping rung agreement (Spearman, finished trials)", "",
                   md_table(ra), ""]
+    lines += search_section(exp, df)
     lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(df, history)]
     lines.append("")
     if plots:
         made = _plots(df, history, summary, out, exp)
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in made] + [""]
-    outcomes = load_outcomes(exp)
-    if any(o.get("samples") for o in outcomes.values()):
-        lines += ["## Text samples", ""]
-        for o in sorted(outcomes.values(), key=lambda o: (o.get("name", ""), o.get("seed", 0))):
-            for s in o.get("samples", []):
-                text = s["text"].replace("\n", " ")
-                lines.append(f"- **{o.get('name')}** (seed {o.get('seed')}): `{text}`")
-        lines.append("")
+    lines += _samples(exp)
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
 
 
-def make_synthetic_experiment(root: Path) -> Path:
-    """A hand-made experiment folder in the real layout (for --smoke-test and tests): baseline
-    and large_batch with 2 seeds, high_lr diverged, one errored and one still running trial."""
-    exp = root / "synthetic"
-    specs = [("baseline", 0, "completed", 1.0), ("baseline", 1, "completed", 1.0),
-             ("large_batch", 0, "completed", 2.0), ("large_batch", 1, "completed", 2.0),
-             ("high_lr", 0, "diverged", 1.0), ("low_lr", 0, "error", 1.0),
-             ("short_seq", 0, "running", 1.0)]
-    for i, (name, seed, status, scale) in enumerate(specs):
-        cfg = build_ablation(name, "cpu", seed=seed)
-        trial = exp / f"run_trial_syn_{i:05d}"
-        trial.mkdir(parents=True, exist_ok=True)
-        tid = f"syn_{i:05d}"
-        (trial / "run.json").write_text(json.dumps(
-            {"trial_id": tid, "ablation": name, "seed": seed, "config": to_flat_dict(cfg),
-             "data": {"train_tokens": 500000, "key": "synthetic"}}))
-        lines = []
-        n_evals = {"running": 2, "error": 1}.get(status, 4)
-        for k in range(1, n_evals + 1):
-            tokens = int(50 * k * cfg.tokens_per_step)
-            loss = 7.5 / (1 + 0.4 * k * scale) + 3 + 0.01 * seed
-            diverged = status == "diverged" and k == n_evals
-            lines.append(json.dumps({
-                "trial_id": tid, "step": 50 * k, "tokens_seen": tokens, "epoch": tokens / 5e5,
-                "lr": cfg.optim.lr, "train_loss": loss + 0.1, "grad_norm": 0.5,
-                "val_loss": 100.0 if diverged else loss, "val_ppl": math.exp(min(loss, 50)),
-                "val_bpb": loss / 2, "val_acc": 0.1 * k, "val_top5": 0.2 * k,
-                "val_confidence": 0.1, "val_entropy": 4.0, "tokens_per_s": 3000.0 / scale,
-                "mfu": 0.3, "train_time_s": 10.0 * k, "eval_time_s": 0.5 * k,
-                "diverged": diverged, "status": status}))
-        (trial / "result.json").write_text("\n".join(lines) + "\n")
-        if status in ("completed", "diverged"):
-            (trial / "outcome.json").write_text(json.dumps(
-                {"trial_id": tid, "name": name, "seed": seed, "status": status,
-                 "samples": [{"prompt": "The", "text": f"The {name} sample"}],
-                 "params": 1000, "non_embedding_params": 800}))
-        if status == "error":
-            (trial / "error.txt").write_text("RuntimeError: CUDA out of memory (simulated)\n")
-    return exp
+def search_section(exp: Path, df, k: int = 5) -> list[str]:
+    """A search's top-k completed trials with their searched parameters (a search's trials
+    differ in their parameters, so a mean per ablation would average different configs)."""
+    from .config import SPACE_FILE
+
+    if not (exp / SPACE_FILE).exists():
+        return []
+    from .search_space import load_space
+
+    params = list(load_space(exp / SPACE_FILE).params)
+    done = df[df["status"].astype(str) == "completed"].sort_values(METRIC).head(k)
+    lines = [f"## Search: top {len(done)} completed trials (full budget)", "",
+             md_table(done, ["trial_id", *params, METRIC, "val_loss_se", "tokens_seen"]), ""]
+    imp = exp / "importances.json"
+    if imp.exists():
+        data = json.loads(imp.read_text())
+        lines += [f"Importances ({data.get('evaluator')}, {data.get('n_trials')} full-budget "
+                  f"trials): " + (", ".join(f"{a}={b:.3f}" for a, b in
+                                            data.get("importances", {}).items())
+                                  or data.get("skipped", "-")), ""]
+    return lines
+
+
+def _samples(exp: Path) -> list[str]:
+    outcomes = load_outcomes(exp)
+    if not any(o.get("samples") for o in outcomes.values()):
+        return []
+    lines = ["## Text samples", ""]
+    for o in sorted(outcomes.values(), key=lambda o: (o.get("name", ""), o.get("seed", 0))):
+        for s in o.get("samples", []):
+            text = s["text"].replace("\n", " ")
+            lines.append(f"- **{o.get('name')}** (seed {o.get('seed')}): `{text}`")
+    return lines + [""]

@@ -15,12 +15,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import field_names
+from .config import (
+    OUTCOME_FILE,
+    REPORT_KEYS,
+    RUN_FILE,
+    STATUSES,
+    TRIALS_FILE,
+    VAL_KEYS,
+    field_names,
+)
 
-STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "stopped")
-_VAL = ("val_loss", "val_ppl", "val_bpb", "val_acc", "val_top5", "val_confidence", "val_entropy")
-_HISTORY_KEYS = ("step", "tokens_seen", "epoch", "lr", "train_loss", "grad_norm", *_VAL,
-                 "tokens_per_s", "steps_per_s", "mfu", "train_time_s", "eval_time_s", "diverged")
+_VAL = VAL_KEYS
+_HISTORY_KEYS = tuple(k for k in REPORT_KEYS if k != "status")
 
 
 def _read_json(path: Path) -> Any:
@@ -35,7 +41,7 @@ def trial_dirs(path: str | Path) -> list[Path]:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"experiment folder {str(root)!r} does not exist")
-    found = {p.parent for name in ("run.json", "params.json") for p in root.glob(f"*/{name}")}
+    found = {p.parent for name in (RUN_FILE, "params.json") for p in root.glob(f"*/{name}")}
     return sorted(found)
 
 
@@ -71,9 +77,9 @@ def _status(trial: Path, outcome: dict | None, ray_state: dict | None) -> str:
 
 
 def _trial_record(trial: Path, ray_states: dict[str, dict]) -> tuple[dict, list[dict]]:
-    run = _read_json(trial / "run.json") or {}
+    run = _read_json(trial / RUN_FILE) or {}
     params = _read_json(trial / "params.json") or {}
-    outcome = _read_json(trial / "outcome.json")
+    outcome = _read_json(trial / OUTCOME_FILE)
     reports = read_reports(trial)
     trial_id = run.get("trial_id") or (reports[-1].get("trial_id") if reports else None) or \
         trial.name
@@ -92,14 +98,15 @@ def _trial_record(trial: Path, ray_states: dict[str, dict]) -> tuple[dict, list[
         row[key] = last.get(key) if not last.get("diverged") else math.nan
         row[f"best_{key}"] = best.get(key)
     for key in ("train_loss", "tokens_seen", "step", "epoch", "tokens_per_s", "mfu",
-                "train_time_s", "eval_time_s"):
+                "train_time_s", "eval_time_s", "unigram_val_loss", "unigram_val_bpb"):
         row[key] = last.get(key)
     row["diverged"] = bool(last.get("diverged", False))
     row["wall_time_s"] = (outcome or {}).get("wall_time_s", last.get("time_total_s"))
     data = (outcome or {}).get("data") or run.get("data") or {}
     row["train_tokens"] = data.get("train_tokens")
     row["data_key"] = data.get("key")
-    for key in ("params", "non_embedding_params", "flops_per_token", "peak_flops"):
+    for key in ("params", "non_embedding_params", "flops_per_token", "peak_flops",
+                "initial_loss", "diverged_because"):
         row[key] = (outcome or {}).get(key)
     if ray_state and ray_state.get("error"):
         row["error"] = ray_state["error"]
@@ -109,7 +116,7 @@ def _trial_record(trial: Path, ray_states: dict[str, dict]) -> tuple[dict, list[
 
 
 def _ray_states(root: Path) -> dict[str, dict]:
-    return _read_json(root / "trials.json") or {}
+    return _read_json(root / TRIALS_FILE) or {}
 
 
 def load_results(path: str | Path):
@@ -146,7 +153,7 @@ def load_outcomes(path: str | Path) -> dict[str, dict]:
     """`outcome.json` of every finished trial, by trial id (samples, full results)."""
     out = {}
     for t in trial_dirs(path):
-        o = _read_json(t / "outcome.json")
+        o = _read_json(t / OUTCOME_FILE)
         if o:
             out[o.get("trial_id", t.name)] = o
     return out

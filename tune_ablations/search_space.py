@@ -28,16 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    ABLATIONS,
-    PRESETS,
-    SELECTOR_KEYS,
-    field_names,
-    field_type,
-    from_flat_dict,
-    unknown_key_error,
-)
+from .config import PRESETS, field_names, field_type, unknown_key_error
 from .overrides import toml_module
+from .resolve import ABLATIONS, SELECTOR_KEYS, resolve
+
+SHIPPED = Path(__file__).resolve().parent / "search_spaces"
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _TOP_KEYS = ("description", "ablation", "preset", "num_samples", "fixed", "params", "derive")
@@ -92,7 +87,7 @@ class SearchSpace:
         """The base config's value of every searched key, if inside the space (enqueued first)."""
         from .config import to_flat_dict
 
-        base = to_flat_dict(from_flat_dict(self.base_flat(preset)))
+        base = to_flat_dict(resolve(self.base_flat(preset)))
         point = {}
         for k, p in self.params.items():
             v = base[k]
@@ -101,6 +96,22 @@ class SearchSpace:
                 return None
             point[k] = v
         return point
+
+
+def shipped_spaces() -> list[str]:
+    """Names of the search spaces shipped inside the package."""
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
+def find_space(name_or_path: str | Path) -> Path:
+    """A shipped space by name (`lr`), or a TOML file's path."""
+    path = Path(name_or_path).expanduser()
+    if path.exists() or path.suffix == ".toml" or "/" in str(name_or_path):
+        return path
+    if (SHIPPED / f"{name_or_path}.toml").exists():
+        return SHIPPED / f"{name_or_path}.toml"
+    raise unknown_key_error(str(name_or_path), shipped_spaces(), what="search space (name or "
+                            ".toml file)")
 
 
 def _err(path: Path, msg: str) -> ValueError:
@@ -218,7 +229,7 @@ def check_space(space: SearchSpace, preset: str) -> None:
     for combo in itertools.product(*(p.corners() for p in space.params.values())):
         flat = {**space.base_flat(preset), **dict(zip(space.params, combo))}
         try:
-            from_flat_dict(flat)
+            resolve(flat)
         except ValueError as exc:
             values = ", ".join(f"{k}={v!r}" for k, v in zip(space.params, combo))
             raise _err(space.path, f"the sample ({values}) is rejected by the config: "

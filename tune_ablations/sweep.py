@@ -1,5 +1,5 @@
-"""What the grid and the search share: Ray start-up, resource preflight, the experiment folder,
-running or restoring a Tuner, recording statuses and writing the results tables.
+"""One skeleton for every sweep: `run_sweep(plan, args)` does the resume lookup, experiment folder,
+data preparation, `--dry-run`, Ray start, preflight, sweep.json, the Tuner and the end tables.
 
 Design choices:
 - Everything a user can get wrong is checked before `ray.init`: configs, corpus, resources that
@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import METRIC
+from .cli import fail
+from .config import METRIC, SWEEP_FILE, TIME_ATTR, TRIALS_FILE
+from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows
+from .runtime import local_gpus
 
-SWEEP_FILE = "sweep.json"
 SNAPSHOT_PERIOD_S = "1"
 
 
@@ -53,6 +55,10 @@ def add_sweep_args(ap, kind: str) -> None:
     ap.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial")
     ap.add_argument("--cache-dir", help="token cache (default $TUNE_ABLATIONS_CACHE or "
                     "~/.cache/tune_ablations)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (steps, tokens, FLOPs, epochs, seconds), train nothing")
+    ap.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per "
+                    "trial")
 
 
 def check_sweep_args(args) -> None:
@@ -62,12 +68,6 @@ def check_sweep_args(args) -> None:
                          "resumes from its latest checkpoint)")
     if args.max_failures < 0:
         raise SweepError(f"--max-failures={args.max_failures} must be >= 0")
-
-
-def local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def default_gpus_per_trial(n_trials: int, n_gpus: int) -> float:
@@ -156,7 +156,7 @@ def progress_reporter(parameter_columns: list[str]):
     from ray import tune
 
     return tune.CLIReporter(
-        metric_columns={"step": "step", "tokens_seen": "tokens", METRIC: METRIC,
+        metric_columns={"step": "step", TIME_ATTR: "tokens", METRIC: METRIC,
                         "val_acc": "acc", "tokens_per_s": "tok/s", "status": "run"},
         parameter_columns=parameter_columns, max_report_frequency=15, sort_by_metric=False)
 
@@ -193,9 +193,9 @@ def record_states(exp: Path, results) -> dict[str, dict]:
         states[trial_id] = {
             "status": "ERROR" if r.error else "TERMINATED", "path": r.path,
             "error": f"{type(r.error).__name__}: {str(r.error)[:500]}" if r.error else None}
-    tmp = exp / "trials.json.tmp"
+    tmp = exp / (TRIALS_FILE + ".tmp")
     tmp.write_text(json.dumps(states, indent=2))
-    tmp.replace(exp / "trials.json")
+    tmp.replace(exp / TRIALS_FILE)
     return states
 
 
@@ -219,6 +219,131 @@ def finish(exp: Path, results, *, started: float) -> tuple[Any, int]:
     return df, code
 
 
-def fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+def resume_lookup(args, kind: str) -> dict[str, Any] | None:
+    """With `--resume`: the stored sweep's record (name defaults to the newest of this kind)."""
+    if not args.resume:
+        return None
+    if not args.name:
+        root = Path(args.storage).expanduser()
+        found = sorted((p for p in root.glob(f"{kind}-*") if (p / SWEEP_FILE).exists()),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise SweepError(f"--resume: no {kind} experiment in {args.storage}")
+        args.name = found[-1].name
+    return read_sweep_file(experiment_dir(args.storage, args.name, resume=True))
+
+
+def prepare_all(plan: SweepPlan, cache_dir: str | None) -> dict[str, Any]:
+    """Tokenize and cache every corpus the plan needs (in the driver, before Ray), and check
+    that every trial's window fits."""
+    from .data import cache_key, check_fits, prepare_data
+
+    data_by_key: dict[str, Any] = {}
+    for c in plan.configs:
+        key = cache_key(c.data)
+        if key not in data_by_key:
+            data_by_key[key] = prepare_data(c.data, Path(cache_dir) if cache_dir else None,
+                                            log=log)
+        check_fits(data_by_key[key], c.data.seq_len)
+    return data_by_key
+
+
+def concurrency(cpus: float, gpus: float) -> int:
+    if gpus:
+        return max(1, int(local_gpus() / gpus)) if local_gpus() else 1
+    return max(1, int((os.cpu_count() or 1) // cpus))
+
+
+def run_sweep(plan: SweepPlan, args, *, started: float) -> int:
+    """Run (or restore, or dry-run) a planned sweep; returns the exit code."""
+    try:
+        exp = experiment_dir(args.storage, plan.name, resume=args.resume)
+        check_resources(plan.cpus, plan.gpus, address=args.address)
+        data_by_key = prepare_all(plan, args.cache_dir)
+    except (ValueError, SweepError) as exc:
+        return fail(exc)
+    for data in data_by_key.values():
+        log("event=data " + " ".join(f"{k}={v}" for k, v in data.facts().items()))
+    dry = args.dry_run
+    rows = trial_rows(plan, data_by_key, max(1, int(plan.cpus))) if dry else \
+        _cheap_rows(plan, data_by_key)
+    for line in epoch_warnings(rows, plan.configs[0].data.corpus):
+        log(line)
+    if dry:
+        print_plan(rows, concurrency(plan.cpus, plan.gpus), as_json=args.json, log=log)
+        return 0
+    return _fit(plan, args, exp, started)
+
+
+def _cheap_rows(plan: SweepPlan, data_by_key: dict) -> list[dict[str, Any]]:
+    from .data import cache_key
+
+    return [{"ablation": c.name, "epochs": c.total_tokens / data_by_key[cache_key(
+        c.data)].manifest["train_tokens"]} for c in plan.configs]
+
+
+def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
+    from .trainable import build_trainable, git_sha, package_versions
+
+    try:
+        init_ray(args.address)
+        preflight(plan.cpus, plan.gpus)
+    except SweepError as exc:
+        return fail(exc)
+    sha = git_sha()
+    if not args.resume:
+        exp.mkdir(parents=True, exist_ok=True)
+        for name, src in plan.files.items():
+            (exp / name).write_bytes(Path(src).read_bytes())  # stored verbatim
+        write_sweep_file(exp, {**plan.record, "kind": plan.kind, "cpus_per_trial": plan.cpus,
+                               "gpus_per_trial": plan.gpus, "forced_overrides": plan.forced,
+                               "argv": sys.argv, "git_sha": sha,
+                               "versions": package_versions(),
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    for key, arms in plan.forced.items():
+        log(f"warning: --force-set {key} applies to {', '.join(arms)}: those arms no longer "
+            f"differ from the baseline in {key}")
+    log(f"event=sweep_start kind={plan.kind} name={exp.name} trials={len(plan.configs)} "
+        f"cpus_per_trial={plan.cpus} gpus_per_trial={plan.gpus} resume={args.resume} "
+        f"path={exp}")
+    trainable = build_trainable(cpus=plan.cpus, gpus=plan.gpus, cache_dir=args.cache_dir,
+                                sha=sha)
+    try:
+        results = run_tuner(trainable, plan.param_space, exp=exp, resume=args.resume,
+                            tune_config=plan.tune_config(), max_failures=args.max_failures,
+                            keep_checkpoints=args.keep_checkpoints,
+                            parameter_columns=plan.parameter_columns)
+    except SweepError as exc:
+        return fail(exc)
+    df, code = finish(exp, results, started=started)
+    print_summary(df)
+    if plan.after is not None:
+        plan.after(exp, df)
+    log(f"event=report_hint command=\"python -m tune_ablations.analysis {exp}\" "
+        f"report={exp / 'report' / 'report.md'}")
+    return code
+
+
+def print_summary(df) -> None:
+    """One row per ablation: mean +- std across seeds, the unigram reference, epochs, and
+    trials by status (nothing dropped silently)."""
+    if df.empty:
+        return
+    rows = []
+    for name, g in df.groupby("ablation", sort=False, observed=True):
+        def fmt(col: str, spec: str = ".4f", g=g) -> str:
+            v = g[col].astype(float).dropna() if col in g else g.iloc[:0, 0]
+            if v.empty:
+                return "-"
+            return f"{v.mean():{spec}}" + (f"+-{v.std():{spec}}" if len(v) > 1 else "")
+        done = g[g["status"].astype(str) == "completed"]
+        statuses = ",".join(f"{k}:{v}" for k, v in g["status"].value_counts().items() if v)
+        rows.append((name, fmt("val_loss", g=done), fmt("unigram_val_loss", g=done),
+                     fmt("val_acc", ".3f", g=done), f"{int(g['tokens_seen'].fillna(0).max()):,}",
+                     fmt("epoch", ".2f", g=g), fmt("tokens_per_s", ".0f", g=done), statuses))
+    rows.sort(key=lambda r: float(r[1].split("+")[0]) if r[1] != "-" else float("inf"))
+    head = ("ablation", METRIC, "unigram", "val_acc", "tokens_seen", "epochs", "tokens/s",
+            "status")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for r in (head, *rows):
+        log("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))

@@ -1,7 +1,7 @@
 """The only bridge to Ray: a function trainable around `train()`, resources, and run metadata.
 
 Design choices:
-- Ray's flat config goes through `from_flat_dict`, so a trial validates exactly like the CLI.
+- Ray's flat config goes through `resolve.resolve`, so a trial validates exactly like the CLI.
 - `report` forwards to `ray.tune.report(metrics, checkpoint=...)`, and a restarted trial resumes
   from `ray.tune.get_checkpoint()`: in Ray 2.x only the `ray.tune.*` names work inside a Tune
   function (`ray.train.report` ends the trial in ERROR).
@@ -25,12 +25,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import from_flat_dict, to_flat_dict
+from .config import OUTCOME_FILE, RUN_FILE, to_flat_dict
 from .data import prepare_data
+from .resolve import resolve
 from .train import train
-
-# Ray writes its own `result.json` (one line per report) into the trial directory.
-RUN_FILE, OUTCOME_FILE = "run.json", "outcome.json"
 
 
 def git_sha(path: str | os.PathLike | None = None) -> str | None:
@@ -81,7 +79,7 @@ def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float =
     import torch
     from ray import tune
 
-    cfg = from_flat_dict(config)
+    cfg = resolve(config)
     if threads:
         torch.set_num_threads(threads)
     if torch.cuda.is_available() and 0 < gpu_fraction < 1:
@@ -105,6 +103,7 @@ def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float =
     if checkpoint is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="resume-"))
         checkpoint.to_directory(str(resume_dir))
+
     def on_end(result: dict[str, Any]) -> None:
         _write_json(trial_dir / OUTCOME_FILE, result | {"trial_id": context.get_trial_id()})
 

@@ -1,0 +1,82 @@
+"""Statistics with known answers: paired vs Welch, Holm's correction, counts by status."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from tune_ablations.stats import compare_to_baseline, equal_budgets, holm, summarize
+
+
+def _df(rows):
+    return pd.DataFrame(rows, columns=["ablation", "seed", "status", "val_loss", "tokens_seen",
+                                       "step"])
+
+
+def test_paired_design_uses_the_paired_test():
+    # Seeds shift both arms alike; the arm is consistently 0.05 lower.
+    base = [3.00, 3.40, 2.80]
+    arm = [2.95, 3.36, 2.74]
+    rows = [("baseline", s, "completed", v, 1000, 10) for s, v in enumerate(base)]
+    rows += [("low_lr", s, "completed", v, 1000, 10) for s, v in enumerate(arm)]
+    c = compare_to_baseline(_df(rows)).set_index("ablation").loc["low_lr"]
+    assert c["test"] == "paired" and c["n_pairs"] == 3
+    assert c["p"] == pytest.approx(sps.ttest_rel(arm, base).pvalue)
+    welch = sps.ttest_ind(arm, base, equal_var=False).pvalue
+    assert welch > 0.5 and c["p"] < 0.05  # Welch would call it seed noise
+    d = np.subtract(arm, base)
+    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c["effect_size"] == pytest.approx(d.mean() / d.std(ddof=1))
+    assert bool(c["exceeds_noise"]) is True
+
+
+def test_welch_where_arms_share_no_seeds():
+    rows = [("baseline", s, "completed", v, 1000, 10) for s, v in enumerate([3.0, 3.1, 3.2])]
+    rows += [("x", s + 10, "completed", v, 1000, 10) for s, v in enumerate([2.0, 2.2, 2.1])]
+    c = compare_to_baseline(_df(rows)).set_index("ablation").loc["x"]
+    assert c["test"] == "welch"
+    assert c["p"] == pytest.approx(sps.ttest_ind([2.0, 2.2, 2.1], [3.0, 3.1, 3.2],
+                                                 equal_var=False).pvalue)
+
+
+def test_holm_known_answer():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    got = holm([0.02, math.nan])
+    assert got[0] == pytest.approx(0.02) and math.isnan(got[1])
+
+
+def test_holm_decides_exceeds_noise_across_arms():
+    base = [3.0, 3.3, 2.9]
+    rows = [("baseline", s, "completed", v, 1000, 10) for s, v in enumerate(base)]
+    # Arm a: p about 0.03 alone; with 3 arms compared Holm lifts it above 0.05.
+    for name, shift in (("a", [0.10, 0.06, 0.08]), ("b", [0.0, 0.01, -0.01]),
+                        ("c", [0.02, -0.03, 0.01])):
+        rows += [(name, s, "completed", v + d, 1000, 10) for s, (v, d) in
+                 enumerate(zip(base, shift))]
+    c = compare_to_baseline(_df(rows)).set_index("ablation")
+    assert c.loc["a", "p"] < 0.05 < c.loc["a", "p_holm"]
+    assert bool(c.loc["a", "exceeds_noise"]) is False
+    assert c["p_holm"].tolist() == pytest.approx(holm(c["p"].tolist()))
+
+
+def test_lost_seeds_are_counted_not_dropped():
+    rows = [("baseline", s, "completed", 3.0 + s / 10, 1000, 10) for s in range(3)]
+    rows += [("high_lr", 0, "completed", 2.9, 1000, 10), ("high_lr", 1, "diverged", None, 500, 5),
+             ("high_lr", 2, "error", None, 200, 2)]
+    df = _df(rows)
+    c = compare_to_baseline(df).set_index("ablation").loc["high_lr"]
+    assert (c["n"], c["n_completed"], c["n_diverged"], c["n_error"], c["lost_seeds"]) == \
+        (3, 1, 1, 1, 2)
+    s = summarize(df).set_index("ablation").loc["high_lr"]
+    assert (s["n"], s["n_completed"], s["lost_seeds"]) == (3, 1, 2)
+
+
+def test_equal_budgets():
+    same = _df([("a", 0, "completed", 3.0, 1000, 10), ("b", 0, "completed", 3.0, 1050, 7)])
+    assert equal_budgets(same)[0] is True  # within one step (150 tokens per step)
+    diff = _df([("a", 0, "completed", 3.0, 1000, 10), ("b", 0, "completed", 3.0, 2000, 10)])
+    ok, why = equal_budgets(diff)
+    assert ok is False and "different budgets (1,000 to 2,000 tokens)" in why

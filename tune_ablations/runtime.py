@@ -1,0 +1,97 @@
+"""Where a run executes: device, autocast precision, clock synchronisation and the matmul peak
+used as MFU's denominator. Never imports Ray.
+
+Design choices:
+- `precision=auto` is bf16 on GPUs that support it (else fp16) and fp32 on CPUs: most CPUs have
+  no bf16 matrix units and run bf16 matmuls far slower (measured in benchmarks/RESULTS.md).
+- The clock is read only after the device is synchronised.
+- The measured peak is the best of several timed tries at several sizes (a single short try
+  under-reads it and MFU can exceed 1), cached per process, device, dtype and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+# Dense bf16/fp16 tensor-core peaks from vendor data sheets, FLOP/s; first match of the name.
+GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
+                  ("A10", 125e12), ("L4", 121e12), ("V100", 125e12), ("T4", 65e12),
+                  ("4090", 165e12), ("3090", 71e12))
+_MEASURED_PEAK: dict[tuple, float] = {}
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is cuda where available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    return str(amp).replace("torch.", "") if amp is not None else "fp32"
+
+
+def autocast(device: torch.device, amp: torch.dtype | None):
+    """One autocast context for the run (re-entered at every forward pass)."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
+                        sizes: tuple[int, ...] = (512, 1024, 2048), tries: int = 3,
+                        seconds: float = 0.15) -> float:
+    """FLOP/s of the fastest square matmul on this device, dtype and thread count: the best of
+    `tries` timed loops at each size."""
+    key = (str(device), dtype, torch.get_num_threads(), sizes)
+    if key in _MEASURED_PEAK:
+        return _MEASURED_PEAK[key]
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        for _ in range(tries):
+            sync(device)
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                a @ b
+                reps += 1
+            sync(device)
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    _MEASURED_PEAK[key] = best
+    return best
+
+
+def peak_flops_for(device: torch.device, amp: torch.dtype | None) -> tuple[float, str]:
+    """(MFU denominator, where it came from): the data-sheet dense peak for known GPUs
+    (bf16/fp16), else the matmul peak measured here in the training dtype."""
+    if device.type == "cuda" and amp is not None:
+        name = torch.cuda.get_device_name(device)
+        for pattern, flops in GPU_PEAK_FLOPS:
+            if pattern in name:
+                return flops, f"datasheet:{pattern}"
+    return measure_matmul_peak(device, amp or torch.float32), "measured"
+
+
+def local_gpus() -> int:
+    """CUDA devices visible to this process."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
