@@ -1,7 +1,5 @@
 import json
 import multiprocessing as mp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -72,15 +70,27 @@ def test_hub_code_path_on_local_files_in_the_same_format(tmp_path):
     assert docs[:2] == ["shard 0 doc 0", "shard 0 doc 1"] and len(docs) == 7
 
 
-def test_hub_unreachable_is_a_clear_error():
-    code = ("import os; os.environ['HF_HUB_OFFLINE']='1'\n"
-            "from tune_ablations.corpus import load_hub_documents, CorpusError\n"
-            "try:\n    load_hub_documents('hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2', 3)\n"
-            "except CorpusError as e:\n    print('CLEAR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert "CLEAR corpus='hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2': could not load" in \
-        out.stdout, out.stderr[-2000:]
+def test_hub_unreachable_is_a_clear_error_at_once(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(C.CorpusError, match="HF_HUB_OFFLINE is set; use an embedded corpus"):
+        C.load_hub_documents("hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2", 3)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(C.CorpusError, match=r"Hub \(127.0.0.1\) is not reachable.*local path"):
+        C.load_hub_documents("hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2", 3)
+    assert time.perf_counter() - t0 < 10  # no minute of retries
+
+
+def test_reference_corpus_at_the_cpu_preset_fails_cleanly(tmp_path, capsys):
+    from tune_ablations import grid
+
+    assert grid.main(["--data", "reference", "--preset", "cpu", "--storage", str(tmp_path),
+                      "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "num_documents" not in err and "use an embedded corpus" in err
 
 
 def test_embedded_corpora_load_offline():

@@ -9,10 +9,12 @@ pytestmark = [pytest.mark.gpu,
 
 def test_tiny_run_on_gpu(tiny_cfg, tiny_data):
     from tune_ablations.config import with_overrides
+    from tune_ablations.runtime import autocast_dtype, resolve_device
     from tune_ablations.train import train
 
     cfg = with_overrides(tiny_cfg, {"device": "cuda", "precision": "auto"})
-    assert autocast_dtype(cfg, resolve_device(cfg)) in (torch.bfloat16, torch.float16)
+    assert autocast_dtype(cfg.precision, resolve_device(cfg.device)) in (torch.bfloat16,
+                                                                         torch.float16)
     r = train(cfg, data=tiny_data)
     assert r["status"] == "completed" and r["device"].startswith("cuda")
     assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1

@@ -126,3 +126,51 @@ def test_cli_smoke_and_bad_input(tmp_path, corpus_dir, capsys):
     assert "val_loss=" in capsys.readouterr().out
     assert main(["--smoke-test", "--set", "lr=-1"]) == 2
     assert "lr=-1 must be > 0" in capsys.readouterr().err
+
+
+def test_divergence_is_caught_before_nan():
+    """Runaway losses are `diverged` while still finite: far above the unigram reference after
+    warmup (twice in a row), or far above the run's best."""
+    from tune_ablations.train import TrainState, divergence
+
+    cfg = build_ablation("baseline", "cpu")  # 240 steps, warmup 12, margin 1.0, climb 2.0
+    ref = {"unigram_val_loss": 6.0}
+    st = TrainState(step=100, initial_loss=7.0, best_train_loss=5.0)
+    assert divergence(cfg, st, 5.5, {**ref, "val_loss": 5.5}) is None
+    assert divergence(cfg, st, 6.9, {**ref, "val_loss": 7.2}) is None  # once: not yet
+    why = divergence(cfg, st, 6.9, {**ref, "val_loss": 7.3})
+    assert why is not None and "unigram" in why
+    early = TrainState(step=10, initial_loss=7.0, best_train_loss=7.0)
+    for _ in range(3):  # before warmup and a quarter of the run: learning, not diverging
+        assert divergence(cfg, early, 7.5, {**ref, "val_loss": 7.5}) is None
+    climbing = TrainState(step=150, initial_loss=7.0, best_train_loss=3.0)
+    why = divergence(cfg, climbing, 5.2, {**ref, "val_loss": 5.0})
+    assert why is not None and "climbed" in why
+    assert divergence(cfg, TrainState(initial_loss=7.0), float("nan"), None) == "non-finite loss"
+    off = with_overrides(cfg, {"diverge_margin": 0.0, "diverge_climb": 0.0})
+    st2 = TrainState(step=150, initial_loss=7.0, best_train_loss=3.0)
+    for _ in range(3):
+        assert divergence(off, st2, 6.5, {**ref, "val_loss": 7.5}) is None
+
+
+def test_unigram_reference_known_answer():
+    import numpy as np
+    import torch
+
+    from tune_ablations.evaluation import unigram_reference
+
+    train_tokens = np.array([0, 0, 0, 1], dtype=np.uint16)  # add-half: 3.5, 1.5, 0.5 of 5.5
+    windows = torch.tensor([[2, 0, 1]])  # targets 0 and 1
+    bytes_ = np.array([1, 2, 3])
+    got = unigram_reference(train_tokens, windows, bytes_, vocab_size=3)
+    nll = -(math.log(3.5 / 5.5) + math.log(1.5 / 5.5))
+    assert got["unigram_val_loss"] == pytest.approx(nll / 2)
+    assert got["unigram_val_bpb"] == pytest.approx(nll / math.log(2) / 3)
+
+
+def test_every_report_carries_eval_noise_and_the_reference(tiny_cfg, tiny_data):
+    seen = []
+    train(tiny_cfg, data=tiny_data, report=lambda m, s: seen.append(m))
+    for m in seen:
+        assert m["val_loss_se"] > 0 and m["unigram_val_loss"] > 0 and m["unigram_val_bpb"] > 0
+    assert len({m["unigram_val_loss"] for m in seen}) == 1  # the same eval tokens every time

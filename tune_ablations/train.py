@@ -292,10 +292,8 @@ def _write_out(out: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tune_ablations.train`: one run without Ray."""
-    from .cli import add_spec_args, build_parser, fail, spec_from_args
-    from .resolve import check_collapse, resolve
+def parser():
+    from .cli import add_spec_args, build_parser
 
     ap = build_parser("train", "One training run without Ray; prints key=value lines.")
     add_spec_args(ap, single=True)
@@ -303,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the result JSON here (a file, or a folder for "
                     "result.json)")
     ap.add_argument("--smoke-test", action="store_true", help="tiny run, seconds on a CPU")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tune_ablations.train`: one run without Ray."""
+    from .cli import fail, spec_from_args
+    from .resolve import check_collapse, resolve
+
+    args = parser().parse_args(argv)
     try:
         spec, overrides = spec_from_args(args, smoke=args.smoke_test)
         check_collapse(overrides, [spec["ablation"]], force=args.force_set)
