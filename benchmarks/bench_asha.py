@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine  # noqa: E402
 
-SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "lr.toml"
+SPACE = Path(__file__).resolve().parent.parent / "tune_ablations" / "search_spaces" / "lr.toml"
 
 
 def run(scheduler: str, args, root: Path) -> dict:

@@ -74,8 +74,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine {machine()}")
     # Warm the token cache so no schedule pays for tokenization.
-    from tune_ablations.resolve import build_ablation
     from tune_ablations.data import prepare_data
+    from tune_ablations.resolve import build_ablation
 
     prepare_data(build_ablation("baseline", args.preset).data, log=lambda s: None)
     ray_s, driver_mb, child_mb = ray_grid(args.preset)

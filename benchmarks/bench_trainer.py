@@ -22,9 +22,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import has_fast_bf16, machine, median  # noqa: E402
 
-from tune_ablations.resolve import build_ablation  # noqa: E402
 from tune_ablations.data import prepare_data, sample_batch  # noqa: E402
 from tune_ablations.model import TransformerLM, flops_per_token  # noqa: E402
+from tune_ablations.resolve import build_ablation  # noqa: E402
 from tune_ablations.runtime import measure_matmul_peak  # noqa: E402
 from tune_ablations.train import train  # noqa: E402
 

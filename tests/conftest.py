@@ -70,3 +70,10 @@ def ray_session():
              logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers match reality: every test that uses the Ray session starts Ray, so it is slow."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -36,7 +36,8 @@ def make_synthetic_experiment(root: Path) -> Path:
                 "val_loss": 100.0 if diverged else loss, "val_ppl": math.exp(min(loss, 50)),
                 "val_bpb": loss / 2, "val_acc": 0.1 * k, "val_top5": 0.2 * k,
                 "val_confidence": 0.1, "val_entropy": 4.0, "tokens_per_s": 3000.0 / scale,
-                "mfu": 0.3, "unigram_val_loss": 6.0, "unigram_val_bpb": 3.0, "val_loss_se": 0.01, "train_time_s": 10.0 * k, "eval_time_s": 0.5 * k,
+                "mfu": 0.3, "unigram_val_loss": 6.0, "unigram_val_bpb": 3.0,
+                "val_loss_se": 0.01, "train_time_s": 10.0 * k, "eval_time_s": 0.5 * k,
                 "diverged": diverged, "status": status}))
         (trial / "result.json").write_text("\n".join(lines) + "\n")
         if status in ("completed", "diverged"):

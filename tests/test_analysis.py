@@ -3,12 +3,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import make_synthetic_experiment
 
 from tune_ablations import analysis as A
 from tune_ablations.config import field_names
 from tune_ablations.report import write_report
-
-from synthetic import make_synthetic_experiment
 
 
 @pytest.fixture(scope="module")

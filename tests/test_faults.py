@@ -110,7 +110,7 @@ def test_gpus_requested_on_a_machine_without_gpus(corpus_dir, tmp_path):
     (["--set", "seq_len=8192"], "seq_len=8192 must be <= max_seq_len=4096"),
     (["--ablations", "giant"], "unknown ablation 'giant'"),
     (["--seeds", "0"], "--seeds=0 must be >= 1"),
-    (["--max-steps", "0"], "max_steps=0 must be > 0"),
+    (["--max-steps", "0"], "--max-steps=0 must be > 0"),
     (["--set", "warmup_steps=500"], "warmup_steps=500 must be < the run's steps=30"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints=0 must be >= 1"),
     (["--max-failures", "-1"], "--max-failures=-1 must be >= 0"),
@@ -198,7 +198,9 @@ def test_failing_trials_make_the_command_exit_nonzero(ray_session, corpus_dir, t
     for path in df["path"]:
         assert f"logs={path}" in out
         text = (Path(path) / "error.txt").read_text()
-        assert "File \"" in text and "CUDA" in text  # the traceback, with its cause
+        # The traceback through our own code; the device error's wording is torch's (it differs
+        # between CPU and CUDA builds), so it is not asserted.
+        assert "File \"" in text and "tune_ablations" in text and "_setup" in text
 
 
 def test_compile_failure_falls_back_to_eager(tiny_cfg, tiny_data, monkeypatch):

@@ -14,9 +14,9 @@ PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 # Rank order, lowest first: a module may import only modules listed before it.
 RANK = ["config", "resolve", "overrides", "runtime", "cli", "corpus", "data", "model",
         "evaluation", "step", "train", "trainable", "results", "stats", "search_space",
-        "plan", "sweep", "study", "report", "analysis", "grid", "search"]
+        "plan", "sweep", "export", "study", "report", "analysis", "grid", "search"]
 NO_RAY = {"config", "resolve", "overrides", "cli", "corpus", "model", "data", "runtime",
-          "evaluation", "step", "train", "results", "stats", "report", "analysis"}
+          "evaluation", "step", "train", "results", "stats", "report", "analysis", "export"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:

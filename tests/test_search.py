@@ -10,7 +10,7 @@ import pytest
 from tune_ablations import search
 from tune_ablations.config import DIVERGED_LOSS, METRIC, MODE
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "tune_ablations" / "search_spaces"
 
 
 def test_asha_on_tokens_with_synthetic_results():
@@ -45,7 +45,7 @@ def searched(ray_session, corpus_dir, tmp_path_factory):
     code = search.main(["--space", str(SPACES / "lr.toml"), "--preset", "tiny", "--data",
                         str(corpus_dir), "--set", "vocab_size=300", "text_samples=0",
                         "max_steps=60", "eval_every=10", "--num-samples", "6",
-                        "--grace-tokens", "1000", "--reduction-factor", "2",
+                        "--reduction-factor", "2",
                         "--max-concurrent", "2", "--storage", str(root), "--name", "s"])
     assert code == 0
     return root / "s"
@@ -78,7 +78,17 @@ def test_exported_study_opens_with_optuna(searched):
     assert all(t.value is not None for t in study.trials
                if t.state == optuna.trial.TrialState.COMPLETE)
     assert study.best_value < DIVERGED_LOSS
-    assert json.loads((searched / "importances.json").read_text()).keys() <= {"lr"}
+    assert study.metric_names == [METRIC]
+    by_status = {t.user_attrs["status"]: t for t in study.trials}
+    pruned = by_status["early_stopped"]
+    assert pruned.state == optuna.trial.TrialState.PRUNED and pruned.value is None
+    assert max(pruned.intermediate_values) == pruned.user_attrs["tokens_seen"]  # keyed by tokens
+    assert {"ablation", "status", "tokens_seen", "trial_folder"} <= set(pruned.user_attrs)
+    imp = json.loads((searched / "importances.json").read_text())
+    assert imp["evaluator"] == "fanova(seed=0)"
+    completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert imp["n_trials"] == completed
+    assert "skipped" in imp and "need at least 8" in imp["skipped"]  # 6 trials: too few
 
 
 def test_best_config_file_reruns(searched, tmp_path, corpus_dir):
@@ -112,7 +122,8 @@ def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_p
     assert len(df) == 3 and set(df["status"].astype(str)) == {"diverged"}
     study = optuna.load_study(study_name="wild",
                               storage=f"sqlite:///{tmp_path / 'wild' / 'study.db'}")
-    assert [t.value for t in study.trials] == [DIVERGED_LOSS] * 3
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
+    assert all(t.user_attrs["status"] == "diverged" for t in study.trials)
 
 
 def test_killed_search_resumes(ray_session, corpus_dir, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from tune_ablations.resolve import resolve as from_flat_dict
 from tune_ablations.search_space import build_param_space, load_space
 
-SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.toml"))
+SPACES = sorted((Path(__file__).parent.parent / "tune_ablations" / "search_spaces").glob("*.toml"))
 
 
 def test_the_shipped_spaces_exist():

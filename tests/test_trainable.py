@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_ablations.config import to_flat_dict
-from tune_ablations.config import REPORT_KEYS
+from tune_ablations.config import REPORT_KEYS, to_flat_dict
 from tune_ablations.trainable import git_sha, package_versions, run_trial
 
 

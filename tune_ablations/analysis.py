@@ -60,12 +60,8 @@ def smoke_experiment(root: Path) -> Path:
     return exp
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tune_ablations.analysis <experiment> [--out DIR]`: report, plots, tables."""
-    import tempfile
-
-    from .cli import build_parser, fail
-    from .report import write_report
+def parser():
+    from .cli import build_parser
 
     ap = build_parser("analysis", "Report, plots and tables (CSV/Parquet) of an experiment.")
     ap.add_argument("path", nargs="?", help="experiment folder (results/<name>)")
@@ -73,7 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true", help="tables and report.md only")
     ap.add_argument("--smoke-test", action="store_true",
                     help="a tiny real experiment without Ray, then its report")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tune_ablations.analysis <experiment> [--out DIR]`: report, plots, tables."""
+    import tempfile
+
+    from .cli import fail
+    from .report import write_report
+
+    args = parser().parse_args(argv)
     if args.smoke_test and not args.path:
         args.path = str(smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-smoke-"))))
     if not args.path:

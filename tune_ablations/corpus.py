@@ -107,9 +107,42 @@ def load_local_documents(path: Path, limit: int = 0) -> list[str]:
     import datasets
 
     builder = "parquet" if kinds == {".parquet"} else "json"
-    ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
-                               streaming=True)
-    return _texts_from_dataset(ds, limit, str(path))
+    old = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # we report the error, once
+    try:
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+                                   streaming=True)
+        return _texts_from_dataset(ds, limit, str(path))
+    except CorpusError:
+        raise
+    except Exception as exc:  # malformed JSON lines, a file that is not parquet, ...
+        raise CorpusError(f"corpus={str(path)!r} could not be read as {builder} with a 'text' "
+                          f"column ({type(exc).__name__}: {str(exc)[:160]})") from None
+    finally:
+        datasets.logging.set_verbosity(old)
+
+
+def hub_reachable(spec: str, timeout: float = 3.0) -> None:
+    """Fail at once, naming the alternatives, when the Hub cannot be reached (offline mode, or
+    no connection), instead of after a minute of client retries."""
+    import socket
+
+    alternatives = (f"use an embedded corpus ({', '.join(EMBEDDED_CORPORA)}) or a local path "
+                    "(.txt, .jsonl, .json, .parquet)")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise CorpusError(f"corpus={spec!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is "
+                          f"set; {alternatives}")
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CorpusError(f"corpus={spec!r}: the Hugging Face Hub ({host}) is not reachable "
+                          f"({type(exc).__name__}); {alternatives}") from None
 
 
 def load_hub_documents(spec: str, limit: int, **load_kwargs) -> list[str]:
@@ -119,6 +152,8 @@ def load_hub_documents(spec: str, limit: int, **load_kwargs) -> list[str]:
     repo, _, config = name.rpartition("/") if name.count("/") >= 2 else (name, "", None)
     import datasets
 
+    if not load_kwargs:
+        hub_reachable(spec)
     try:
         ds = datasets.load_dataset(repo, config or None, split="train", streaming=True,
                                    **load_kwargs)

@@ -74,6 +74,8 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         ablations, seeds = args.ablations, args.seeds
         _check_arms(ablations, seeds)
         shared, overrides = spec_from_args(args, smoke=args.smoke_test)
+        for a in ablations:  # bad values first, named by the config's own rule
+            resolve({**shared, "ablation": a})
         forced = check_collapse(overrides, ablations, force=args.force_set)
         cpus = args.cpus_per_trial
         gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \

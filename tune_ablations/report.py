@@ -135,6 +135,11 @@ def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
             ax.plot(g[x], g[y], marker=".", color=color, label=label)
             ax.set_xlabel(x)
             ax.set_ylabel(y)
+    if "unigram_val_loss" in history and history["unigram_val_loss"].notna().any():
+        uni = float(history["unigram_val_loss"].median())
+        for ax in axes[0]:  # the floor every val_loss must beat to mean anything
+            ax.axhline(uni, color="black", linestyle="--", linewidth=1,
+                       label=f"unigram reference {uni:.3f}")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=100)
@@ -148,6 +153,10 @@ def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
             err = (mean - summary[f"{m}_ci_low"].to_numpy(float))
             ax.bar(names, mean, yerr=[0 if math.isnan(e) else e for e in err], capsize=4)
             ax.set_title(f"final {m} (95% CI)")
+            if m == "val_loss" and "unigram_val_loss_mean" in summary:
+                ax.axhline(float(summary["unigram_val_loss_mean"].median()), color="black",
+                           linestyle="--", linewidth=1, label="unigram reference")
+                ax.legend(fontsize=7)
             ax.tick_params(axis="x", rotation=45)
         fig.tight_layout()
         fig.savefig(out / "final_metrics.png", dpi=100)
@@ -266,6 +275,14 @@ def search_section(exp: Path, df, k: int = 5) -> list[str]:
     done = df[df["status"].astype(str) == "completed"].sort_values(METRIC).head(k)
     lines = [f"## Search: top {len(done)} completed trials (full budget)", "",
              md_table(done, ["trial_id", *params, METRIC, "val_loss_se", "tokens_seen"]), ""]
+    hold = exp / "holdout.json"
+    if hold.exists():
+        h = json.loads(hold.read_text())
+        lines += [f"Held-out check of the best trial ({h.get('trial_id')}): {METRIC} "
+                  f"{h['select_val_loss']:.4f} on the selection windows, "
+                  f"{h['holdout_val_loss']:.4f} ± {h['holdout_val_loss_se']:.4f} (SE) on "
+                  f"{h['holdout_windows']} held-out windows that selection never saw.", ""] \
+            if "gap" in h else [f"Held-out check: skipped ({h.get('skipped')}).", ""]
     imp = exp / "importances.json"
     if imp.exists():
         data = json.loads(imp.read_text())

@@ -48,9 +48,11 @@ def parser():
     add_spec_args(ap, single=False)
     ap.add_argument("--num-samples", type=int, help="trials (default: the file's, else 16)")
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
-    ap.add_argument("--sampler", choices=("tpe", "random", "qmc"), default="tpe")
+    ap.add_argument("--sampler", choices=("tpe", "random", "qmc"), default="tpe",
+                    help="Optuna sampler (default tpe)")
     ap.add_argument("--sampler-seed", type=int, default=0, help="seed of the Optuna sampler")
-    ap.add_argument("--scheduler", choices=("asha", "none"), default="asha")
+    ap.add_argument("--scheduler", choices=("asha", "none"), default="asha",
+                    help="early stopping (default asha)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="ASHA eta (an integer, so "
                     "rungs fall on evaluation milestones)")
     ap.add_argument("--evals", type=int, default=8,
@@ -124,10 +126,12 @@ def _new_record(args) -> dict[str, Any]:
             raise ValueError(f"--set {key}={overrides[key]!r}: {key} is searched by "
                              f"{space.path.name}; drop it or use another space")
     shared = {**space.base_flat(spec["preset"]), **spec}
+    derived = []
     if "eval_every" not in shared:
         ref = reference_run(spec["preset"], shared)
         shared["eval_every"] = max(1, ref.steps // args.evals)
-    return {"space": str(space.path), "shared": shared,
+        derived.append("eval_every")
+    return {"space": str(space.path), "shared": shared, "derived_keys": derived,
             "num_samples": args.num_samples or space.num_samples or 16,
             "sampler": args.sampler, "sampler_seed": args.sampler_seed,
             "scheduler": args.scheduler, "reduction_factor": args.reduction_factor,
@@ -160,7 +164,8 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
     def after(exp: Path, df) -> None:
         from .study import finish_search
 
-        finish_search(exp, df, space, rec)
+        finish_search(exp, df, space, rec,
+                      Path(args.cache_dir) if getattr(args, "cache_dir", None) else None)
 
     return SweepPlan(
         kind="search", name=name, configs=configs,

@@ -10,7 +10,8 @@ Design choices:
   `MIN_IMPORTANCE_TRIALS`, and name their evaluator (fANOVA, seeded), since Optuna's default
   changed across major versions.
 - `best.toml` keeps the spec unresolved: `iso_tokens`/`token_budget` and derived widths as
-  selectors, and only the searched keys (plus a non-default corpus) under [config].
+  selectors; under [config] the searched keys and what the user fixed (the space's [fixed],
+  `--set`, `--data`), never the resolved budget or the evaluation cadence the search derived.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from .results import load_history
 from .search_space import SearchSpace
 
 MIN_IMPORTANCE_TRIALS = 8
-_SPEC_KEYS = ("iso_tokens", "token_budget", "head_dim", "ffn_mult", "max_steps", "corpus",
-              "tokenizer")
+HOLDOUT_FILE = "holdout.json"
+_SELECTORS = ("iso_tokens", "token_budget", "head_dim", "ffn_mult")
 
 
 def _distribution(p):
@@ -120,19 +121,52 @@ def write_best(exp: Path, df, space: SearchSpace, rec: dict[str, Any]) -> Path |
     lines = [f"# Best of search {exp.name}: {METRIC}={best[METRIC]:.5f} (trial "
              f"{best['trial_id']}, {int(best['tokens_seen']):,} tokens)",
              f'ablation = "{space.ablation}"', f'preset = "{shared["preset"]}"']
-    lines += [f"{k} = {json.dumps(shared[k])}" for k in _SPEC_KEYS[:4] if k in shared]
+    lines += [f"{k} = {json.dumps(shared[k])}" for k in _SELECTORS if k in shared]
     lines += ["", "[config]"]
     for k in space.params:
         v = best[k].item() if hasattr(best[k], "item") else best[k]
         lines.append(f"{k} = {json.dumps(v)}")
-    lines += [f"{k} = {json.dumps(shared[k])}" for k in _SPEC_KEYS[4:] if k in shared]
+    skip = {*_SELECTORS, *space.params, *rec.get("derived_keys", ()), "ablation", "preset"}
+    lines += [f"{k} = {json.dumps(v)}" for k, v in shared.items() if k not in skip]
     path = exp / BEST_FILE
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def finish_search(exp: Path, df, space: SearchSpace, rec: dict[str, Any]) -> None:
-    """Study, importances and best.toml, with one log line each."""
+def holdout_check(exp: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The best completed trial re-evaluated on the held-out validation windows (between the
+    windows that every evaluation, and so the selection, scored): how much of the best loss
+    is selection on the same text."""
+    import torch
+
+    from .config import RUN_FILE
+    from .data import prepare_data, val_windows
+    from .evaluation import evaluate
+    from .export import best_trial, latest_checkpoint
+    from .model import TransformerLM
+    from .resolve import resolve
+    from .step import load_checkpoint
+
+    trial = best_trial(exp)
+    run = json.loads((trial / RUN_FILE).read_text())
+    cfg = resolve(run["config"])
+    data = prepare_data(cfg.data, cache_dir, log=lambda s: None)
+    model = TransformerLM(cfg.model, data.vocab_size)
+    model.load_state_dict(load_checkpoint(latest_checkpoint(trial))["model"])
+    token_bytes = torch.from_numpy(data.token_bytes)
+    out: dict[str, Any] = {"trial_id": run.get("trial_id"), "trial_folder": str(trial)}
+    for part in ("select", "holdout"):
+        w = val_windows(data.val, cfg.data.seq_len, cfg.eval.eval_tokens, part=part)
+        m = evaluate(model, w, token_bytes, cfg.data.batch_size, torch.device("cpu"), None)
+        out[f"{part}_val_loss"], out[f"{part}_val_loss_se"] = m["val_loss"], m["val_loss_se"]
+        out[f"{part}_windows"] = len(w)
+    out["gap"] = out["holdout_val_loss"] - out["select_val_loss"]
+    return out
+
+
+def finish_search(exp: Path, df, space: SearchSpace, rec: dict[str, Any],
+                  cache_dir: Path | None = None) -> None:
+    """Study, importances, best.toml and the held-out check, with one log line each."""
     if df.empty:
         print("event=search_empty trials=0", flush=True)
         return
@@ -144,6 +178,16 @@ def finish_search(exp: Path, df, space: SearchSpace, rec: dict[str, Any]) -> Non
     print("event=statuses " + " ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
     if best is not None:
         print(f"best: {best}\n{best.read_text()}", flush=True)
+        try:
+            hold = holdout_check(exp, cache_dir)
+        except (ValueError, OSError) as exc:  # e.g. no checkpoint kept
+            hold = {"skipped": str(exc)}
+        (exp / HOLDOUT_FILE).write_text(json.dumps(hold, indent=2))
+        if "gap" in hold:
+            print(f"event=holdout trial={hold['trial_id']} select_val_loss="
+                  f"{hold['select_val_loss']:.4f} holdout_val_loss="
+                  f"{hold['holdout_val_loss']:.4f}+-{hold['holdout_val_loss_se']:.4f}",
+                  flush=True)
     if imp["importances"]:
         print("importances (" + imp["evaluator"] + "): " + " ".join(
             f"{k}={v:.3f}" for k, v in imp["importances"].items()), flush=True)

@@ -1,0 +1,127 @@
+"""Every entry point against a battery of bad inputs: one clear line naming the field, value or
+rule, exit code 2, no traceback, nothing written. Plus the installed `tune-ablations` command,
+`--out` as a folder or a file, and help text on every option."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tune_ablations import analysis, export, grid, search, train
+from tune_ablations.__main__ import main as tool_main
+
+
+def _bad_corpora(root: Path) -> dict[str, tuple[Path, str]]:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "empty.txt").write_text("\n\n")
+    (root / "empty_dir").mkdir(exist_ok=True)
+    (root / "notext.jsonl").write_text('{"body": "a"}\n{"body": "b"}\n')
+    (root / "broken.jsonl").write_text('{"text": "a"\n{{{\n')
+    (root / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    (root / "data.csv").write_text("text\nhello\n")
+    small = root / "small"
+    small.mkdir(exist_ok=True)
+    for i in range(4):
+        (small / f"{i}.txt").write_text(f"tiny document {i}")
+    return {"missing": (root / "nope", "is not an embedded corpus"),
+            "empty": (root / "empty.txt", "is empty"),
+            "empty_dir": (root / "empty_dir", "folder has no"),
+            "notext": (root / "notext.jsonl", "has no 'text' column"),
+            "broken_json": (root / "broken.jsonl", "could not be read"),
+            "broken_parquet": (root / "broken.parquet", "could not be read"),
+            "csv": (root / "data.csv", "file type '.csv' must be one of"),
+            "small": (small, "smaller than one window")}
+
+
+def _clean(capsys, code, message):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert message in err, err
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "empty_dir", "notext", "broken_json",
+                                  "broken_parquet", "csv", "small"])
+@pytest.mark.parametrize("entry", ["train", "grid", "search"])
+def test_bad_corpora_everywhere(entry, kind, tmp_path, capsys):
+    path, message = _bad_corpora(tmp_path / "c")[kind]
+    common = ["--preset", "tiny", "--data", str(path)]
+    sweep = ["--storage", str(tmp_path / "out"), "--name", "bad"]
+    code = {"train": lambda: train.main(common),
+            "grid": lambda: grid.main([*common, *sweep]),
+            "search": lambda: search.main(["--space", "lr", *common, *sweep])}[entry]()
+    _clean(capsys, code, message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "lr=-1"], "lr=-1 must be > 0"),
+    (["--set", "lrr=1"], "did you mean 'lr'"),
+    (["--set", "lr"], "must look like key=value"),
+    (["--ablation", "hi_lr"], "did you mean 'high_lr'"),
+    (["--tokens", "0"], "--tokens=0 must be > 0"),
+    (["--threads", "0"], "--threads=0 must be >= 1"),
+    (["--config", "/no/such.toml"], "no such file"),
+    (["--seed", "x"], "invalid int value: 'x'"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+])
+def test_train_bad_values(argv, message, capsys):
+    try:
+        code = train.main(["--smoke-test", *argv])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    _clean(capsys, code, message)
+
+
+def test_bad_toml_config(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[config]\nlr = \n")
+    _clean(capsys, train.main(["--smoke-test", "--config", str(bad)]), "TOML syntax error")
+    _clean(capsys, grid.main(["--config", str(bad), "--storage", str(tmp_path)]),
+           "TOML syntax error")
+
+
+def test_analysis_and_export_bad_paths(tmp_path, capsys):
+    _clean(capsys, analysis.main([str(tmp_path / "none")]), "does not exist")
+    (tmp_path / "exp").mkdir()
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    _clean(capsys, analysis.main([str(tmp_path / "exp"), "--out", str(f)]), "is a file")
+    _clean(capsys, export.main([str(tmp_path / "none"), "--out", str(tmp_path / "o")]),
+           "does not exist")
+    _clean(capsys, export.main([str(tmp_path / "exp"), "--out", str(tmp_path / "o")]),
+           "has no completed trial")
+    _clean(capsys, search.main(["--space", "nope", "--storage", str(tmp_path)]),
+           "unknown search space")
+
+
+def test_out_takes_a_folder_or_a_file(tmp_path, capsys):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    assert train.main(["--smoke-test", "--set", "text_samples=0", "--out", str(folder)]) == 0
+    assert json.loads((folder / "result.json").read_text())["status"] == "completed"
+    assert train.main(["--smoke-test", "--set", "text_samples=0", "max_steps=10",
+                       "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["steps"] == 10
+
+
+@pytest.mark.parametrize("module", [train, grid, search, analysis, export])
+def test_every_option_has_help(module, capsys):
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "Design choices" not in text  # help is for users, not design notes
+    for action in module.parser()._actions:
+        assert action.help, f"{module.__name__}: {action.option_strings or action.dest}"
+
+
+def test_the_installed_command_dispatches(capsys):
+    assert tool_main([]) == 0
+    assert "grid" in capsys.readouterr().out
+    assert tool_main(["nope"]) == 2
+    out = subprocess.run([sys.executable, "-m", "tune_ablations", "train", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--tokens" in out.stdout
