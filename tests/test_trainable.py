@@ -36,6 +36,7 @@ def stub_tune(monkeypatch, tmp_path):
     monkeypatch.setattr(tune, "report", report)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: state["checkpoint"])
     monkeypatch.setattr(tune, "get_context", lambda: _Context(state["trial_dir"]))
+    monkeypatch.chdir(state["trial_dir"])  # Ray runs a trial in its working directory
     return state
 
 

@@ -198,14 +198,20 @@ def _is_number(x: Any) -> bool:
 
 def validate(cfg: RunConfig) -> None:
     """Raise ValueError naming field, value and rule for the first impossible setting."""
-    m, o, d, b, e = cfg.model, cfg.optim, cfg.data, cfg.budget, cfg.eval
-    for section in (m, o, d, b, e):
+    for section in (cfg.model, cfg.optim, cfg.data, cfg.budget, cfg.eval):
         for f in fields(section):
             v = getattr(section, f.name)
             if f.type in ("int", "float"):
                 _check(_is_number(v) and (f.type == "float" or isinstance(v, int)),
                        f"{f.name}={v!r} must be {'an integer' if f.type == 'int' else 'a number'}")
                 _check(math.isfinite(v), f"{f.name}={v!r} must be finite")
+    _validate_model(cfg.model)
+    _validate_optim(cfg.optim)
+    _validate_data(cfg.data, cfg.model)
+    _validate_run(cfg)
+
+
+def _validate_model(m: ModelConfig) -> None:
     for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
         _check(getattr(m, name) > 0, f"{name}={getattr(m, name)} must be > 0")
     _check(m.d_model % m.n_heads == 0,
@@ -218,6 +224,9 @@ def validate(cfg: RunConfig) -> None:
     _check(m.pos_encoding in ("rope", "none"),
            f"pos_encoding={m.pos_encoding!r} must be one of 'rope', 'none'")
     _check(m.rope_base > 1, f"rope_base={m.rope_base} must be > 1")
+
+
+def _validate_optim(o: OptimConfig) -> None:
     _check(o.lr > 0, f"lr={o.lr} must be > 0")
     _check(o.weight_decay >= 0, f"weight_decay={o.weight_decay} must be >= 0")
     for name in ("beta1", "beta2"):
@@ -225,6 +234,9 @@ def validate(cfg: RunConfig) -> None:
     _check(o.warmup_steps >= 0, f"warmup_steps={o.warmup_steps} must be >= 0")
     _check(0 <= o.min_lr_ratio <= 1, f"min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
     _check(o.grad_clip >= 0, f"grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+
+
+def _validate_data(d: DataConfig, m: ModelConfig) -> None:
     _check(isinstance(d.corpus, str) and d.corpus != "", f"corpus={d.corpus!r} must be a "
            f"non-empty string: one of {EMBEDDED_CORPORA}, a local path, or 'hf:<dataset>'")
     if d.corpus not in EMBEDDED_CORPORA and not d.corpus.startswith(HUB_PREFIX):
@@ -242,13 +254,19 @@ def validate(cfg: RunConfig) -> None:
     _check(d.batch_size > 0, f"batch_size={d.batch_size} must be > 0")
     _check(d.num_documents >= 0, f"num_documents={d.num_documents} must be >= 0 (0: all)")
     _check(0 < d.val_fraction < 1, f"val_fraction={d.val_fraction} must be in (0, 1)")
+
+
+def _validate_run(cfg: RunConfig) -> None:
+    b, e = cfg.budget, cfg.eval
     _check(b.max_steps > 0, f"max_steps={b.max_steps} must be > 0")
     _check(b.tokens >= 0, f"tokens={b.tokens} must be >= 0 (0: use max_steps)")
-    _check(o.warmup_steps < cfg.steps,
-           f"warmup_steps={o.warmup_steps} must be < the run's steps={cfg.steps}")
+    _check(cfg.optim.warmup_steps < cfg.steps,
+           f"warmup_steps={cfg.optim.warmup_steps} must be < the run's steps={cfg.steps}")
     _check(e.eval_every > 0, f"eval_every={e.eval_every} must be > 0")
-    _check(e.eval_tokens >= d.seq_len,
-           f"eval_tokens={e.eval_tokens} must be >= seq_len={d.seq_len} (one window)")
+    _check(e.eval_every_tokens >= 0,
+           f"eval_every_tokens={e.eval_every_tokens} must be >= 0 (0: every eval_every steps)")
+    _check(e.eval_tokens >= cfg.data.seq_len,
+           f"eval_tokens={e.eval_tokens} must be >= seq_len={cfg.data.seq_len} (one window)")
     _check(e.text_samples >= 0, f"text_samples={e.text_samples} must be >= 0")
     _check(cfg.precision in ("auto", "fp32", "bf16", "fp16"),
            f"precision={cfg.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'")
@@ -261,8 +279,6 @@ def validate(cfg: RunConfig) -> None:
     for name in ("diverge_margin", "diverge_climb"):
         _check(_is_number(getattr(cfg, name)) and getattr(cfg, name) >= 0,
                f"{name}={getattr(cfg, name)!r} must be a number >= 0 (0 disables)")
-    _check(e.eval_every_tokens >= 0,
-           f"eval_every_tokens={e.eval_every_tokens} must be >= 0 (0: every eval_every steps)")
     _check(cfg.peak_flops >= 0, f"peak_flops={cfg.peak_flops} must be >= 0 (0: default)")
 
 

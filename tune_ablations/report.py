@@ -119,13 +119,18 @@ def statements(df, history) -> list[str]:
     return out
 
 
-def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    made = []
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _curves(history, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for (trial, g), color in zip(history.groupby("trial_id"), plt.cm.tab10.colors * 20):
         g = g[~g["diverged"].fillna(False).astype(bool)]
@@ -141,60 +146,81 @@ def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
             ax.axhline(uni, color="black", linestyle="--", linewidth=1,
                        label=f"unigram reference {uni:.3f}")
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
-    made.append("curves.png")
-    if not summary.empty:
-        names = summary["ablation"].astype(str).tolist()
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-        for ax, m in zip(axes, ("val_loss", "val_acc", "val_top5")):
-            mean = summary[f"{m}_mean"].to_numpy(float)
-            err = (mean - summary[f"{m}_ci_low"].to_numpy(float))
-            ax.bar(names, mean, yerr=[0 if math.isnan(e) else e for e in err], capsize=4)
-            ax.set_title(f"final {m} (95% CI)")
-            if m == "val_loss" and "unigram_val_loss_mean" in summary:
-                ax.axhline(float(summary["unigram_val_loss_mean"].median()), color="black",
-                           linestyle="--", linewidth=1, label="unigram reference")
-                ax.legend(fontsize=7)
-            ax.tick_params(axis="x", rotation=45)
-        fig.tight_layout()
-        fig.savefig(out / "final_metrics.png", dpi=100)
-        plt.close(fig)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, m in zip(axes, ("tokens_per_s", "mfu")):
-            ax.bar(names, summary[f"{m}_mean"].to_numpy(float))
-            ax.set_title(m)
-            ax.tick_params(axis="x", rotation=45)
-        fig.tight_layout()
-        fig.savefig(out / "throughput.png", dpi=100)
-        plt.close(fig)
-        made += ["final_metrics.png", "throughput.png"]
-    if df["lr"].nunique() >= 3:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ok = df[df["status"].astype(str).isin(["completed", "early_stopped"])]
+    return _save(fig, out / "curves.png")
+
+
+def _bars(summary, out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    names = summary["ablation"].astype(str).tolist()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, m in zip(axes, ("val_loss", "val_acc", "val_top5")):
+        mean = summary[f"{m}_mean"].to_numpy(float)
+        err = (mean - summary[f"{m}_ci_low"].to_numpy(float))
+        ax.bar(names, mean, yerr=[0 if math.isnan(e) else e for e in err], capsize=4)
+        ax.set_title(f"final {m} (95% CI)")
+        if m == "val_loss" and "unigram_val_loss_mean" in summary:
+            ax.axhline(float(summary["unigram_val_loss_mean"].median()), color="black",
+                       linestyle="--", linewidth=1, label="unigram reference")
+            ax.legend(fontsize=7)
+        ax.tick_params(axis="x", rotation=45)
+    made = [_save(fig, out / "final_metrics.png")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, m in zip(axes, ("tokens_per_s", "mfu")):
+        ax.bar(names, summary[f"{m}_mean"].to_numpy(float))
+        ax.set_title(f"{m} (trials shared the machine)")
+        ax.tick_params(axis="x", rotation=45)
+    return made + [_save(fig, out / "throughput.png")]
+
+
+def _param_scatter(df, params: list[str], out: Path) -> str:
+    """Each searched (or varied) parameter against the final loss, by status."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(params), figsize=(5 * len(params), 4), squeeze=False)
+    ok = df[df["status"].astype(str).isin(["completed", "early_stopped"])]
+    for ax, p in zip(axes[0], params):
         for status, g in ok.groupby(ok["status"].astype(str)):
-            ax.scatter(g["lr"], g[METRIC], label=status)
-        ax.set_xscale("log")
-        ax.set_xlabel("lr")
+            ax.scatter(g[p], g[METRIC], label=status)
+        if p == "lr":
+            ax.set_xscale("log")
+        ax.set_xlabel(p)
         ax.set_ylabel(f"final {METRIC}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "lr_sweep.png", dpi=100)
-        plt.close(fig)
-        made.append("lr_sweep.png")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "params.png")
+
+
+def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = [_curves(history, out)]
+    if not summary.empty:
+        made += _bars(summary, out)
+    params = _searched(exp) or (["lr"] if df["lr"].nunique() >= 3 else [])
+    if params:
+        made.append(_param_scatter(df, params, out))
     importances = exp / "importances.json"
-    if importances.exists():
-        imp = json.loads(importances.read_text())
-        if imp:
-            fig, ax = plt.subplots(figsize=(6, 3))
-            ax.barh(list(imp), list(imp.values()))
-            ax.set_title("Optuna parameter importance")
-            fig.tight_layout()
-            fig.savefig(out / "importances.png", dpi=100)
-            plt.close(fig)
-            made.append("importances.png")
+    imp = json.loads(importances.read_text()).get("importances", {}) \
+        if importances.exists() else {}
+    if imp:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.barh(list(imp), list(imp.values()))
+        ax.set_title("Optuna parameter importance (full-budget trials)")
+        made.append(_save(fig, out / "importances.png"))
     return made
+
+
+def _searched(exp: Path) -> list[str]:
+    from .config import SPACE_FILE
+
+    if not (exp / SPACE_FILE).exists():
+        return []
+    from .search_space import load_space
+
+    return list(load_space(exp / SPACE_FILE).params)
 
 
 def _tables(df, summary) -> list[str]:
@@ -265,13 +291,9 @@ def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Pat
 def search_section(exp: Path, df, k: int = 5) -> list[str]:
     """A search's top-k completed trials with their searched parameters (a search's trials
     differ in their parameters, so a mean per ablation would average different configs)."""
-    from .config import SPACE_FILE
-
-    if not (exp / SPACE_FILE).exists():
+    params = _searched(exp)
+    if not params:
         return []
-    from .search_space import load_space
-
-    params = list(load_space(exp / SPACE_FILE).params)
     done = df[df["status"].astype(str) == "completed"].sort_values(METRIC).head(k)
     lines = [f"## Search: top {len(done)} completed trials (full budget)", "",
              md_table(done, ["trial_id", *params, METRIC, "val_loss_se", "tokens_seen"]), ""]

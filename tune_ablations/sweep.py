@@ -178,6 +178,9 @@ def run_tuner(trainable, param_space: dict[str, Any] | None, *, exp: Path, resum
             name=exp.name, storage_path=str(exp.parent),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+            # run.json / outcome.json live in the trial's working directory: synced to
+            # storage at every report, from whichever node runs the trial.
+            sync_config=tune.SyncConfig(sync_artifacts=True),
             progress_reporter=progress_reporter(parameter_columns), verbose=1,
             log_to_file=True)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,

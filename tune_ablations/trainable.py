@@ -8,7 +8,11 @@ Design choices:
 - A checkpoint that fails to load is skipped with a warning and the trial starts from scratch,
   rather than failing the trial on every retry.
 - Each trial directory holds `run.json` (resolved config, seed, versions, git SHA, data cache
-  key): what reproduces it; and, when it ends, `outcome.json` (history, samples, throughput).
+  key, the node it ran on): what reproduces it; and, when it ends, `outcome.json` (history,
+  samples, throughput). Both are written into the trial's *working directory* (Ray changes
+  into it) and reach the experiment folder through Ray's artifact sync at every report, so
+  they arrive from any node of a cluster and to any storage (`SyncConfig(sync_artifacts=True)`
+  in `sweep.run_tuner`); never through a path that exists only on the trial's node.
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ def run_metadata(flat: dict[str, Any], cfg, data, *, sha: str | None) -> dict[st
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv}
 
 
+def _node() -> dict[str, Any]:
+    """The Ray node this trial runs on (a cluster has several)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": None, "node_ip": None}
+    return {"node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address()}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -86,11 +100,11 @@ def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float =
         # Several trials share a GPU: cap this process so one cannot starve the others.
         torch.cuda.set_per_process_memory_fraction(gpu_fraction)
     context = tune.get_context()
-    trial_dir = Path(context.get_trial_dir())
+    trial_dir = Path.cwd()  # Ray's trial working directory, synced to storage at each report
     data = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None, log=lambda s: None)
     meta = run_metadata(dict(config), cfg, data, sha=sha) | {
         "trial_id": context.get_trial_id(), "threads": threads, "gpu_fraction": gpu_fraction,
-        "pid": os.getpid()}
+        "pid": os.getpid(), **_node()}
     _write_json(trial_dir / RUN_FILE, meta)
 
     def report(metrics: dict[str, Any], save_checkpoint) -> None:
