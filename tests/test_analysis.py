@@ -1,4 +1,6 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,7 +61,6 @@ def test_statuses_of_a_partial_sweep(synthetic):
 
 
 def test_early_stopped_from_ray_state(synthetic, tmp_path):
-    import json
     import shutil
 
     exp = tmp_path / "e"
@@ -162,3 +163,34 @@ def test_cli_writes_report_and_exports(real_grid, tmp_path, capsys):
     assert "n=1" in text and "Text samples" in text
     assert A.main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_reloads_identical_logits(real_grid, tmp_path):
+    import torch
+
+    from tune_ablations import load_pretrained
+    from tune_ablations.export import main as export_main
+    from tune_ablations.step import load_checkpoint
+
+    out = tmp_path / "model"
+    assert export_main([str(real_grid), "--out", str(out)]) == 0
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in
+                                                                        out.iterdir()}
+    model = load_pretrained(out)
+    meta = json.loads((out / "config.json").read_text())
+    trial = Path(meta["trial"])
+    ckpt = sorted(trial.glob("checkpoint_*"))[-1]
+    from tune_ablations.model import TransformerLM
+    from tune_ablations.resolve import resolve
+
+    ref = TransformerLM(resolve(meta["config"]).model, meta["vocab_size"])
+    ref.load_state_dict(load_checkpoint(ckpt)["model"])
+    ref.eval()
+    x = torch.randint(0, meta["vocab_size"], (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.pad_token == "<|endoftext|>" and tok.model_max_length == meta["config"]["seq_len"]
+    assert tok.decode(tok("residual norm")["input_ids"]) == "residual norm"

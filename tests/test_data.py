@@ -222,3 +222,12 @@ def test_split_keeps_an_oversized_group_in_train():
     train, val = C.split_documents(docs, 0.1)
     assert docs[0] in train and val
     assert sum(map(len, val)) <= 0.1 * 1.05 * sum(map(len, docs))
+
+
+def test_progress_lines_in_logs(monkeypatch):
+    lines = []
+    monkeypatch.setattr(D.sys.stderr, "isatty", lambda: False, raising=False)
+    p = D.Progress("tokenize", 10, lines.append, every_s=0.0)
+    p.advance(4)
+    p.advance(6)
+    assert lines[-1].startswith("event=progress what=tokenize done=10 total=10")

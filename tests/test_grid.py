@@ -193,3 +193,34 @@ def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path
     assert resumed[0] >= 100 and resumed[0] <= first_kill
     assert resumed[-1] > first_kill and resumed[-1] <= second_kill
     assert outcome["steps"] == 2000
+
+
+def test_resume_refuses_changed_flags(corpus_dir, tmp_path, capsys):
+    """A flag given with --resume that differs from the stored sweep is refused by name."""
+    from tune_ablations.sweep import write_sweep_file
+
+    exp = tmp_path / "r"
+    write_sweep_file(exp, {"kind": "grid", "shared": {"preset": "tiny"}, "ablations":
+                           ["baseline"], "seeds": 1, "cpus_per_trial": 1.0,
+                           "gpus_per_trial": 0.0, "max_failures": 2, "keep_checkpoints": 2,
+                           "trial_resources": {}})
+    base = ["--storage", str(tmp_path), "--name", "r", "--resume"]
+    for extra, message in ((["--max-failures", "5"], "--max-failures=5 differs from the "
+                            "stored sweep's 2"),
+                           (["--keep-checkpoints", "4"], "--keep-checkpoints=4 differs"),
+                           (["--trial-resource", "fast=1"], "--trial-resource={'fast': 1.0}"),
+                           (["--set", "lr=1e-3"], "--set would change what the stored sweep "
+                            "trains"),
+                           (["--seeds", "3"], "--seeds would change")):
+        assert grid.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_preflight_names_a_missing_custom_resource(ray_session, corpus_dir, tmp_path, capsys):
+    code = grid.main(_args(corpus_dir, tmp_path, "res", "--ablations", "baseline",
+                           "--trial-resource", "worker_node=0.5"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--trial-resource worker_node=0.5 but the Ray cluster has 0 of 'worker_node'" in err
+    assert not (tmp_path / "res" / "sweep.json").exists()

@@ -12,10 +12,10 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 
 # Rank order, lowest first: a module may import only modules listed before it.
-RANK = ["config", "resolve", "overrides", "runtime", "cli", "corpus", "data", "model",
+RANK = ["config", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus", "data", "model",
         "evaluation", "step", "train", "trainable", "results", "stats", "search_space",
         "plan", "sweep", "export", "study", "report", "analysis", "grid", "search"]
-NO_RAY = {"config", "resolve", "overrides", "cli", "corpus", "model", "data", "runtime",
+NO_RAY = {"config", "resolve", "overrides", "cli", "sweep_args", "corpus", "model", "data", "runtime",
           "evaluation", "step", "train", "results", "stats", "report", "analysis", "export"}
 
 

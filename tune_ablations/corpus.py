@@ -16,6 +16,7 @@ import ast
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from .config import EMBEDDED_CORPORA, HUB_PREFIX, DataConfig
@@ -71,7 +72,7 @@ def _texts_from_dataset(ds, limit: int, source: str) -> list[str]:
     cols = getattr(ds, "column_names", None) or getattr(ds, "features", {}) or {}
     if cols and "text" not in cols:
         raise CorpusError(f"corpus={source!r} has no 'text' column (columns: {list(cols)})")
-    out = []
+    out, t_last = [], time.perf_counter()
     for row in ds:
         if "text" not in row:
             raise CorpusError(f"corpus={source!r} has no 'text' column (columns: {list(row)})")
@@ -80,6 +81,10 @@ def _texts_from_dataset(ds, limit: int, source: str) -> list[str]:
             out.append(text)
             if limit and len(out) >= limit:
                 break
+            if time.perf_counter() - t_last > 5:  # streaming can take minutes: say so
+                print(f"event=progress what=stream corpus={source} documents={len(out)}"
+                      f"{f'/{limit}' if limit else ''}", file=sys.stderr, flush=True)
+                t_last = time.perf_counter()
     return out
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -156,7 +157,35 @@ class TokenData:
         return out
 
 
-def _build(cfg: DataConfig, key: str, folder: Path) -> None:
+class Progress:
+    """Progress of long work: a bar redrawn in place on a terminal, else a `key=value` line
+    at most every `every_s` seconds (logs stay readable)."""
+
+    def __init__(self, what: str, total: int, log=print, every_s: float = 5.0):
+        self.what, self.total, self.log, self.every_s = what, max(1, total), log, every_s
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+        self.tty = sys.stderr.isatty()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.tty:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r{self.what} [{'#' * filled}{'.' * (30 - filled)}] "
+                             f"{self.done}/{self.total}")
+            sys.stderr.flush()
+        elif now - self.last >= self.every_s:
+            self.log(f"event=progress what={self.what} done={self.done} total={self.total} "
+                     f"seconds={now - self.t0:.0f}")
+            self.last = now
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _build(cfg: DataConfig, key: str, folder: Path, log=print) -> None:
     docs = load_documents(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
     tok_dir = folder / "tokenizer"
@@ -172,14 +201,19 @@ def _build(cfg: DataConfig, key: str, folder: Path) -> None:
     vocab = tok.get_vocab_size()
     dtype = np.uint16 if vocab <= 65535 else np.uint32
 
+    progress = Progress("tokenize", len(train_docs) + len(val_docs), log)
+
     def encode(texts: list[str]) -> np.ndarray:
         ids: list[int] = []
-        for enc in tok.encode_batch(texts, add_special_tokens=False):
-            ids.extend(enc.ids)
-            ids.append(eos_id)
+        for i in range(0, len(texts), 256):  # chunks, so long corpora show progress
+            for enc in tok.encode_batch(texts[i:i + 256], add_special_tokens=False):
+                ids.extend(enc.ids)
+                ids.append(eos_id)
+            progress.advance(len(texts[i:i + 256]))
         return np.asarray(ids, dtype=dtype)
 
     train, val = encode(train_docs), encode(val_docs)
+    progress.close()
     np.save(folder / "train.npy", train)
     np.save(folder / "val.npy", val)
     np.save(folder / "token_bytes.npy", token_byte_lengths(tok))
@@ -211,7 +245,7 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, *, log=print) -
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{uuid.uuid4().hex[:6]}-", dir=root))
         t0 = time.perf_counter()
         try:
-            _build(cfg, key, tmp)
+            _build(cfg, key, tmp, log)
             try:
                 os.rename(tmp, folder)  # atomic; fails if another process won the race
             except OSError:

@@ -28,6 +28,7 @@ from .sweep import (
     add_sweep_args,
     check_sweep_args,
     default_gpus_per_trial,
+    resume_conflicts,
     resume_lookup,
     run_sweep,
 )
@@ -69,7 +70,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         shared, ablations, seeds = saved["shared"], saved["ablations"], saved["seeds"]
         forced, cpus, gpus = saved.get("forced_overrides", {}), saved["cpus_per_trial"], \
             saved["gpus_per_trial"]
-        name = args.name
+        name, resources = args.name, saved.get("trial_resources", {})
     else:
         ablations, seeds = args.ablations, args.seeds
         _check_arms(ablations, seeds)
@@ -81,6 +82,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \
             default_gpus_per_trial(len(ablations) * seeds, local_gpus())
         name = args.name or f"grid-{shared['preset']}-{datetime.now():%Y%m%d-%H%M%S}"
+        resources = args.trial_resources
     configs = [resolve({**shared, "ablation": a, "seed": s}) for a in ablations
                for s in range(seeds)]
     by_cost = sorted(ablations, key=lambda a: -sum(_cost(c) for c in configs if c.name == a))
@@ -99,17 +101,21 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
                      "seed": tune.grid_search(list(range(seeds)))},
         parameter_columns=["ablation", "seed"],
         record={"shared": shared, "ablations": ablations, "seeds": seeds},
-        cpus=cpus, gpus=gpus, tune_config=tune_config, forced=forced)
+        cpus=cpus, gpus=gpus, tune_config=tune_config, forced=forced, resources=resources)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     started = time.perf_counter()
     if args.smoke_test and args.ablations == list(ABLATIONS):
         args.ablations = SMOKE_ABLATIONS
     try:
         check_sweep_args(args)
-        plan = build_plan(args, resume_lookup(args, "grid"))
+        saved = resume_lookup(args, "grid")
+        if saved is not None:
+            resume_conflicts(args, ap, saved)
+        plan = build_plan(args, saved)
     except (ValueError, SweepError) as exc:
         return fail(exc)
     return run_sweep(plan, args, started=started)

@@ -34,6 +34,7 @@ from .sweep import (
     add_sweep_args,
     check_sweep_args,
     default_gpus_per_trial,
+    resume_conflicts,
     resume_lookup,
     run_sweep,
 )
@@ -143,6 +144,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
     if saved is not None:
         rec, space = saved, load_space(Path(args.storage).expanduser() / args.name / SPACE_FILE)
         cpus, gpus, name = saved["cpus_per_trial"], saved["gpus_per_trial"], args.name
+        resources = saved.get("trial_resources", {})
     else:
         rec = _new_record(args)
         space = load_space(rec["space"])
@@ -150,6 +152,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \
             default_gpus_per_trial(args.max_concurrent or 4, local_gpus())
         name = args.name or f"search-{space.path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        resources = args.trial_resources
     shared = rec["shared"]
     specs = corner_specs(space, shared)
     configs = [resolve(s) for s in specs]
@@ -173,18 +176,22 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         param_space=build_param_space(space, preset, shared), parameter_columns=list(
             space.params), record={**rec, "grace_tokens": milestone, "max_t": max_t},
         cpus=cpus, gpus=gpus, tune_config=tune_config, after=after,
-        files={SPACE_FILE: space.path})
+        files={SPACE_FILE: space.path}, resources=resources)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     started = time.perf_counter()
     if args.smoke_test:
         args.space = args.space or SMOKE_SPACE
         args.num_samples = args.num_samples or 4
     try:
         check_sweep_args(args)
-        plan = build_plan(args, resume_lookup(args, "search"))
+        saved = resume_lookup(args, "search")
+        if saved is not None:
+            resume_conflicts(args, ap, saved)
+        plan = build_plan(args, saved)
     except (ValueError, SweepError) as exc:
         return fail(exc)
     return run_sweep(plan, args, started=started)

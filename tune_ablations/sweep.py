@@ -27,47 +27,16 @@ from .cli import fail
 from .config import METRIC, SWEEP_FILE, TIME_ATTR, TRIALS_FILE
 from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows
 from .runtime import local_gpus
+from .sweep_args import SweepError, add_sweep_args, check_sweep_args, resume_conflicts
+
+__all__ = ["SweepError", "add_sweep_args", "check_sweep_args", "resume_conflicts", "run_sweep",
+           "resume_lookup", "default_gpus_per_trial"]
 
 SNAPSHOT_PERIOD_S = "1"
 
 
-class SweepError(RuntimeError):
-    """A sweep that cannot start; the message says why and what to do."""
-
-
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def add_sweep_args(ap, kind: str) -> None:
-    """The options every sweep command shares: where results go, resume, resources, retries."""
-    ap.add_argument("--storage", default="./results", help="results root (default ./results)")
-    ap.add_argument("--name", help=f"experiment name (default {kind}-...-<time>)")
-    ap.add_argument("--resume", action="store_true",
-                    help=f"continue the sweep --name (default: the latest {kind} in --storage)")
-    ap.add_argument("--cpus-per-trial", type=float, default=1.0,
-                    help="CPUs (and torch threads) per trial")
-    ap.add_argument("--gpus-per-trial", type=float,
-                    help="fraction of a GPU per trial (default: packs trials on the GPUs)")
-    ap.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS or local)")
-    ap.add_argument("--max-failures", type=int, default=2,
-                    help="retries of a crashed trial from its checkpoint")
-    ap.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial")
-    ap.add_argument("--cache-dir", help="token cache (default $TUNE_ABLATIONS_CACHE or "
-                    "~/.cache/tune_ablations)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="print the plan (steps, tokens, FLOPs, epochs, seconds), train nothing")
-    ap.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per "
-                    "trial")
-
-
-def check_sweep_args(args) -> None:
-    """Reject impossible values of the shared options (before anything runs)."""
-    if args.keep_checkpoints < 1:
-        raise SweepError(f"--keep-checkpoints={args.keep_checkpoints} must be >= 1 (a trial "
-                         "resumes from its latest checkpoint)")
-    if args.max_failures < 0:
-        raise SweepError(f"--max-failures={args.max_failures} must be >= 0")
 
 
 def default_gpus_per_trial(n_trials: int, n_gpus: int) -> float:
@@ -127,11 +96,18 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
                  configure_logging=True)
 
 
-def preflight(cpus: float, gpus: float) -> None:
-    """Fail now if the cluster cannot ever place one trial (Ray would wait forever)."""
+def preflight(cpus: float, gpus: float, resources: dict[str, float] | None = None) -> None:
+    """Fail now if the cluster cannot ever place one trial (Ray would wait forever), naming
+    what it lacks."""
     import ray
 
     have = ray.cluster_resources()
+    for key, amount in (resources or {}).items():
+        if have.get(key, 0) < amount:
+            raise SweepError(f"--trial-resource {key}={amount:g} but the Ray cluster has "
+                             f"{have.get(key, 0):g} of {key!r} (it has: "
+                             f"{', '.join(sorted(have)) or 'nothing'}): trials would stay "
+                             "PENDING forever")
     if gpus > 0 and have.get("GPU", 0) < gpus:
         raise SweepError(f"--gpus-per-trial={gpus} but the Ray cluster has "
                          f"{have.get('GPU', 0):g} GPUs: trials would stay PENDING forever. Use "
@@ -290,7 +266,7 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
 
     try:
         init_ray(args.address)
-        preflight(plan.cpus, plan.gpus)
+        preflight(plan.cpus, plan.gpus, plan.resources)
     except SweepError as exc:
         return fail(exc)
     sha = git_sha()
@@ -300,6 +276,9 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
             (exp / name).write_bytes(Path(src).read_bytes())  # stored verbatim
         write_sweep_file(exp, {**plan.record, "kind": plan.kind, "cpus_per_trial": plan.cpus,
                                "gpus_per_trial": plan.gpus, "forced_overrides": plan.forced,
+                               "trial_resources": plan.resources,
+                               "max_failures": args.max_failures,
+                               "keep_checkpoints": args.keep_checkpoints,
                                "argv": sys.argv, "git_sha": sha,
                                "versions": package_versions(),
                                "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -310,7 +289,7 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
         f"cpus_per_trial={plan.cpus} gpus_per_trial={plan.gpus} resume={args.resume} "
         f"path={exp}")
     trainable = build_trainable(cpus=plan.cpus, gpus=plan.gpus, cache_dir=args.cache_dir,
-                                sha=sha)
+                                sha=sha, resources=plan.resources)
     try:
         results = run_tuner(trainable, plan.param_space, exp=exp, resume=args.resume,
                             tune_config=plan.tune_config(), max_failures=args.max_failures,

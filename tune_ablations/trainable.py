@@ -148,11 +148,13 @@ def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int,
                  log=lambda s: print(s, flush=True), on_end=on_end)
 
 
-def build_trainable(*, cpus: float, gpus: float, cache_dir: str | None, sha: str | None):
-    """`run_trial` with its parameters bound and its resources declared."""
+def build_trainable(*, cpus: float, gpus: float, cache_dir: str | None, sha: str | None,
+                    resources: dict[str, float] | None = None):
+    """`run_trial` with its parameters bound and its resources declared (custom resources
+    place trials on chosen nodes of a cluster)."""
     from ray import tune
 
     threads = max(1, int(cpus))
     fn = tune.with_parameters(run_trial, threads=threads, gpu_fraction=gpus,
                               cache_dir=cache_dir, sha=sha)
-    return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
+    return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus, **(resources or {})})
