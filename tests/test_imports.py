@@ -12,11 +12,13 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 
 # Rank order, lowest first: a module may import only modules listed before it.
-RANK = ["config", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus", "data", "model",
-        "evaluation", "step", "train", "trainable", "results", "stats", "search_space",
-        "plan", "sweep", "export", "study", "report", "analysis", "grid", "search"]
-NO_RAY = {"config", "resolve", "overrides", "cli", "sweep_args", "corpus", "model", "data", "runtime",
-          "evaluation", "step", "train", "results", "stats", "report", "analysis", "export"}
+RANK = ["config", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus", "data",
+        "model", "evaluation", "step", "train", "trainable", "storage", "results", "stats",
+        "search_space", "plan", "sweep", "export", "study", "report", "analysis", "grid",
+        "search"]
+NO_RAY = {"config", "resolve", "overrides", "cli", "sweep_args", "corpus", "model", "data",
+          "runtime", "evaluation", "step", "train", "storage", "results", "stats", "report",
+          "analysis", "export"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:

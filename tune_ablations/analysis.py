@@ -78,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .cli import fail
     from .report import write_report
+    from .storage import download, is_uri
 
     args = parser().parse_args(argv)
     if args.smoke_test and not args.path:
         args.path = str(smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-smoke-"))))
     if not args.path:
         return fail("the experiment folder is required (or --smoke-test)")
+    if is_uri(args.path):  # s3://, gs://, file://: read through a local mirror
+        try:
+            args.path = str(download(args.path))
+        except (ValueError, OSError) as exc:
+            return fail(exc)
     path = Path(args.path).expanduser()
     if not path.is_dir():
         return fail(f"experiment folder {str(path)!r} does not exist")

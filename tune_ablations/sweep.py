@@ -27,6 +27,7 @@ from .cli import fail
 from .config import METRIC, SWEEP_FILE, TIME_ATTR, TRIALS_FILE
 from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows
 from .runtime import local_gpus
+from .storage import download, exists, filesystem, is_uri, join, list_dirs, mirror, upload
 from .sweep_args import SweepError, add_sweep_args, check_sweep_args, resume_conflicts
 
 __all__ = ["SweepError", "add_sweep_args", "check_sweep_args", "resume_conflicts", "run_sweep",
@@ -65,9 +66,12 @@ def check_resources(cpus: float, gpus: float, *, address: str | None) -> None:
 
 
 def experiment_dir(storage: str, name: str, *, resume: bool) -> Path:
-    """The experiment folder; refuses to reuse a name unless resuming, and to resume nothing."""
+    """The experiment folder (for a storage URI, its local mirror, with sweep.json fetched when
+    resuming); refuses to reuse a name unless resuming, and to resume nothing."""
     if not name or "/" in name or name.startswith("."):
         raise SweepError(f"--name={name!r} must be a plain folder name")
+    if is_uri(storage):
+        return _remote_experiment(join(storage, name), resume=resume)
     path = Path(storage).expanduser().resolve() / name
     if resume and not (path / SWEEP_FILE).exists():
         raise SweepError(f"--resume: no sweep at {path} (no {SWEEP_FILE}); run without --resume "
@@ -76,6 +80,18 @@ def experiment_dir(storage: str, name: str, *, resume: bool) -> Path:
         raise SweepError(f"experiment {path} already exists; add --resume to continue it, or "
                          "choose another --name")
     return path
+
+
+def _remote_experiment(uri: str, *, resume: bool) -> Path:
+    local = mirror(uri)
+    if resume:
+        if not exists(join(uri, SWEEP_FILE)):
+            raise SweepError(f"--resume: no sweep at {uri} (no {SWEEP_FILE})")
+        return download(uri, local)
+    if exists(uri) and exists(join(uri, SWEEP_FILE)):
+        raise SweepError(f"experiment {uri} already exists; add --resume to continue it, or "
+                         "choose another --name")
+    return local
 
 
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
@@ -139,19 +155,23 @@ def progress_reporter(parameter_columns: list[str]):
 
 def run_tuner(trainable, param_space: dict[str, Any] | None, *, exp: Path, resume: bool,
               tune_config, max_failures: int, keep_checkpoints: int,
-              parameter_columns: list[str]):
-    """Fit a new Tuner, or restore the one in `exp` (errored trials retried)."""
+              parameter_columns: list[str], remote: str | None = None):
+    """Fit a new Tuner, or restore the one in `exp` (errored trials retried). With `remote`
+    (a storage URI), Ray persists the experiment there through a pyarrow filesystem."""
     from ray import tune
 
+    fs, root = filesystem(remote.rsplit("/", 1)[0]) if remote else (None, str(exp.parent))
+    where = join(root, exp.name)
     if resume:
-        if not (exp / "tuner.pkl").exists():
-            raise SweepError(f"--resume: {exp} has no Ray state (tuner.pkl): the sweep was "
-                             "stopped before Ray started; rerun without --resume after removing "
-                             "the folder")
-        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+        if not (exists(join(remote, "tuner.pkl")) if remote else (exp / "tuner.pkl").exists()):
+            raise SweepError(f"--resume: {remote or exp} has no Ray state (tuner.pkl): the "
+                             "sweep was stopped before Ray started; rerun without --resume "
+                             "after removing the folder")
+        tuner = tune.Tuner.restore(where, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         run_config = tune.RunConfig(
-            name=exp.name, storage_path=str(exp.parent),
+            name=exp.name, storage_path=root, storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
             # run.json / outcome.json live in the trial's working directory: synced to
@@ -178,12 +198,19 @@ def record_states(exp: Path, results) -> dict[str, dict]:
     return states
 
 
-def finish(exp: Path, results, *, started: float) -> tuple[Any, int]:
-    """Write statuses and tables, print the failed trials; returns (results frame, exit code)."""
+def finish(exp: Path, results, *, started: float, remote: str | None = None
+           ) -> tuple[Any, int]:
+    """Write statuses and tables, print the failed trials; returns (results frame, exit code).
+    With `remote`, the experiment is mirrored first and the written files uploaded."""
     from .results import load_results, write_tables
 
+    if remote:
+        download(remote, exp)
     record_states(exp, results)
-    write_tables(exp)
+    written = write_tables(exp)
+    if remote:
+        for path in [exp / TRIALS_FILE, *written.values()]:
+            upload(path, join(remote, path.name))
     df = load_results(exp)
     failed = df[df["status"] == "error"]
     code = 0
@@ -203,12 +230,17 @@ def resume_lookup(args, kind: str) -> dict[str, Any] | None:
     if not args.resume:
         return None
     if not args.name:
-        root = Path(args.storage).expanduser()
-        found = sorted((p for p in root.glob(f"{kind}-*") if (p / SWEEP_FILE).exists()),
-                       key=lambda p: p.stat().st_mtime)
+        if is_uri(args.storage):
+            found = [n for n, _ in sorted(list_dirs(args.storage), key=lambda d: d[1])
+                     if n.startswith(f"{kind}-") and exists(join(args.storage, n, SWEEP_FILE))]
+        else:
+            root = Path(args.storage).expanduser()
+            found = [p.name for p in sorted((p for p in root.glob(f"{kind}-*")
+                                             if (p / SWEEP_FILE).exists()),
+                                            key=lambda p: p.stat().st_mtime)]
         if not found:
             raise SweepError(f"--resume: no {kind} experiment in {args.storage}")
-        args.name = found[-1].name
+        args.name = found[-1]
     return read_sweep_file(experiment_dir(args.storage, args.name, resume=True))
 
 
@@ -270,6 +302,7 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
     except SweepError as exc:
         return fail(exc)
     sha = git_sha()
+    remote = join(args.storage, exp.name) if is_uri(args.storage) else None
     if not args.resume:
         exp.mkdir(parents=True, exist_ok=True)
         for name, src in plan.files.items():
@@ -282,6 +315,9 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
                                "argv": sys.argv, "git_sha": sha,
                                "versions": package_versions(),
                                "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if remote:
+            for name in (SWEEP_FILE, *plan.files):
+                upload(exp / name, join(remote, name))
     for key, arms in plan.forced.items():
         log(f"warning: --force-set {key} applies to {', '.join(arms)}: those arms no longer "
             f"differ from the baseline in {key}")
@@ -294,13 +330,18 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
         results = run_tuner(trainable, plan.param_space, exp=exp, resume=args.resume,
                             tune_config=plan.tune_config(), max_failures=args.max_failures,
                             keep_checkpoints=args.keep_checkpoints,
-                            parameter_columns=plan.parameter_columns)
+                            parameter_columns=plan.parameter_columns, remote=remote)
     except SweepError as exc:
         return fail(exc)
-    df, code = finish(exp, results, started=started)
+    df, code = finish(exp, results, started=started, remote=remote)
     print_summary(df)
     if plan.after is not None:
+        before = {p.name for p in exp.iterdir()}
         plan.after(exp, df)
+        for p in exp.iterdir():  # the study, best.toml, ... reach the storage URI too
+            if remote and p.is_file() and (p.name not in before or p.suffix in (".db",
+                                                                                 ".json")):
+                upload(p, join(remote, p.name))
     log(f"event=report_hint command=\"python -m tune_ablations.analysis {exp}\" "
         f"report={exp / 'report' / 'report.md'}")
     return code
