@@ -29,7 +29,8 @@ def cluster():
 
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "gcs_server_port": _free_port(), "include_dashboard": False})
-    worker = c.add_node(num_cpus=2, resources={"worker_node": 2})
+    # The worker's GPU is logical (no CUDA needed): enough for Ray's scheduling and defaults.
+    worker = c.add_node(num_cpus=2, num_gpus=1, resources={"worker_node": 2})
     c.wait_for_nodes()
     yield c, worker
     c.shutdown()
@@ -49,7 +50,8 @@ def test_grid_runs_on_the_worker_node_and_resumes(cluster, corpus_dir, tmp_path)
     c, worker = cluster
     exp = tmp_path / "c"
     args = ("--ablations", "baseline", "high_lr", "small_model", "--trial-resource",
-            "worker_node=1", "--set", "max_steps=1500", "eval_every=100")
+            "worker_node=1", "--gpus-per-trial", "0", "--set", "max_steps=1500",
+            "eval_every=100")
     proc = _grid(c.address, corpus_dir, tmp_path, "c", *args, wait=False)
     deadline = time.time() + 300
     try:  # kill the driver once one trial has finished and another is part-way
@@ -87,3 +89,24 @@ def test_grid_runs_on_the_worker_node_and_resumes(cluster, corpus_dir, tmp_path)
         assert list(Path(path).glob("checkpoint_*"))
     assert resumed  # at least one trial continued from its checkpoint
 
+
+
+def test_defaults_come_from_the_cluster(cluster, corpus_dir):
+    """This machine has no GPU, the cluster has one: without --preset the plan takes the GPU
+    defaults (preset seed, GPU shares packed on the cluster's GPU)."""
+    c, _ = cluster
+    code = ("import json, sys\n"
+            "from tune_ablations import grid\n"
+            "from tune_ablations.sweep import available_gpus, check_sweep_args\n"
+            f"args = grid.parser().parse_args(['--address', '{c.address}', '--data', "
+            f"'{corpus_dir}'])\n"
+            "check_sweep_args(args)\n"
+            "args.n_gpus = available_gpus(args.address)\n"
+            "plan = grid.build_plan(args, None)\n"
+            "print(json.dumps({'preset': plan.record['shared']['preset'], 'gpus': plan.gpus,"
+            " 'n_gpus': args.n_gpus}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"preset": "seed", "gpus": round(1 / 6, 4), "n_gpus": 1}

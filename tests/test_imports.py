@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 RANK = ["config", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus", "data",
         "model", "evaluation", "step", "train", "trainable", "storage", "results", "stats",
         "search_space", "plan", "sweep", "export", "study", "report", "analysis", "grid",
-        "search"]
+        "search", "submit", "status"]
 NO_RAY = {"config", "resolve", "overrides", "cli", "sweep_args", "corpus", "model", "data",
           "runtime", "evaluation", "step", "train", "storage", "results", "stats", "report",
           "analysis", "export"}

@@ -44,7 +44,7 @@ def test_wheel_works_outside_the_checkout(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "TUNE_ABLATIONS_CACHE": os.environ["TUNE_ABLATIONS_CACHE"]}
-    where = subprocess.run([str(py), "-c", "import tune_ablations; print(tune_ablations.__file__)"],
+    where = subprocess.run([str(py), "-c", "import tune_ablations as t; print(t.__file__)"],
                            capture_output=True, text=True, cwd=elsewhere, env=env)
     assert str(ROOT) not in where.stdout and "site-packages" in where.stdout, where
     out = subprocess.run([str(venv / "bin" / "tune-ablations"), "search", "--smoke-test",

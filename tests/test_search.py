@@ -161,3 +161,38 @@ def test_killed_search_resumes(ray_session, corpus_dir, tmp_path):
     assert len(df) == 4 and set(df["status"].astype(str)) == {"completed"}
     study = optuna.load_study(study_name="rs", storage=f"sqlite:///{exp / 'study.db'}")
     assert len(study.trials) == 4
+
+
+def test_study_is_readable_while_the_search_runs(corpus_dir, tmp_path):
+    """The live view: study.db and the tables are rewritten as trials finish, so a dashboard
+    (here: optuna.load_study) sees a running search."""
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    args = ["--space", "lr", "--preset", "tiny", "--data", str(corpus_dir), "--set",
+            "vocab_size=300", "text_samples=0", "max_steps=200", "--num-samples", "4",
+            "--max-concurrent", "1", "--scheduler", "none", "--storage", str(tmp_path),
+            "--name", "live"]
+    proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.search", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "live" / "study.db"
+    seen = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    study = optuna.load_study(study_name="live", storage=f"sqlite:///{db}")
+                except Exception:  # replaced while opening: try again
+                    continue
+                if study.trials and proc.poll() is None:
+                    seen = len(study.trials)
+                    break
+            time.sleep(0.3)
+        assert seen is not None and 1 <= seen < 4, "no study while the search ran"
+        assert (tmp_path / "live" / "results.parquet").exists()
+    finally:
+        assert proc.wait(timeout=600) == 0

@@ -8,7 +8,9 @@ import sys
 
 COMMANDS = {"grid": "the six reference ablations x seeds", "search": "Optuna + ASHA search",
             "analysis": "report, plots and tables of an experiment",
-            "train": "one run without Ray", "export": "the best model as safetensors"}
+            "train": "one run without Ray", "export": "the best model as safetensors",
+            "submit": "a grid or search as a Ray Job on a cluster (or stop one)",
+            "status": "trials by status, best so far, tokens and ETA of any sweep"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,15 +59,17 @@ def add_spec_args(ap: argparse.ArgumentParser, *, single: bool) -> None:
                     help="allow overriding a key that an ablation defines (collapses that arm)")
 
 
-def spec_from_args(args: argparse.Namespace, *, smoke: bool = False
+def spec_from_args(args: argparse.Namespace, *, smoke: bool = False, n_gpus: int | None = None
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run spec shared by every run, the user's overrides in it). Precedence: the config
-    file < `--set` < explicit flags; `--data` beats the file's corpus."""
+    file < `--set` < explicit flags; `--data` beats the file's corpus. The default preset
+    follows `n_gpus` (a cluster's GPUs), else this machine's."""
     from .runtime import local_gpus
 
     file = load_config_file(args.config) if args.config else {}
+    gpus = local_gpus() if n_gpus is None else n_gpus
     preset = "tiny" if smoke else (args.preset or file.pop("preset", None)
-                                   or default_preset(local_gpus()))
+                                   or default_preset(gpus))
     file.pop("preset", None)
     file_ablation = file.pop("ablation", None)
     overrides: dict[str, Any] = {**file, **parse_overrides(args.set)}

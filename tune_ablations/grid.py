@@ -26,6 +26,7 @@ from .runtime import local_gpus
 from .sweep import (
     SweepError,
     add_sweep_args,
+    available_gpus,
     check_sweep_args,
     default_gpus_per_trial,
     resume_conflicts,
@@ -74,13 +75,15 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
     else:
         ablations, seeds = args.ablations, args.seeds
         _check_arms(ablations, seeds)
-        shared, overrides = spec_from_args(args, smoke=args.smoke_test)
+        shared, overrides = spec_from_args(args, smoke=args.smoke_test,
+                                       n_gpus=getattr(args, "n_gpus", None))
         for a in ablations:  # bad values first, named by the config's own rule
             resolve({**shared, "ablation": a})
         forced = check_collapse(overrides, ablations, force=args.force_set)
         cpus = args.cpus_per_trial
         gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \
-            default_gpus_per_trial(len(ablations) * seeds, local_gpus())
+            default_gpus_per_trial(len(ablations) * seeds,
+                                   getattr(args, "n_gpus", None) or local_gpus())
         name = args.name or f"grid-{shared['preset']}-{datetime.now():%Y%m%d-%H%M%S}"
         resources = args.trial_resources
     configs = [resolve({**shared, "ablation": a, "seed": s}) for a in ablations
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = resume_lookup(args, "grid")
         if saved is not None:
             resume_conflicts(args, ap, saved)
+        else:  # defaults (preset, GPU shares) from the cluster's resources with --address
+            args.n_gpus = available_gpus(args.address)
         plan = build_plan(args, saved)
     except (ValueError, SweepError) as exc:
         return fail(exc)

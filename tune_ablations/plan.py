@@ -49,6 +49,8 @@ class SweepPlan:
     """Files stored verbatim in the experiment folder (name -> source)."""
     forced: dict[str, list[str]] = field(default_factory=dict)
     """Overrides the user forced onto arms that define them (key -> arms)."""
+    live: Any = None
+    """A search space, to refresh the study with the tables as trials finish (live view)."""
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per trial (e.g. one that only some nodes have)."""
 

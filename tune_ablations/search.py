@@ -32,6 +32,7 @@ from .search_space import SearchSpace, build_param_space, find_space, load_space
 from .sweep import (
     SweepError,
     add_sweep_args,
+    available_gpus,
     check_sweep_args,
     default_gpus_per_trial,
     resume_conflicts,
@@ -121,7 +122,8 @@ def _new_record(args) -> dict[str, Any]:
     space = load_space(find_space(args.space))
     if args.preset is None and space.preset:
         args.preset = space.preset
-    spec, overrides = spec_from_args(args, smoke=args.smoke_test)
+    spec, overrides = spec_from_args(args, smoke=args.smoke_test,
+                                       n_gpus=getattr(args, "n_gpus", None))
     for key in overrides:
         if key in space.params:
             raise ValueError(f"--set {key}={overrides[key]!r}: {key} is searched by "
@@ -150,7 +152,8 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         space = load_space(rec["space"])
         cpus = args.cpus_per_trial
         gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \
-            default_gpus_per_trial(args.max_concurrent or 4, local_gpus())
+            default_gpus_per_trial(args.max_concurrent or 4,
+                                   getattr(args, "n_gpus", None) or local_gpus())
         name = args.name or f"search-{space.path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
         resources = args.trial_resources
     shared = rec["shared"]
@@ -176,7 +179,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         param_space=build_param_space(space, preset, shared), parameter_columns=list(
             space.params), record={**rec, "grace_tokens": milestone, "max_t": max_t},
         cpus=cpus, gpus=gpus, tune_config=tune_config, after=after,
-        files={SPACE_FILE: space.path}, resources=resources)
+        files={SPACE_FILE: space.path}, resources=resources, live=space)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = resume_lookup(args, "search")
         if saved is not None:
             resume_conflicts(args, ap, saved)
+        else:  # defaults (preset, GPU shares) from the cluster's resources with --address
+            args.n_gpus = available_gpus(args.address)
         plan = build_plan(args, saved)
     except (ValueError, SweepError) as exc:
         return fail(exc)

@@ -71,17 +71,32 @@ def frozen_trials(df, history, space: SearchSpace) -> list:
 
 
 def export_study(exp: Path, df, space: SearchSpace):
-    """study.db (SQLite) for optuna-dashboard; returns the study."""
+    """study.db (SQLite) for optuna-dashboard, replaced atomically (a dashboard may be reading
+    it during a search); returns the study."""
+    import os
+
     import optuna
 
-    db = exp / STUDY_FILE
-    if db.exists():
-        db.unlink()
-    study = optuna.create_study(storage=f"sqlite:///{db}", study_name=exp.name,
+    tmp = exp / (STUDY_FILE + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    study = optuna.create_study(storage=f"sqlite:///{tmp}", study_name=exp.name,
                                 direction="minimize" if MODE == "min" else "maximize")
     study.set_metric_names([METRIC])
     study.add_trials(frozen_trials(df, load_history(exp), space))
-    return study
+    os.replace(tmp, exp / STUDY_FILE)  # a reader keeps the file it opened, then sees this one
+    return optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / STUDY_FILE}")
+
+
+def refresh(exp: Path, space: SearchSpace | None) -> None:
+    """The results tables (and a search's study) as they stand: the live view."""
+    from .results import load_results, write_tables
+
+    write_tables(exp)
+    if space is not None:
+        df = load_results(exp)
+        if len(df):
+            export_study(exp, df, space)
 
 
 def importances(study, space: SearchSpace) -> dict[str, Any]:

@@ -40,6 +40,19 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def available_gpus(address: str | None) -> int:
+    """GPUs that trials can use: the cluster's (connecting to it) with --address or
+    $RAY_ADDRESS, else this machine's. A CPU-only machine submitting to a GPU cluster gets the
+    GPU defaults (preset `seed`, packed GPU shares)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return local_gpus()
+    import ray
+
+    init_ray(address)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
 def default_gpus_per_trial(n_trials: int, n_gpus: int) -> float:
     """Pack trials onto the GPUs: 1 / ceil(trials / gpus), at most 1, at least 1/8."""
     if n_gpus <= 0:
@@ -153,9 +166,32 @@ def progress_reporter(parameter_columns: list[str]):
         parameter_columns=parameter_columns, max_report_frequency=15, sort_by_metric=False)
 
 
+def live_view(exp: Path, space):
+    """A Tune callback that rewrites the results tables (and a search's study.db) whenever a
+    trial finishes, at most every 2 s, so dashboards show a running sweep (local storage)."""
+    from ray import tune
+
+    class LiveView(tune.Callback):
+        def __init__(self):
+            self.last = 0.0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if time.time() - self.last < 2.0:
+                return
+            from .study import refresh
+
+            try:
+                refresh(exp, space)
+            except Exception as exc:  # a view must never stop the sweep
+                log(f"event=live_view_skipped error={type(exc).__name__}")
+            self.last = time.time()
+
+    return LiveView()
+
+
 def run_tuner(trainable, param_space: dict[str, Any] | None, *, exp: Path, resume: bool,
               tune_config, max_failures: int, keep_checkpoints: int,
-              parameter_columns: list[str], remote: str | None = None):
+              parameter_columns: list[str], remote: str | None = None, callbacks=()):
     """Fit a new Tuner, or restore the one in `exp` (errored trials retried). With `remote`
     (a storage URI), Ray persists the experiment there through a pyarrow filesystem."""
     from ray import tune
@@ -178,6 +214,7 @@ def run_tuner(trainable, param_space: dict[str, Any] | None, *, exp: Path, resum
             # storage at every report, from whichever node runs the trial.
             sync_config=tune.SyncConfig(sync_artifacts=True),
             progress_reporter=progress_reporter(parameter_columns), verbose=1,
+            callbacks=list(callbacks),
             log_to_file=True)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=run_config)
@@ -261,7 +298,8 @@ def prepare_all(plan: SweepPlan, cache_dir: str | None) -> dict[str, Any]:
 
 def concurrency(cpus: float, gpus: float) -> int:
     if gpus:
-        return max(1, int(local_gpus() / gpus)) if local_gpus() else 1
+        n = _known_gpus()
+        return max(1, int(n / gpus)) if n else 1
     return max(1, int((os.cpu_count() or 1) // cpus))
 
 
@@ -284,6 +322,13 @@ def run_sweep(plan: SweepPlan, args, *, started: float) -> int:
         print_plan(rows, concurrency(plan.cpus, plan.gpus), as_json=args.json, log=log)
         return 0
     return _fit(plan, args, exp, started)
+
+
+def _known_gpus() -> int:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return int(ray.cluster_resources().get("GPU", 0))
+    return local_gpus()
 
 
 def _cheap_rows(plan: SweepPlan, data_by_key: dict) -> list[dict[str, Any]]:
@@ -330,7 +375,8 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
         results = run_tuner(trainable, plan.param_space, exp=exp, resume=args.resume,
                             tune_config=plan.tune_config(), max_failures=args.max_failures,
                             keep_checkpoints=args.keep_checkpoints,
-                            parameter_columns=plan.parameter_columns, remote=remote)
+                            parameter_columns=plan.parameter_columns, remote=remote,
+                            callbacks=[] if remote else [live_view(exp, plan.live)])
     except SweepError as exc:
         return fail(exc)
     df, code = finish(exp, results, started=started, remote=remote)
