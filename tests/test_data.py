@@ -231,3 +231,26 @@ def test_progress_lines_in_logs(monkeypatch):
     p.advance(4)
     p.advance(6)
     assert lines[-1].startswith("event=progress what=tokenize done=10 total=10")
+
+
+def test_a_cache_hit_is_o1_and_verify_finds_silent_corruption(tmp_path, corpus_dir, monkeypatch,
+                                                              capsys):
+    from tune_ablations import cache
+
+    cfg = _cfg(corpus_dir)
+    first = D.prepare_data(cfg, tmp_path, log=lambda s: None)
+    monkeypatch.setattr(D, "_digest", lambda p: pytest.fail("a hit hashed a file"))
+    D.prepare_data(cfg, tmp_path, log=lambda s: None)  # sizes only
+    monkeypatch.undo()
+    path = first.path / "val.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # same size: only a digest can tell
+    path.write_bytes(bytes(raw))
+    assert cache.main(["verify", "--cache-dir", str(tmp_path)]) == 1
+    assert f"bad={first.key}" in capsys.readouterr().out
+    assert cache.main(["list", "--cache-dir", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert listed["key"] == first.key and listed["train_tokens"] == len(first.train)
+    assert cache.main(["clean", "--cache-dir", str(tmp_path)]) == 2
+    assert cache.main(["clean", first.key, "--cache-dir", str(tmp_path)]) == 0
+    assert not first.path.exists()

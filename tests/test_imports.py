@@ -13,12 +13,13 @@ PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 
 # Rank order, lowest first: a module may import only modules listed before it.
 RANK = ["config", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus", "data",
-        "model", "evaluation", "step", "train", "trainable", "storage", "results", "stats",
-        "search_space", "plan", "sweep", "export", "study", "report", "analysis", "grid",
-        "search", "submit", "status"]
+        "model", "cache", "evaluation", "step", "train", "trainable", "storage", "results",
+        "stats", "search_space", "plan", "summary", "export", "study", "sweep", "report",
+        "analysis", "grid", "search", "submit", "status"]
 NO_RAY = {"config", "resolve", "overrides", "cli", "sweep_args", "corpus", "model", "data",
+          "cache",
           "runtime", "evaluation", "step", "train", "storage", "results", "stats", "report",
-          "analysis", "export"}
+          "analysis", "export", "summary"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:

@@ -174,3 +174,41 @@ def test_every_report_carries_eval_noise_and_the_reference(tiny_cfg, tiny_data):
     for m in seen:
         assert m["val_loss_se"] > 0 and m["unigram_val_loss"] > 0 and m["unigram_val_bpb"] > 0
     assert len({m["unigram_val_loss"] for m in seen}) == 1  # the same eval tokens every time
+
+
+def test_precision_auto_is_measured_and_recorded(tiny_cfg, tiny_data, monkeypatch, tmp_path):
+    import torch
+
+    from tune_ablations import step as S
+
+    monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(S, "cpu_bf16_units", lambda: None)
+    amp, why = S.choose_precision(tiny_cfg, 300, cpu)
+    assert amp is None and "no native bf16" in why
+    monkeypatch.setattr(S, "cpu_bf16_units", lambda: "avx512_bf16")
+    calls = []
+
+    def fake(cfg, vocab, threads, steps=3):
+        calls.append(cfg.precision)
+        return {"fp32": 1.0, "bf16": 0.6}[cfg.precision]
+
+    monkeypatch.setattr(S, "estimate_step_seconds", fake)
+    amp, why = S.choose_precision(tiny_cfg, 300, cpu)
+    assert amp is torch.bfloat16 and "1.67x faster" in why and calls == ["fp32", "bf16"]
+    S.choose_precision(tiny_cfg, 300, cpu)
+    assert calls == ["fp32", "bf16"]  # cached per machine and shape
+    other = with_overrides(tiny_cfg, {"batch_size": 2})
+    monkeypatch.setattr(S, "estimate_step_seconds", lambda c, v, t, steps=3: 1.0)
+    amp, why = S.choose_precision(other, 300, cpu)
+    assert amp is None and "no faster" in why
+    amp, why = S.choose_precision(with_overrides(tiny_cfg, {"precision": "fp32"}), 300, cpu)
+    assert amp is None and "asked" in why
+    monkeypatch.setattr(S, "cpu_bf16_units", lambda: None)
+    r = train(tiny_cfg, data=tiny_data)
+    assert r["precision"] == "fp32" and "no native bf16" in r["precision_reason"]
+
+
+def test_mfu_above_one_is_reported_as_a_wrong_denominator(tiny_cfg, tiny_data):
+    r = train(with_overrides(tiny_cfg, {"peak_flops": 1.0}), data=tiny_data)  # absurd peak
+    assert math.isnan(r["mfu"]) and "denominator is wrong" in r["mfu_note"]

@@ -10,7 +10,8 @@ COMMANDS = {"grid": "the six reference ablations x seeds", "search": "Optuna + A
             "analysis": "report, plots and tables of an experiment",
             "train": "one run without Ray", "export": "the best model as safetensors",
             "submit": "a grid or search as a Ray Job on a cluster (or stop one)",
-            "status": "trials by status, best so far, tokens and ETA of any sweep"}
+            "status": "trials by status, best so far, tokens and ETA of any sweep",
+            "cache": "list, verify or clean the token cache"}
 
 
 def main(argv: list[str] | None = None) -> int:

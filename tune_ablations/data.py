@@ -30,16 +30,15 @@ import torch
 
 from .config import DataConfig
 from .corpus import SHINGLE_WORDS, CorpusError, corpus_identity, load_documents, split_documents
+from .runtime import cache_root
 
 __all__ = ["CorpusError", "TokenData", "prepare_data", "cache_key", "check_fits",
            "sample_batch", "val_windows", "load_tokenizer", "cache_root"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: manifests record file sizes (O(1) checks on a hit)
 EOS = "<|endoftext|>"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNE_ABLATIONS_CACHE", Path.home() / ".cache" / "tune_ablations"))
 
 
 # --- tokenizer -------------------------------------------------------------------------------
@@ -120,12 +119,17 @@ def _digest(path: Path) -> str:
 _FILES = ("train.npy", "val.npy", "token_bytes.npy", "tokenizer/tokenizer.json")
 
 
-def _valid_cache(folder: Path) -> dict | None:
-    """The manifest if every file matches it, else None."""
+def _valid_cache(folder: Path, verify: bool = False) -> dict | None:
+    """The manifest if every file matches it, else None. A hit checks what costs O(1) in the
+    corpus size (the manifest, written last, and every file's size: a build killed mid-way
+    fails it); `verify` also checks every file's digest (after a build, and on demand with
+    `python -m tune_ablations.cache verify`)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         for name in _FILES:
-            if _digest(folder / name) != manifest["digests"][name]:
+            if (folder / name).stat().st_size != manifest["sizes"][name]:
+                return None
+            if verify and _digest(folder / name) != manifest["digests"][name]:
                 return None
         return manifest
     except (OSError, ValueError, KeyError):
@@ -226,6 +230,7 @@ def _build(cfg: DataConfig, key: str, folder: Path, log=print) -> None:
         "train_chars": sum(map(len, train_docs)), "val_chars": sum(map(len, val_docs)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "digests": {name: _digest(folder / name) for name in _FILES},
+        "sizes": {name: (folder / name).stat().st_size for name in _FILES},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))  # written last
 
@@ -253,7 +258,7 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, *, log=print) -
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        manifest = _valid_cache(folder)
+        manifest = _valid_cache(folder, verify=True)  # the one full check, once per build
         if manifest is None:
             raise CorpusError(f"token cache {folder} is invalid right after building it")
         log(f"event=data_cached key={key} corpus={cfg.corpus} "

@@ -109,3 +109,30 @@ def print_plan(rows: list[dict[str, Any]], concurrency: int, *, as_json: bool, l
     log(f"total trials={len(rows)} PFLOP={sum(r['flops'] for r in rows) / 1e15:.4f} "
         f"trial_seconds={total_s:.0f} est_wall_seconds={total_s / max(1, concurrency):.0f} "
         f"concurrency={concurrency}")
+
+
+def warm_measurements(plan: SweepPlan, data_by_key: dict) -> None:
+    """Measure the matmul peak (MFU's denominator) and run the precision probes here, once,
+    before trials start and compete for the cores; trials read both from the cache."""
+    import torch
+
+    from .data import cache_key
+    from .runtime import cpu_bf16_units, measure_matmul_peak
+    from .step import choose_precision
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(plan.cpus)))
+    try:
+        cpu = torch.device("cpu")
+        measure_matmul_peak(cpu, torch.float32)
+        if cpu_bf16_units():
+            measure_matmul_peak(cpu, torch.bfloat16)
+        seen = set()
+        for c in plan.configs:
+            shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision)
+            if shape not in seen:
+                seen.add(shape)
+                amp, why = choose_precision(c, data_by_key[cache_key(c.data)].vocab_size, cpu)
+                print(f"event=precision ablation={c.name} choice={why!r}", flush=True)
+    finally:
+        torch.set_num_threads(old)

@@ -66,12 +66,13 @@ def _compare_statements(df) -> list[str]:
         elif c["exceeds_noise"]:
             word = "lower" if c["diff"] < 0 else "higher"
             out.append(f"{name}: {METRIC} {word} than baseline by {abs(c['diff']):.4f} "
-                       f"({c['test']}, n={c['n_pairs'] or c['n_completed']}, 95% CI "
+                       f"({c['test']}, n={c['n_pairs'] or c['n_completed']}, uncorrected 95% CI "
                        f"{c['ci_low']:+.4f} to {c['ci_high']:+.4f}, Holm p={c['p_holm']:.3g}): "
                        "beyond seed noise.")
         else:
             out.append(f"{name}: difference from baseline {c['diff']:+.4f} is within seed "
-                       f"noise ({c['test']}, 95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}, "
+                       f"noise ({c['test']}, uncorrected 95% CI {c['ci_low']:+.4f} to "
+                       f"{c['ci_high']:+.4f}, "
                        f"Holm p={c['p_holm']:.3g}).")
     if few:
         out.append(f"fewer than 2 seeds for {', '.join(few)} (or the baseline): no test, so no "

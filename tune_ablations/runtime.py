@@ -12,7 +12,10 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,12 +34,59 @@ def resolve_device(device: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain fp32."""
+    """The autocast dtype for `precision` on `device`, without probing; None means plain fp32.
+    (`auto` on a CPU with native bf16 matrix units is decided by `step.choose_precision`.)"""
     if precision == "auto":
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's native bf16 matrix instruction set (`amx_bf16`, `avx512_bf16`), if any: read
+    from /proc/cpuinfo, never assumed from the model name."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in
+                      open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def machine_id() -> str:
+    """What a cached measurement on this machine depends on."""
+    import platform
+
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in
+                      open("/proc/cpuinfo", encoding="utf-8") if line.startswith("model name")),
+                     platform.processor())
+    except OSError:
+        model = platform.processor()
+    return (f"{model}|{cpu_bf16_units()}|threads={torch.get_num_threads()}"
+            f"|torch={torch.__version__}")
+
+
+def cache_root() -> Path:
+    """Where tokens, probes and measured peaks are cached (`$TUNE_ABLATIONS_CACHE`)."""
+    return Path(os.environ.get("TUNE_ABLATIONS_CACHE",
+                               Path.home() / ".cache" / "tune_ablations"))
+
+
+def _disk_cache(name: str) -> dict:
+    try:
+        return json.loads((cache_root() / name).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_disk_cache(name: str, data: dict) -> None:
+    path = cache_root() / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def precision_name(amp: torch.dtype | None) -> str:
@@ -64,6 +114,12 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     key = (str(device), dtype, torch.get_num_threads(), sizes)
     if key in _MEASURED_PEAK:
         return _MEASURED_PEAK[key]
+    disk_key = f"{machine_id()}|{device.type}|{dtype}|{sizes}"
+    if device.type == "cpu":  # once per machine, dtype and thread count
+        cached = _disk_cache("peaks.json").get(disk_key)
+        if cached:
+            _MEASURED_PEAK[key] = cached
+            return cached
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -78,6 +134,8 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
             sync(device)
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     _MEASURED_PEAK[key] = best
+    if device.type == "cpu":
+        _save_disk_cache("peaks.json", {**_disk_cache("peaks.json"), disk_key: best})
     return best
 
 

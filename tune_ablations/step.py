@@ -11,6 +11,8 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -23,7 +25,18 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .model import TransformerLM
-from .runtime import autocast, autocast_dtype, resolve_device, sync
+from .runtime import (
+    _disk_cache,
+    _save_disk_cache,
+    autocast,
+    autocast_dtype,
+    cpu_bf16_units,
+    machine_id,
+    resolve_device,
+    sync,
+)
+
+PROBES_FILE = "precision_probes.json"
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -62,16 +75,47 @@ class Step:
     device: torch.device
     amp: torch.dtype | None
     ctx: Any
+    precision_reason: str = ""
+
+
+def choose_precision(cfg: RunConfig, vocab_size: int, device: torch.device
+                     ) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype, why). `auto`: bf16 on GPUs that support it (else fp16); on a CPU with
+    native bf16 matrix units, bf16 only where a short probe at this shape measured it faster
+    (cached per machine and shape); fp32 otherwise."""
+    if cfg.precision != "auto":
+        return autocast_dtype(cfg.precision, device), f"precision={cfg.precision} (asked)"
+    if device.type == "cuda":
+        amp = autocast_dtype("auto", device)
+        return amp, f"auto: {'bf16' if amp is torch.bfloat16 else 'fp16'} on this GPU"
+    units = cpu_bf16_units()
+    if units is None:
+        return None, "auto: fp32 (this CPU has no native bf16 matrix units)"
+    key = json.dumps([machine_id(), cfg.model.d_model, cfg.model.n_layers, cfg.model.d_ff,
+                      cfg.model.ffn, cfg.data.seq_len, cfg.data.batch_size, vocab_size])
+    cache = _disk_cache(PROBES_FILE)
+    if key not in cache:
+        times = {p: estimate_step_seconds(dataclasses.replace(cfg, precision=p), vocab_size,
+                                          torch.get_num_threads(), steps=3)
+                 for p in ("fp32", "bf16")}
+        cache[key] = times
+        _save_disk_cache(PROBES_FILE, cache)
+    t = cache[key]
+    if t["bf16"] < 0.95 * t["fp32"]:
+        return torch.bfloat16, (f"auto: bf16 ({units}; probe {t['fp32'] / t['bf16']:.2f}x "
+                                "faster than fp32 at this shape)")
+    return None, f"auto: fp32 ({units}, but the probe measured bf16 no faster at this shape)"
 
 
 def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, log=lambda s: None
                ) -> Step:
     """Model, optimizer, grad scaler and autocast context for `cfg` on `device`."""
-    amp = autocast_dtype(cfg.precision, device)
+    amp, why = choose_precision(cfg, vocab_size, device)  # may probe: seed after it
+    torch.manual_seed(cfg.seed)
     model = TransformerLM(cfg.model, vocab_size).to(device)
     opt = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    step = Step(cfg, model, model, opt, scaler, device, amp, autocast(device, amp))
+    step = Step(cfg, model, model, opt, scaler, device, amp, autocast(device, amp), why)
     step.forward = _maybe_compile(step, vocab_size, log)
     return step
 

@@ -25,9 +25,10 @@ from typing import Any
 
 from .cli import fail
 from .config import METRIC, SWEEP_FILE, TIME_ATTR, TRIALS_FILE
-from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows
+from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows, warm_measurements
 from .runtime import local_gpus
 from .storage import download, exists, filesystem, is_uri, join, list_dirs, mirror, upload
+from .summary import print_summary
 from .sweep_args import SweepError, add_sweep_args, check_sweep_args, resume_conflicts
 
 __all__ = ["SweepError", "add_sweep_args", "check_sweep_args", "resume_conflicts", "run_sweep",
@@ -321,6 +322,8 @@ def run_sweep(plan: SweepPlan, args, *, started: float) -> int:
     if dry:
         print_plan(rows, concurrency(plan.cpus, plan.gpus), as_json=args.json, log=log)
         return 0
+    if not plan.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
+        warm_measurements(plan, data_by_key)
     return _fit(plan, args, exp, started)
 
 
@@ -391,28 +394,3 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
     log(f"event=report_hint command=\"python -m tune_ablations.analysis {exp}\" "
         f"report={exp / 'report' / 'report.md'}")
     return code
-
-
-def print_summary(df) -> None:
-    """One row per ablation: mean +- std across seeds, the unigram reference, epochs, and
-    trials by status (nothing dropped silently)."""
-    if df.empty:
-        return
-    rows = []
-    for name, g in df.groupby("ablation", sort=False, observed=True):
-        def fmt(col: str, spec: str = ".4f", g=g) -> str:
-            v = g[col].astype(float).dropna() if col in g else g.iloc[:0, 0]
-            if v.empty:
-                return "-"
-            return f"{v.mean():{spec}}" + (f"+-{v.std():{spec}}" if len(v) > 1 else "")
-        done = g[g["status"].astype(str) == "completed"]
-        statuses = ",".join(f"{k}:{v}" for k, v in g["status"].value_counts().items() if v)
-        rows.append((name, fmt("val_loss", g=done), fmt("unigram_val_loss", g=done),
-                     fmt("val_acc", ".3f", g=done), f"{int(g['tokens_seen'].fillna(0).max()):,}",
-                     fmt("epoch", ".2f", g=g), fmt("tokens_per_s", ".0f", g=done), statuses))
-    rows.sort(key=lambda r: float(r[1].split("+")[0]) if r[1] != "-" else float("inf"))
-    head = ("ablation", METRIC, "unigram", "val_acc", "tokens_seen", "epochs", "tokens/s",
-            "status")
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    for r in (head, *rows):
-        log("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))

@@ -124,8 +124,7 @@ def _setup(cfg: RunConfig, data: TokenData | None, log) -> Run:
     device = resolve_device(cfg.device)
     data = data or prepare_data(cfg.data, log=log)
     check_fits(data, cfg.data.seq_len)
-    torch.manual_seed(cfg.seed)
-    step = build_step(cfg, data.vocab_size, device, log)
+    step = build_step(cfg, data.vocab_size, device, log)  # seeds initialisation
     windows = val_windows(data.val, cfg.data.seq_len, cfg.eval.eval_tokens)
     reference = unigram_reference(data.train, windows, data.token_bytes, data.vocab_size)
     peak, source = (cfg.peak_flops, "config") if cfg.peak_flops else \
@@ -173,7 +172,8 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "MFU came out above 1: the peak FLOP/s denominator is wrong (set peak_flops)",
         "diverged_because": st.diverged_because, "initial_loss": st.initial_loss,
         "flops_per_token": r.fpt, "device": str(r.step.device),
-        "precision": precision_name(r.step.amp), "threads": torch.get_num_threads(),
+        "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
+        "threads": torch.get_num_threads(),
         **count_params(cfg.model, r.data.vocab_size), "history": st.history,
         "samples": samples, "data": r.data.facts(cfg.total_tokens), "config": to_flat_dict(cfg),
     }
