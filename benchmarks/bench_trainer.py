@@ -28,6 +28,10 @@ from tune_ablations.resolve import build_ablation  # noqa: E402
 from tune_ablations.runtime import measure_matmul_peak  # noqa: E402
 from tune_ablations.train import train  # noqa: E402
 
+# Shapes beyond the presets (the performance issue's reference size).
+SIZES = {"d256x8": {"d_model": 256, "n_heads": 8, "n_layers": 8, "d_ff": 1024, "seq_len": 256,
+                    "batch_size": 8}}
+
 
 def minimal_loop(cfg, data, steps: int, amp, compile_: bool) -> float:
     """tokens/s of the plainest loop: no schedule, no metrics, no callbacks, no evaluation."""
@@ -70,7 +74,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
-    ap.add_argument("--sizes", nargs="+", default=["baseline", "small_model"])
+    ap.add_argument("--sizes", nargs="+", default=["baseline", "small_model", "d256x8"],
+                    help="cpu-preset ablations, or d256x8 (d_model 256, 8 layers, seq 256)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine {machine()} threads={args.threads}")
@@ -78,14 +83,14 @@ def main() -> None:
     if not has_fast_bf16():
         print("skip precision=bf16 reason=cpu_has_no_avx512_bf16_or_amx")
     for name, amp in dtypes:
-        peak = measure_matmul_peak(torch.device("cpu"), amp or torch.float32, n=1024,
-                                   seconds=1.0)
+        peak = measure_matmul_peak(torch.device("cpu"), amp or torch.float32)
         print(f"peak dtype={name} matmul_flops={peak:.3e}")
         for size in args.sizes:
             for comp in ([False, True] if args.compile else [False]):
-                cfg = build_ablation(size, "cpu", max_steps=args.steps, eval_every=10_000,
-                                     warmup_steps=2, precision=name, compile=comp,
-                                     text_samples=0, peak_flops=peak)
+                cfg = build_ablation(
+                    "baseline" if size in SIZES else size, "cpu", **SIZES.get(size, {}),
+                    max_steps=args.steps, eval_every=10_000, warmup_steps=2, precision=name,
+                    compile=comp, text_samples=0, peak_flops=peak)
                 data = prepare_data(cfg.data, log=lambda s: None)
                 fpt = flops_per_token(cfg.model, data.vocab_size, cfg.data.seq_len)
                 ours, plain, mfus = [], [], []

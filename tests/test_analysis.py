@@ -194,3 +194,8 @@ def test_export_reloads_identical_logits(real_grid, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(out))
     assert tok.pad_token == "<|endoftext|>" and tok.model_max_length == meta["config"]["seq_len"]
     assert tok.decode(tok("residual norm")["input_ids"]) == "residual norm"
+
+
+def test_fit_refuses_too_few_runs(synthetic, tmp_path, capsys):
+    assert A.main([str(synthetic), "--fit", "--out", str(tmp_path / "f")]) == 2
+    assert "a scaling fit needs at least 4 completed runs" in capsys.readouterr().err

@@ -12,14 +12,13 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 
 # Rank order, lowest first: a module may import only modules listed before it.
-RANK = ["config", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus", "data",
-        "model", "cache", "evaluation", "step", "train", "trainable", "storage", "results",
-        "stats", "search_space", "plan", "summary", "export", "study", "sweep", "report",
-        "analysis", "grid", "search", "submit", "status"]
-NO_RAY = {"config", "resolve", "overrides", "cli", "sweep_args", "corpus", "model", "data",
-          "cache",
-          "runtime", "evaluation", "step", "train", "storage", "results", "stats", "report",
-          "analysis", "export", "summary"}
+RANK = ["config", "flops", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus",
+        "data", "domains", "model", "cache", "evaluation", "step", "train", "trainable", "storage",
+        "results", "stats", "search_space", "plan", "summary", "export", "study", "sweep",
+        "report", "analysis", "grid", "search", "submit", "status"]
+NO_RAY = {"config", "flops", "resolve", "overrides", "cli", "sweep_args", "corpus", "model",
+          "data", "domains", "cache", "runtime", "evaluation", "step", "train", "storage",
+          "results", "stats", "report", "analysis", "export", "summary"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:

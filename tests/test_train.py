@@ -212,3 +212,63 @@ def test_precision_auto_is_measured_and_recorded(tiny_cfg, tiny_data, monkeypatc
 def test_mfu_above_one_is_reported_as_a_wrong_denominator(tiny_cfg, tiny_data):
     r = train(with_overrides(tiny_cfg, {"peak_flops": 1.0}), data=tiny_data)  # absurd peak
     assert math.isnan(r["mfu"]) and "denominator is wrong" in r["mfu_note"]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "wsd"])
+def test_every_schedule_at_its_boundaries(schedule):
+    cfg = build_ablation("baseline", "cpu", schedule=schedule, max_steps=100, warmup_steps=10,
+                         decay_fraction=0.2, min_lr_ratio=0.1, lr=1.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)  # the peak right after warmup
+    end = {"cosine": 0.1, "linear": 0.1, "constant": 1.0, "wsd": 0.1}[schedule]
+    assert lr_at(100, cfg) == pytest.approx(end)
+    mid = {"cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)),
+           "linear": 0.1 + 0.9 * (1 - 45 / 90), "constant": 1.0, "wsd": 1.0}[schedule]
+    assert lr_at(55, cfg) == pytest.approx(mid)
+    if schedule == "wsd":  # stable until 80, then 1 - sqrt over the last 20 steps
+        assert lr_at(79, cfg) == 1.0
+        assert lr_at(85, cfg) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(5 / 20)))
+        lin = with_overrides(cfg, {"decay_shape": "linear"})
+        assert lr_at(90, lin) == pytest.approx(0.1 + 0.9 * 0.5)
+    lrs = [lr_at(s, cfg) for s in range(10, 100)]
+    assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:]))  # never rises after warmup
+
+
+def test_cooldown_probe_equals_a_run_of_that_budget(tiny_cfg, tiny_data):
+    """A probe branched from the stable phase gives the loss of a wsd run of that budget,
+    exactly; the main run is unchanged by it; its compute is counted."""
+    wsd = with_overrides(tiny_cfg, {"schedule": "wsd", "decay_fraction": 0.25,
+                                    "max_steps": 40, "eval_every": 40, "text_samples": 0})
+    budget = 20 * wsd.tokens_per_step
+    probed = train(with_overrides(wsd, {"probe_tokens": str(budget)}), data=tiny_data)
+    plain = train(wsd, data=tiny_data)
+    assert _strip(probed["history"]) == _strip(plain["history"])  # the main run is unchanged
+    (p,) = probed["probes"]
+    assert (p["budget_tokens"], p["branch_step"], p["cooldown_steps"]) == (budget, 15, 5)
+    short = train(with_overrides(wsd, {"max_steps": 20, "eval_every": 20}), data=tiny_data)
+    assert p["val_loss"] == pytest.approx(short["final"]["val_loss"], abs=1e-6)
+    assert probed["probe_tokens_trained"] == 5 * wsd.tokens_per_step
+    assert probed["probe_time_s"] > 0 and probed["train_time_s"] > 0
+    with pytest.raises(ValueError, match="needs schedule='wsd'"):
+        with_overrides(tiny_cfg, {"probe_tokens": str(budget)})
+
+
+def test_extra_eval_domains_are_held_out_and_reported(corpus_dir):
+    from tune_ablations.corpus import load_documents, split_documents
+    from tune_ablations.data import prepare_data
+    from tune_ablations.domains import _held_out_texts, domain_names
+    from tune_ablations.resolve import resolve
+
+    cfg = resolve({"preset": "tiny", "eval_data": f"pydoc,{corpus_dir}", "max_steps": 10,
+                   "eval_every": 10, "text_samples": 0})
+    assert [n for n, _ in domain_names(cfg.data)] == ["pydoc", "corpus0"]
+    train_docs, val_docs = split_documents(load_documents(cfg.data), cfg.data.val_fraction,
+                                           cfg.data.split_seed)
+    held = _held_out_texts(cfg.data, "pydoc")
+    assert held and set(held) <= set(val_docs) and not set(held) & set(train_docs)
+    r = train(cfg, data=prepare_data(cfg.data, log=lambda s: None))
+    last = r["history"][-1]
+    for label in ("pydoc", "corpus0"):
+        assert last[f"val_loss@{label}"] > 0 and last[f"val_bpb@{label}"] > 0
+    with pytest.raises(ValueError, match="eval_data corpus '/no/such' is not"):
+        resolve({"preset": "tiny", "eval_data": "/no/such"})

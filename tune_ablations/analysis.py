@@ -21,6 +21,7 @@ from .stats import (
     at_tokens,
     compare_to_baseline,
     equal_budgets,
+    fit_scaling,
     holm,
     lr_sensitivity,
     rung_agreement,
@@ -30,7 +31,7 @@ from .stats import (
 
 __all__ = ["load_results", "load_history", "load_outcomes", "summarize", "compare_to_baseline",
            "at_tokens", "equal_budgets", "holm", "lr_sensitivity", "rung_agreement",
-           "t_interval", "write_tables", "main"]
+           "t_interval", "write_tables", "fit_scaling", "scaling_fit", "main"]
 
 
 def smoke_experiment(root: Path) -> Path:
@@ -69,7 +70,21 @@ def parser():
     ap.add_argument("--no-plots", action="store_true", help="tables and report.md only")
     ap.add_argument("--smoke-test", action="store_true",
                     help="a tiny real experiment without Ray, then its report")
+    ap.add_argument("--fit", action="store_true", help="fit L(C) = E + A*C^-alpha over the "
+                    "completed runs (several sizes), with bootstrap intervals; writes fit.json")
     return ap
+
+
+def scaling_fit(path: Path, out: Path) -> dict:
+    """The compute scaling fit of an experiment's completed runs, into out/fit.json."""
+    df = load_results(path)
+    done = df[df["status"].astype(str) == "completed"] if len(df) else df
+    compute = (done["flops_per_token"].astype(float) * done["tokens_seen"].astype(float)
+               ).to_numpy() if len(done) else []
+    fit = fit_scaling(compute, done["val_loss"].astype(float).to_numpy() if len(done) else [])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fit.json").write_text(json.dumps(fit, indent=2))
+    return fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).expanduser() if args.out else path / "report"
     if out.exists() and not out.is_dir():
         return fail(f"--out {str(out)!r} is a file; give a folder for the report")
+    if args.fit:
+        try:
+            fit = scaling_fit(path, out)
+        except ValueError as exc:
+            return fail(exc)
+        print(f"event=fit alpha={fit['alpha']:.3f} alpha_ci95={fit['alpha_ci95'][0]:.3f}.."
+              f"{fit['alpha_ci95'][1]:.3f} E={fit['E']:.3f} predicted_loss_at_"
+              f"{fit['extrapolate']:g}x={fit['predicted_loss']:.3f} ci95="
+              f"{fit['predicted_loss_ci95'][0]:.3f}..{fit['predicted_loss_ci95'][1]:.3f} "
+              f"runs={fit['n']}")
     tables = write_tables(path, out)
     report = write_report(path, out, plots=not args.no_plots)
     print(f"event=report path={report} tables={','.join(sorted(tables))}")

@@ -47,12 +47,17 @@ def add_spec_args(ap: argparse.ArgumentParser, *, single: bool) -> None:
                     "hf:<dataset>/<config> | a local path (default: the config file's, else "
                     "embedded); beats a config file's corpus")
     ap.add_argument("--config", help="TOML run file (e.g. a search's best.toml)")
+    ap.add_argument("--eval-data", help="extra evaluation domains, comma-separated corpora "
+                    "(e.g. pydoc,stdlib): val_loss@<name> at every evaluation")
     budget = ap.add_mutually_exclusive_group()
     budget.add_argument("--max-steps", type=int, help="steps of the reference run (baseline)")
     budget.add_argument("--tokens", type=int,
                         help="token budget of every run (warmup keeps its fraction)")
     budget.add_argument("--iso-tokens", action="store_true",
                         help="every run trains on the baseline's token count")
+    budget.add_argument("--iso-flops", action="store_true",
+                        help="every run trains on the baseline's training FLOPs (smaller "
+                        "models see more tokens)")
     ap.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                     help="override config fields or selectors; repeatable")
     ap.add_argument("--force-set", action="store_true",
@@ -75,6 +80,10 @@ def spec_from_args(args: argparse.Namespace, *, smoke: bool = False, n_gpus: int
     overrides: dict[str, Any] = {**file, **parse_overrides(args.set)}
     if args.data is not None:
         overrides.update(data_overrides(args.data))
+    if args.eval_data:
+        overrides["eval_data"] = ",".join(
+            c if c in ("embedded", "pydoc", "stdlib") or c.startswith("hf:")
+            else data_overrides(c)["corpus"] for c in args.eval_data.split(",") if c.strip())
     if args.max_steps is not None:
         _positive("--max-steps", args.max_steps)
         overrides["max_steps"] = args.max_steps
@@ -82,9 +91,11 @@ def spec_from_args(args: argparse.Namespace, *, smoke: bool = False, n_gpus: int
         _positive("--tokens", args.tokens)
         overrides.pop("iso_tokens", None)
         overrides["token_budget"] = args.tokens
-    if args.iso_tokens:
-        overrides.pop("token_budget", None)
-        overrides["iso_tokens"] = True
+    for flag in ("iso_tokens", "iso_flops"):
+        if getattr(args, flag):
+            for other in ("token_budget", "iso_tokens", "iso_flops"):
+                overrides.pop(other, None)
+            overrides[flag] = True
     spec: dict[str, Any] = {"preset": preset, **overrides}
     if hasattr(args, "ablation"):
         spec["ablation"] = args.ablation or file_ablation or "baseline"

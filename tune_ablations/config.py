@@ -68,6 +68,9 @@ class ModelConfig:
     """RoPE frequency base (theta)."""
     max_seq_len: int = 4096
     """Longest sequence the model accepts (size of the rotary table), tokens."""
+    dropout: float = 0.0
+    """Dropout on the embedding and on each block's attention and FFN output (0: none, as the
+    reference)."""
 
     @property
     def head_dim(self) -> int:
@@ -87,7 +90,15 @@ class OptimConfig:
     warmup_steps: int = 100
     """Linear warmup length, steps (0 reproduces the reference, which applied none)."""
     min_lr_ratio: float = 0.1
-    """Cosine decays to this fraction of the peak lr."""
+    """The schedule decays to this fraction of the peak lr."""
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"
+    """After warmup: `cosine` to the floor (reference), `linear` to the floor, `constant` at
+    the peak, or `wsd` (warmup-stable-decay: the peak, then a decay over the last
+    `decay_fraction` of the run; Hägele et al. 2024)."""
+    decay_fraction: float = 0.2
+    """`wsd`: fraction of the run spent decaying (and of a cooldown probe's budget)."""
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "sqrt"
+    """`wsd` decay shape: `linear`, `cosine`, or `sqrt` (1 - sqrt, Hägele et al.'s best)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 disables)."""
 
@@ -111,6 +122,9 @@ class DataConfig:
     """Fraction of the corpus's characters held out for validation, split by document groups."""
     split_seed: int = 0
     """Seed of the document-level train/validation split (fixed across trials)."""
+    eval_data: str = ""
+    """Extra evaluation domains, comma-separated corpora (`pydoc,stdlib`, local paths, `hf:`):
+    every evaluation also reports `val_loss@<name>` and `val_bpb@<name>` on held-out text."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +145,10 @@ class EvalConfig:
     eval_tokens: int = 65536
     """Validation tokens scored per evaluation: windows of seq_len spread evenly over the whole
     validation split, so every trial with this seq_len is scored on the same text."""
+    probe_tokens: str = ""
+    """`wsd` only: comma-separated token budgets B; at B x (1 - decay_fraction) tokens the run
+    branches a cooldown of B x decay_fraction tokens, evaluates it (the loss a run of budget B
+    would reach) and continues its stable phase unchanged."""
     text_samples: int = 3
     """Text samples generated at the end from fixed prompts (0: none)."""
 
@@ -186,6 +204,11 @@ class RunConfig:
     def total_tokens(self) -> int:
         return self.steps * self.tokens_per_step
 
+    @property
+    def probe_budgets(self) -> list[int]:
+        """`probe_tokens` as sorted integers."""
+        return sorted(int(t) for t in self.eval.probe_tokens.replace(" ", "").split(",") if t)
+
 
 def _check(ok: bool, msg: str) -> None:
     if not ok:
@@ -224,6 +247,7 @@ def _validate_model(m: ModelConfig) -> None:
     _check(m.pos_encoding in ("rope", "none"),
            f"pos_encoding={m.pos_encoding!r} must be one of 'rope', 'none'")
     _check(m.rope_base > 1, f"rope_base={m.rope_base} must be > 1")
+    _check(0 <= m.dropout < 1, f"dropout={m.dropout} must be in [0, 1)")
 
 
 def _validate_optim(o: OptimConfig) -> None:
@@ -234,6 +258,11 @@ def _validate_optim(o: OptimConfig) -> None:
     _check(o.warmup_steps >= 0, f"warmup_steps={o.warmup_steps} must be >= 0")
     _check(0 <= o.min_lr_ratio <= 1, f"min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
     _check(o.grad_clip >= 0, f"grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    _check(o.schedule in ("cosine", "wsd", "linear", "constant"),
+           f"schedule={o.schedule!r} must be one of 'cosine', 'wsd', 'linear', 'constant'")
+    _check(0 < o.decay_fraction <= 1, f"decay_fraction={o.decay_fraction} must be in (0, 1]")
+    _check(o.decay_shape in ("linear", "cosine", "sqrt"),
+           f"decay_shape={o.decay_shape!r} must be one of 'linear', 'cosine', 'sqrt'")
 
 
 def _validate_data(d: DataConfig, m: ModelConfig) -> None:
@@ -254,6 +283,12 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
     _check(d.batch_size > 0, f"batch_size={d.batch_size} must be > 0")
     _check(d.num_documents >= 0, f"num_documents={d.num_documents} must be >= 0 (0: all)")
     _check(0 < d.val_fraction < 1, f"val_fraction={d.val_fraction} must be in (0, 1)")
+    _check(isinstance(d.eval_data, str), f"eval_data={d.eval_data!r} must be a string")
+    for extra in (c.strip() for c in d.eval_data.split(",") if c.strip()):
+        _check(extra in EMBEDDED_CORPORA or extra.startswith(HUB_PREFIX) or
+               os.path.exists(os.path.expanduser(extra)),
+               f"eval_data corpus {extra!r} is not an embedded corpus "
+               f"({', '.join(EMBEDDED_CORPORA)}), a Hub corpus or an existing local path")
 
 
 def _validate_run(cfg: RunConfig) -> None:
@@ -268,6 +303,18 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(e.eval_tokens >= cfg.data.seq_len,
            f"eval_tokens={e.eval_tokens} must be >= seq_len={cfg.data.seq_len} (one window)")
     _check(e.text_samples >= 0, f"text_samples={e.text_samples} must be >= 0")
+    if e.probe_tokens:
+        _check(isinstance(e.probe_tokens, str) and all(
+            t.strip().isdigit() for t in e.probe_tokens.split(",")),
+            f"probe_tokens={e.probe_tokens!r} must be comma-separated token counts")
+        _check(cfg.optim.schedule == "wsd", f"probe_tokens={e.probe_tokens!r} needs "
+               f"schedule='wsd' (got {cfg.optim.schedule!r}): cooldowns branch from a stable "
+               "phase")
+        for b in cfg.probe_budgets:
+            _check(cfg.tokens_per_step <= b * cfg.optim.decay_fraction and b < cfg.total_tokens,
+                   f"probe_tokens budget {b} must be < the run's {cfg.total_tokens} tokens and "
+                   f"its cooldown ({cfg.optim.decay_fraction:g} of it) at least one step "
+                   f"({cfg.tokens_per_step} tokens)")
     _check(cfg.precision in ("auto", "fp32", "bf16", "fp16"),
            f"precision={cfg.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'")
     _check(isinstance(cfg.compile, bool), f"compile={cfg.compile!r} must be true or false")

@@ -33,6 +33,7 @@ from .sweep import (
     resume_lookup,
     run_sweep,
 )
+from .sweep_args import trial_resources
 
 SMOKE_ABLATIONS = ["baseline", "high_lr"]
 
@@ -85,7 +86,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
             default_gpus_per_trial(len(ablations) * seeds,
                                    getattr(args, "n_gpus", None) or local_gpus())
         name = args.name or f"grid-{shared['preset']}-{datetime.now():%Y%m%d-%H%M%S}"
-        resources = args.trial_resources
+        resources = trial_resources(getattr(args, "trial_resource", None))
     configs = [resolve({**shared, "ablation": a, "seed": s}) for a in ablations
                for s in range(seeds)]
     by_cost = sorted(ablations, key=lambda a: -sum(_cost(c) for c in configs if c.name == a))
@@ -93,7 +94,10 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
     def tune_config():
         from ray import tune
 
-        return tune.TuneConfig(metric=METRIC, mode=MODE)
+        # One worker process runs trial after trial: imports, Ray start-up and the token
+        # cache are paid once per worker, not per trial (trial files go to each trial's own
+        # working directory, so reuse cannot mix them up).
+        return tune.TuneConfig(metric=METRIC, mode=MODE, reuse_actors=True)
 
     from ray import tune
 

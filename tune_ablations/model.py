@@ -19,6 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .flops import count_params, flops_per_token
+
+__all__ = ["TransformerLM", "count_params", "flops_per_token", "rope_tables", "apply_rope",
+           "RMSNorm"]
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float,
@@ -85,10 +89,11 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
         self.norm2, self.ffn = RMSNorm(cfg.d_model), FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)  # on each branch before the residual add
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin)
-        return x + self.ffn(self.norm2(x))
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin))
+        return x + self.drop(self.ffn(self.norm2(x)))
 
 
 class TransformerLM(nn.Module):
@@ -98,6 +103,7 @@ class TransformerLM(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
         cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -113,7 +119,7 @@ class TransformerLM(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} must be <= max_seq_len={self.cfg.max_seq_len}")
-        x = self.embed(idx) * math.sqrt(self.cfg.d_model)  # (B, T, C)
+        x = self.drop(self.embed(idx) * math.sqrt(self.cfg.d_model))  # (B, T, C)
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin)
         return F.linear(self.norm(x), self.embed.weight)  # tied output projection
@@ -131,20 +137,3 @@ class TransformerLM(nn.Module):
             nxt = torch.multinomial(probs, 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
-
-
-def count_params(cfg: ModelConfig, vocab_size: int) -> dict[str, int]:
-    """Parameter counts from the config alone: total (tied embedding counted once) and
-    non-embedding."""
-    d, L = cfg.d_model, cfg.n_layers
-    ffn = (3 if cfg.ffn == "swiglu" else 2) * d * cfg.d_ff
-    per_block = 4 * d * d + ffn + 2 * d  # qkv + proj, FFN, two RMSNorm weights
-    non_embedding = L * per_block + d  # + final norm
-    return {"params": non_embedding + vocab_size * d, "non_embedding_params": non_embedding}
-
-
-def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N (N includes the tied output projection) plus the attention
-    term 12 * n_layers * d_model * seq_len (PaLM, Chowdhery et al. 2022, appendix B)."""
-    n = count_params(cfg, vocab_size)["params"]
-    return 6.0 * n + 12.0 * cfg.n_layers * cfg.d_model * seq_len

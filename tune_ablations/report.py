@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import METRIC
-from .results import load_history, load_outcomes, load_results
+from .results import load_history, load_outcomes, load_probes, load_results
 from .stats import compare_to_baseline, equal_budgets, lr_sensitivity, rung_agreement, summarize
 
 
@@ -191,6 +191,30 @@ def _param_scatter(df, params: list[str], out: Path) -> str:
     return _save(fig, out / "params.png")
 
 
+def _compute_plot(df, out: Path) -> str:
+    """Final loss against training FLOPs and against tokens, Pareto front marked: a
+    compute-fair view (a bigger model that needs more compute is not simply 'better')."""
+    import matplotlib.pyplot as plt
+
+    from .stats import pareto_front
+
+    done = df[df["status"].astype(str) == "completed"].dropna(subset=[METRIC])
+    flops = done["flops_per_token"].astype(float) * done["tokens_seen"].astype(float)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, x, label in ((axes[0], flops, "training FLOPs"),
+                         (axes[1], done["tokens_seen"].astype(float), "tokens")):
+        y = done[METRIC].astype(float).to_numpy()
+        for name, g in done.assign(_x=x.to_numpy()).groupby("ablation", observed=True):
+            ax.scatter(g["_x"], g[METRIC], label=str(name))
+        front = pareto_front(x.to_numpy(), y)
+        ax.plot(x.to_numpy()[front], y[front], "k--", linewidth=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"final {METRIC}")
+    axes[0].legend(fontsize=7)
+    return _save(fig, out / "compute.png")
+
+
 def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
     import matplotlib
 
@@ -200,6 +224,7 @@ def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
     made = [_curves(history, out)]
     if not summary.empty:
         made += _bars(summary, out)
+    made.append(_compute_plot(df, out))
     params = _searched(exp) or (["lr"] if df["lr"].nunique() >= 3 else [])
     if params:
         made.append(_param_scatter(df, params, out))
@@ -224,7 +249,7 @@ def _searched(exp: Path) -> list[str]:
     return list(load_space(exp / SPACE_FILE).params)
 
 
-def _tables(df, summary) -> list[str]:
+def _tables(df, summary, exp: Path) -> list[str]:
     lines = ["## Final metrics per ablation (mean ± 95% CI across seeds, completed trials)", "",
              "`n` counts every trial; means are over `n_completed`. `unigram` is the loss of "
              "token frequencies on the same eval tokens; `val_loss_se` the eval noise.", ""]
@@ -242,9 +267,21 @@ def _tables(df, summary) -> list[str]:
                   ""]
     equal, why = equal_budgets(df)
     lines += ["## Equal-token comparison", ""]
-    lines += ["Every completed run ended at the same token budget (within one step), so the "
-              "final losses above are the equal-token comparison, each at its fully decayed "
-              "learning rate.", ""] if equal else [f"Omitted: {why}", ""]
+    probes = load_probes(exp)
+    if len(probes):
+        table = probes.groupby(["ablation", "budget_tokens"])["val_loss"].agg(
+            ["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+        lines += ["From cooldown probes: each row is the loss a wsd run of that budget reaches "
+                  "with its learning rate decayed (branched from the stable phase), so arms "
+                  "are compared at equal tokens without reading any run mid-schedule.", "",
+                  md_table(table), ""]
+    elif equal:
+        lines += ["Every completed run ended at the same token budget (within one step), so "
+                  "the final losses above are the equal-token comparison, each at its fully "
+                  "decayed learning rate.", ""]
+    else:
+        lines += [f"Omitted: {why} (Or use `--set schedule=wsd probe_tokens=...` for "
+                  "decayed equal-token probes.)", ""]
     lines += ["## Throughput", "", "Trials ran concurrently on shared cores or GPU shares: "
               "tokens/s is under load; `benchmarks/` measures exclusive throughput.", "",
               md_table(summary, ["ablation", "tokens_per_s_mean", "mfu_mean"], ".3g"), ""]
@@ -262,7 +299,7 @@ def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Pat
         (out / "report.md").write_text("\n".join(lines + ["No trials found."]) + "\n")
         return out / "report.md"
     summary = summarize(df)
-    lines += _tables(df, summary)
+    lines += _tables(df, summary, exp)
     comp = compare_to_baseline(df)
     if len(comp):
         lines += [f"## Against baseline ({METRIC}: paired t over shared seeds, else Welch; "
@@ -278,7 +315,16 @@ def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Pat
         ra = rung_agreement(history)
         lines += ["## Early-stopping rung agreement (Spearman, finished trials)", "",
                   md_table(ra), ""]
+    lines += domains_section(df)
     lines += search_section(exp, df)
+    fit = out / "fit.json"
+    if fit.exists():
+        f = json.loads(fit.read_text())
+        lines += ["## Scaling fit", "", f"L(C) = {f['E']:.3f} + A·C^-α over {f['n']} completed "
+                  f"runs: α = {f['alpha']:.3f} (95% bootstrap CI {f['alpha_ci95'][0]:.3f} to "
+                  f"{f['alpha_ci95'][1]:.3f}); predicted loss at {f['extrapolate']:g}x the "
+                  f"largest compute: {f['predicted_loss']:.3f} (95% CI "
+                  f"{f['predicted_loss_ci95'][0]:.3f} to {f['predicted_loss_ci95'][1]:.3f}).", ""]
     lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(df, history)]
     lines.append("")
     if plots:
@@ -287,6 +333,25 @@ def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Pat
     lines += _samples(exp)
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
+
+
+def domains_section(df) -> list[str]:
+    """Extra evaluation domains: each arm's mean loss per domain, and whether the ranking of
+    arms agrees with the main validation set (Spearman rank correlation of arm means)."""
+    cols = [c for c in df.columns if c.startswith("val_loss@")]
+    if not cols:
+        return []
+    done = df[df["status"].astype(str) == "completed"]
+    means = done.groupby("ablation", observed=True)[[METRIC, *cols]].mean()
+    lines = ["## Evaluation domains (held-out text of other sources)", "",
+             md_table(means.reset_index()), ""]
+    for c in cols:
+        rho = means[METRIC].rank().corr(means[c].rank()) if len(means) >= 3 else math.nan
+        verdict = "agrees" if rho >= 0.8 else "does not clearly agree" if rho == rho else \
+            "needs 3 or more arms"
+        lines.append(f"- ranking of arms on {c.split('@', 1)[1]} vs the main validation set: "
+                     f"Spearman {_fmt(rho, '.2f')} over {len(means)} arms ({verdict}).")
+    return lines + [""]
 
 
 def search_section(exp: Path, df, k: int = 5) -> list[str]:

@@ -33,9 +33,11 @@ from .config import (
     unknown_key_error,
     with_overrides,
 )
+from .flops import flops_per_token
 
 # Flat keys that select or scale a base config rather than set a field.
-SELECTOR_KEYS = ("ablation", "preset", "iso_tokens", "token_budget", "head_dim", "ffn_mult")
+SELECTOR_KEYS = ("ablation", "preset", "iso_tokens", "iso_flops", "token_budget", "head_dim",
+                 "ffn_mult", "match_params")
 # Keys of a spec that define the reference run's budget and evaluation cadence.
 BUDGET_KEYS = ("max_steps", "eval_every", "warmup_steps")
 
@@ -186,19 +188,23 @@ def with_token_budget(cfg: RunConfig, tokens: int) -> RunConfig:
 def resolve(spec: Mapping[str, Any]) -> RunConfig:
     """A run spec -> a validated RunConfig. Selectors: `ablation` (default baseline, or the
     spec's `name` if it is an ablation), `preset` (default seed), `token_budget` (train on that
-    many tokens), `iso_tokens` (on the reference run's tokens), `head_dim` / `ffn_mult` (derive
-    n_heads / d_ff from d_model). Every other key overrides a field; an unknown key is an error
-    naming the closest one."""
+    many tokens), `iso_tokens` (on the reference run's tokens), `iso_flops` (on the reference
+    run's training FLOPs), `head_dim` / `ffn_mult` (derive n_heads / d_ff from d_model),
+    `match_params` (a gated `ffn=swiglu` gets d_ff x 2/3, the SiLU FFN's parameter count).
+    Every other key overrides a field; an unknown key is an error naming the closest one."""
     flat = dict(spec)
     preset = flat.pop("preset", "seed")
     ablation = flat.pop("ablation", None)
     iso = flat.pop("iso_tokens", False)
+    iso_flops = flat.pop("iso_flops", False)
+    match = flat.pop("match_params", False)
     budget = flat.pop("token_budget", 0) or 0
     head_dim, ffn_mult = flat.pop("head_dim", None), flat.pop("ffn_mult", None)
-    if not isinstance(iso, bool):
-        raise ValueError(f"iso_tokens={iso!r} must be true or false")
-    if iso and budget:
-        raise ValueError(f"iso_tokens=true and token_budget={budget} both set a budget; keep one")
+    for key, value in (("iso_tokens", iso), ("iso_flops", iso_flops), ("match_params", match)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} must be true or false")
+    if sum(map(bool, (iso, iso_flops, budget))) > 1:
+        raise ValueError("iso_tokens, iso_flops and token_budget each set the budget; keep one")
     if ablation is None:
         ablation = flat.get("name") if flat.get("name") in ABLATIONS else "baseline"
     base = build_ablation(ablation, preset)
@@ -210,13 +216,21 @@ def resolve(spec: Mapping[str, Any]) -> RunConfig:
         flat["num_documents"] = hub_documents(ref, flat.get("val_fraction",
                                                             base.data.val_fraction))
     cfg = with_overrides(base, flat)
+    if match and cfg.model.ffn == "swiglu":  # three matrices instead of two: d_ff x 2/3
+        cfg = with_overrides(cfg, {"d_ff": max(1, round(cfg.model.d_ff * 2 / 3))})
     if iso:
         budget = ref.total_tokens
+    elif iso_flops:  # the reference's training FLOPs: smaller models see more tokens
+        budget = math.ceil(ref.total_tokens * _fpt(ref) / _fpt(cfg))
     if budget:
         cfg = with_token_budget(cfg, budget)
     if "eval_every_tokens" not in flat:
         cfg = with_overrides(cfg, {"eval_every_tokens": ref.eval.eval_every * ref.tokens_per_step})
     return cfg
+
+
+def _fpt(cfg: RunConfig) -> float:
+    return flops_per_token(cfg.model, cfg.data.vocab_size, cfg.data.seq_len)
 
 
 def hub_documents(ref: RunConfig, val_fraction: float) -> int:

@@ -101,6 +101,8 @@ def _trial_record(trial: Path, ray_states: dict[str, dict]) -> tuple[dict, list[
                 "train_time_s", "eval_time_s", "unigram_val_loss", "unigram_val_bpb"):
         row[key] = last.get(key)
     row["diverged"] = bool(last.get("diverged", False))
+    for key in sorted(k for k in last if "@" in k):  # extra evaluation domains
+        row[key] = last[key] if not last.get("diverged") else math.nan
     row["wall_time_s"] = (outcome or {}).get("wall_time_s", last.get("time_total_s"))
     data = (outcome or {}).get("data") or run.get("data") or {}
     row["train_tokens"] = data.get("train_tokens")
@@ -172,3 +174,15 @@ def write_tables(path: str | Path, out: str | Path | None = None) -> dict[str, P
             tmp.replace(p)
             written[f"{name}.{ext}"] = p
     return written
+
+
+def load_probes(path: str | Path):
+    """Cooldown probes (wsd runs with `probe_tokens`): one row per trial per budget, the loss a
+    run of that budget reaches with its learning rate decayed."""
+    import pandas as pd
+
+    rows = [{"trial_id": tid, "ablation": o.get("name"), "seed": o.get("seed"), **p}
+            for tid, o in load_outcomes(path).items() for p in o.get("probes") or []]
+    return pd.DataFrame(rows, columns=["trial_id", "ablation", "seed", "budget_tokens",
+                                       "branch_step", "cooldown_steps", "tokens", "val_loss",
+                                       "val_loss_se", "val_bpb"])

@@ -39,6 +39,7 @@ from .sweep import (
     resume_lookup,
     run_sweep,
 )
+from .sweep_args import trial_resources
 
 SMOKE_SPACE = "lr"
 
@@ -93,7 +94,7 @@ def make_tune_config(rec: dict[str, Any], space: SearchSpace, preset: str, miles
                             points_to_evaluate=[point] if point else None)
     return tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                            num_samples=rec["num_samples"],
-                           max_concurrent_trials=rec["max_concurrent"])
+                           max_concurrent_trials=rec["max_concurrent"], reuse_actors=True)
 
 
 def corner_specs(space: SearchSpace, shared: dict[str, Any]) -> list[dict[str, Any]]:
@@ -155,7 +156,7 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
             default_gpus_per_trial(args.max_concurrent or 4,
                                    getattr(args, "n_gpus", None) or local_gpus())
         name = args.name or f"search-{space.path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        resources = args.trial_resources
+        resources = trial_resources(getattr(args, "trial_resource", None))
     shared = rec["shared"]
     specs = corner_specs(space, shared)
     configs = [resolve(s) for s in specs]

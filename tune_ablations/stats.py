@@ -231,3 +231,67 @@ def rung_agreement(history, rungs: list[float] | None = None, metric: str = METR
         rho = at[ok].rank().corr(final[ok].rank()) if ok.sum() >= 3 else math.nan
         rows.append({"rung_tokens": r, "n_trials": int(ok.sum()), "spearman": rho})
     return pd.DataFrame(rows, columns=["rung_tokens", "n_trials", "spearman"])
+
+
+def _power_law(c, e, a, alpha):
+    return e + a * np.power(c, -alpha)
+
+
+def _fit_once(c, y):
+    from scipy.optimize import curve_fit
+
+    p0 = (0.9 * y.min(), max(y.max() - y.min(), 1e-3), 0.3)
+    bounds = ([0.0, 0.0, 1e-3], [y.min(), np.inf, 3.0])
+    params, _ = curve_fit(_power_law, c, y, p0=p0, bounds=bounds, maxfev=20000)
+    return params
+
+
+def _ci95(v: list[float]) -> list[float]:
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else \
+        [math.nan, math.nan]
+
+
+def fit_scaling(compute, loss, *, n_boot: int = 1000, seed: int = 0, min_points: int = 4,
+                extrapolate: float = 10.0) -> dict[str, Any]:
+    """Fit L(C) = E + A * C^-alpha (C in units of the median compute, for conditioning) over
+    runs, with bootstrap (resampling runs) 95% intervals on alpha and on the loss predicted at
+    `extrapolate` x the largest compute. Refuses with fewer than `min_points` runs or three
+    distinct compute values."""
+    c = np.asarray(compute, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    ok = np.isfinite(c) & np.isfinite(y) & (c > 0)
+    c, y = c[ok], y[ok]
+    if len(c) < min_points or len(np.unique(c)) < 3:
+        raise ValueError(f"a scaling fit needs at least {min_points} completed runs at 3 or more "
+                         f"compute values; got {len(c)} runs at {len(np.unique(c))} values")
+    scale = float(np.median(c))
+    e, a, alpha = _fit_once(c / scale, y)
+    target = extrapolate * c.max() / scale
+    rng = np.random.default_rng(seed)
+    alphas, preds = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(c), len(c))
+        if len(np.unique(c[idx])) < 3:
+            continue
+        try:
+            pe, pa, palpha = _fit_once(c[idx] / scale, y[idx])
+        except (RuntimeError, ValueError):
+            continue
+        alphas.append(palpha)
+        preds.append(_power_law(target, pe, pa, palpha))
+    return {"E": float(e), "A": float(a), "alpha": float(alpha), "compute_unit": scale,
+            "n": int(len(c)), "alpha_ci95": _ci95(alphas), "compute_max": float(c.max()),
+            "extrapolate": extrapolate,
+            "predicted_loss": float(_power_law(target, e, a, alpha)),
+            "predicted_loss_ci95": _ci95(preds), "n_boot_ok": len(alphas), "n_boot": n_boot}
+
+
+def pareto_front(x, y) -> list[int]:
+    """Indices of the points no other point beats on both x (cost) and y (loss), by x."""
+    order = np.argsort(np.asarray(x, dtype=float), kind="stable")
+    front, best = [], math.inf
+    for i in order:
+        if y[i] < best:
+            front.append(int(i))
+            best = y[i]
+    return front

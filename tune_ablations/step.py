@@ -40,16 +40,36 @@ PROBES_FILE = "precision_probes.json"
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
+def decay(progress: float, shape: str) -> float:
+    """Fraction of the way from the peak (1) to the floor (0) left at `progress` in [0, 1]."""
+    p = min(1.0, max(0.0, progress))
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if shape == "sqrt":
+        return 1.0 - math.sqrt(p)
+    return 1.0 - p  # linear
+
+
 def lr_at(step: int, cfg: RunConfig) -> float:
     """Learning rate for optimizer step `step` (0-based) of a run of `cfg.steps` steps."""
-    peak, warm, total = cfg.optim.lr, cfg.optim.warmup_steps, cfg.steps
-    floor = peak * cfg.optim.min_lr_ratio
-    if step < warm:  # linear warmup: peak/warm at step 0, peak at step warm
+    o = cfg.optim
+    peak, warm, total = o.lr, o.warmup_steps, cfg.steps
+    floor = peak * o.min_lr_ratio
+    if step < warm:  # linear warmup, every schedule: peak/warm at step 0, peak at step warm
         return peak * (step + 1) / warm
-    if step >= total:  # past the end: the floor
-        return floor
-    progress = (step - warm) / max(1, total - warm)  # cosine from peak (0) to floor (1)
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if step >= total:  # past the end: the floor (the peak for `constant`)
+        return peak if o.schedule == "constant" else floor
+    if o.schedule == "constant":
+        return peak
+    if o.schedule == "wsd":  # stable at the peak, then decay over the last decay_fraction
+        start = max(warm, total - round(o.decay_fraction * total))
+        if step < start:
+            return peak
+        return floor + (peak - floor) * decay((step - start) / max(1, total - start),
+                                              o.decay_shape)
+    progress = (step - warm) / max(1, total - warm)  # from the peak (0) to the floor (1)
+    return floor + (peak - floor) * decay(progress, "linear" if o.schedule == "linear"
+                                          else "cosine")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:

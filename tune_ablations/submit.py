@@ -91,9 +91,17 @@ def submit(kind: str, rest: list[str], *, job_address: str, python: str) -> dict
         rest = [*rest, "--name", name]
     entrypoint = shlex.join([python, "-m", f"tune_ablations.{kind}", *rest, "--address",
                              "auto"])
-    job_id = client(job_address).submit_job(
-        entrypoint=entrypoint, submission_id=f"tune-ablations-{name}-{int(time.time())}",
-        metadata={"experiment": name, "kind": kind})
+    c, deadline = client(job_address), time.time() + 60
+    while True:  # a head that has just started may not have its job agent yet
+        try:
+            job_id = c.submit_job(
+                entrypoint=entrypoint, submission_id=f"tune-ablations-{name}-{int(time.time())}",
+                metadata={"experiment": name, "kind": kind})
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(1)
     record = {"job_id": job_id, "job_address": job_address, "experiment": name, "kind": kind,
               "storage": storage, "entrypoint": entrypoint,
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}

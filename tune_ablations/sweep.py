@@ -294,6 +294,11 @@ def prepare_all(plan: SweepPlan, cache_dir: str | None) -> dict[str, Any]:
             data_by_key[key] = prepare_data(c.data, Path(cache_dir) if cache_dir else None,
                                             log=log)
         check_fits(data_by_key[key], c.data.seq_len)
+        if c.data.eval_data:  # extra domains, tokenized once here; trials only read them
+            from .domains import domain_names, domain_tokens
+
+            for _, corpus in domain_names(c.data):
+                domain_tokens(c.data, data_by_key[key], corpus)
     return data_by_key
 
 

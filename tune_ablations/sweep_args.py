@@ -15,7 +15,7 @@ STORED_FLAGS = {"max_failures": "max_failures", "keep_checkpoints": "keep_checkp
                 "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial",
                 "trial_resource": "trial_resources"}
 # Flags that define what a sweep trains; with --resume they must not be given at all.
-SPEC_FLAGS = ("preset", "data", "config", "max_steps", "tokens", "iso_tokens", "set",
+SPEC_FLAGS = ("preset", "data", "eval_data", "config", "max_steps", "tokens", "iso_tokens", "set",
               "force_set", "seeds", "ablations", "space", "num_samples", "sampler",
               "sampler_seed", "scheduler", "reduction_factor", "evals", "max_concurrent")
 

@@ -37,7 +37,15 @@ from .data import TokenData, check_fits, load_tokenizer, prepare_data, sample_ba
 from .evaluation import evaluate, unigram_reference
 from .model import TransformerLM, count_params, flops_per_token
 from .runtime import peak_flops_for, precision_name, resolve_device, sync
-from .step import build_step, eval_due, load_checkpoint, lr_at, save_checkpoint, train_step
+from .step import (
+    build_step,
+    decay,
+    eval_due,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    train_step,
+)
 
 __all__ = ["train", "lr_at", "evaluate", "StopTraining", "TrainState", "REPORT_KEYS",
            "VAL_KEYS", "load_checkpoint"]
@@ -61,6 +69,9 @@ class TrainState:
     above_reference: int = 0
     status: str = "running"
     diverged_because: str = ""
+    probes: list = field(default_factory=list)
+    probe_time: float = 0.0
+    probe_tokens_trained: int = 0
     history: list = field(default_factory=list)
     best: dict = field(default_factory=dict)
     resumed_from: list = field(default_factory=list)
@@ -117,6 +128,9 @@ class Run:
     peak: float
     peak_source: str
     wall0: float
+    probe_at: dict
+    domains: dict = field(default_factory=dict)
+    """label -> (windows, unigram reference) of each extra evaluation domain."""
 
 
 def _setup(cfg: RunConfig, data: TokenData | None, log) -> Run:
@@ -132,7 +146,26 @@ def _setup(cfg: RunConfig, data: TokenData | None, log) -> Run:
     return Run(cfg, data, step, torch.Generator().manual_seed(cfg.seed), windows,
                torch.from_numpy(data.token_bytes).to(device), reference,
                flops_per_token(cfg.model, data.vocab_size, cfg.data.seq_len), peak, source,
-               wall0)
+               wall0, probe_schedule(cfg), _domains(cfg, data))
+
+
+def _domains(cfg: RunConfig, data: TokenData) -> dict:
+    if not cfg.data.eval_data:
+        return {}
+    from .domains import domain_names, domain_tokens
+
+    out = {}
+    for label, corpus in domain_names(cfg.data):
+        tokens = domain_tokens(cfg.data, data, corpus)
+        check_fits_tokens(tokens, cfg.data.seq_len, f"eval_data {corpus!r}")
+        out[label] = val_windows(tokens, cfg.data.seq_len, cfg.eval.eval_tokens)
+    return out
+
+
+def check_fits_tokens(tokens, seq_len: int, what: str) -> None:
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"{what} has {len(tokens)} held-out tokens, fewer than one window of "
+                         f"seq_len + 1 = {seq_len + 1}")
 
 
 def _state_dict(r: Run, st: TrainState) -> dict[str, Any]:
@@ -171,6 +204,8 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "mfu_note": "" if not st.history or math.isfinite(last.get("mfu", 0.0)) else
         "MFU came out above 1: the peak FLOP/s denominator is wrong (set peak_flops)",
         "diverged_because": st.diverged_because, "initial_loss": st.initial_loss,
+        "probes": st.probes, "probe_time_s": st.probe_time,
+        "probe_tokens_trained": st.probe_tokens_trained,
         "flops_per_token": r.fpt, "device": str(r.step.device),
         "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
         "threads": torch.get_num_threads(),
@@ -190,6 +225,10 @@ def _evaluate(r: Run, st: TrainState, train_loss: float, lr: float, gnorm: float
     if st.status == "running" and why is None:
         m.update(evaluate(r.step.model, r.windows, r.token_bytes, cfg.data.batch_size,
                           r.step.device, r.step.amp))
+        for label, windows in r.domains.items():  # the same model, other held-out text
+            d = evaluate(r.step.model, windows, r.token_bytes, cfg.data.batch_size,
+                         r.step.device, r.step.amp)
+            m[f"val_loss@{label}"], m[f"val_bpb@{label}"] = d["val_loss"], d["val_bpb"]
         why = divergence(cfg, st, train_loss, m)
     if why is not None or st.status == "diverged":
         st.status, st.diverged_because = "diverged", why or st.diverged_because
@@ -217,6 +256,46 @@ def _throughput(r: Run, st: TrainState, m: dict[str, Any]) -> None:
               "diverged": st.status == "diverged", "status": st.status})
 
 
+def probe_schedule(cfg: RunConfig) -> dict[int, list[int]]:
+    """{branch step: [budgets]}: a probe of budget B branches after B x (1 - decay_fraction)
+    tokens (rounded up to a step) and cools down for the rest of B."""
+    out: dict[int, list[int]] = {}
+    for b in cfg.probe_budgets:  # exactly where a wsd run of budget b starts its decay
+        total = math.ceil(b / cfg.tokens_per_step)
+        step = max(cfg.optim.warmup_steps, total - round(cfg.optim.decay_fraction * total))
+        out.setdefault(step, []).append(b)
+    return out
+
+
+def _probe(r: Run, st: TrainState, budget: int) -> None:
+    """Cool a copy of the run down to the floor over the rest of `budget`, on the batches the
+    run would see next, evaluate it, and restore the run exactly (weights, optimizer, RNG):
+    the main run is unchanged, and the probe is what a wsd run of that budget would reach."""
+    import copy
+
+    cfg, s, t0 = r.cfg, r.step, time.perf_counter()
+    saved = (copy.deepcopy(s.model.state_dict()), copy.deepcopy(s.opt.state_dict()),
+             torch.get_rng_state())
+    steps = math.ceil(budget / cfg.tokens_per_step) - st.step
+    gen = torch.Generator()
+    gen.set_state(r.gen.get_state())  # the batches the run itself would see next
+    peak, floor = lr_at(st.step, cfg), cfg.optim.lr * cfg.optim.min_lr_ratio
+    for i in range(steps):
+        x, y = (t.to(s.device) for t in sample_batch(r.data.train, cfg.data.batch_size,
+                                                     cfg.data.seq_len, gen))
+        train_step(s, x, y, floor + (peak - floor) * decay(i / steps, cfg.optim.decay_shape))
+    m = evaluate(s.model, r.windows, r.token_bytes, cfg.data.batch_size, s.device, s.amp)
+    s.model.load_state_dict(saved[0])
+    s.opt.load_state_dict(saved[1])
+    torch.set_rng_state(saved[2])
+    st.probes.append({"budget_tokens": budget, "branch_step": st.step, "cooldown_steps": steps,
+                      "tokens": (st.step + steps) * cfg.tokens_per_step,
+                      **{k: m[k] for k in ("val_loss", "val_loss_se", "val_bpb")}})
+    st.probe_tokens_trained += steps * cfg.tokens_per_step
+    sync(s.device)
+    st.probe_time += time.perf_counter() - t0
+
+
 def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | None = None,
           resume_from: Path | None = None, threads: int | None = None,
           log: Callable[[str], None] = lambda s: None,
@@ -238,6 +317,11 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         st.step += 1
         loss_sum += loss
         n_since += 1
+        for budget in r.probe_at.get(st.step, ()):  # branch cooldowns, clock stopped
+            sync(device)
+            st.train_time += time.perf_counter() - t0
+            _probe(r, st, budget)
+            t0 = time.perf_counter()
         due = eval_due(cfg, st.step)
         if st.initial_loss is None or (not due and st.step % 10 == 0):
             last = loss.item()  # one sync per 10 steps: a cheap divergence watch
@@ -272,7 +356,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
 
 def _report(report: Report, m: dict[str, Any], r: Run, st: TrainState) -> bool:
     """Send one report; True if the caller asked to stop."""
-    metrics = {k: m[k] for k in REPORT_KEYS}
+    metrics = {k: m[k] for k in REPORT_KEYS} | {k: v for k, v in m.items() if "@" in k}
     try:
         return bool(report(metrics, lambda path: save_checkpoint(Path(path),
                                                                  _state_dict(r, st))))

@@ -87,6 +87,19 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+_DATA: dict[str, Any] = {}  # per worker process: a reused actor loads each corpus once
+
+
+def _data(cfg, cache_dir: str | None):
+    from .data import cache_key
+
+    key = cache_key(cfg.data)
+    if key not in _DATA:
+        _DATA[key] = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None,
+                                  log=lambda s: None)
+    return _DATA[key]
+
+
 def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float = 0.0,
               cache_dir: str | None = None, sha: str | None = None) -> dict[str, Any]:
     """Ray Tune function trainable: one training run, reporting at every evaluation."""
@@ -101,7 +114,7 @@ def run_trial(config: dict[str, Any], *, threads: int = 1, gpu_fraction: float =
         torch.cuda.set_per_process_memory_fraction(gpu_fraction)
     context = tune.get_context()
     trial_dir = Path.cwd()  # Ray's trial working directory, synced to storage at each report
-    data = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None, log=lambda s: None)
+    data = _data(cfg, cache_dir)
     meta = run_metadata(dict(config), cfg, data, sha=sha) | {
         "trial_id": context.get_trial_id(), "threads": threads, "gpu_fraction": gpu_fraction,
         "pid": os.getpid(), **_node()}
