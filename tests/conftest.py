@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ def make_corpus(folder: Path, n_docs: int = 60, words_per_doc: int = 300, seed: 
         text = " ".join(words)
         (folder / f"doc{i:03d}.txt").write_text(f"Document {i}. {text}.\n")
     return folder
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -59,17 +67,28 @@ def tiny_data(tiny_cfg):
     return prepare_data(tiny_cfg.data, log=lambda s: None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray for the session; num_gpus=1 is logical, so fractional-GPU scheduling is
+    """One local Ray in this process, started on first use and again if a module that starts
+    clusters of its own shut it down; num_gpus=1 is logical, so fractional-GPU scheduling is
     testable without CUDA."""
     ray = pytest.importorskip("ray")
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ray_shutdown_at_the_end():
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,6 @@ the trial node's disk), each trial's node recorded, and --resume after the drive
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster():
+    import ray
     from ray.cluster_utils import Cluster
 
+    # A Ray already running in this test process (the session's local one) keeps a new
+    # cluster's job agent from registering; the remaining tests do not need it.
+    ray.shutdown()
+
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "gcs_server_port": _free_port(), "include_dashboard": False})
+        "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": False})
     # The worker's GPU is logical (no CUDA needed): enough for Ray's scheduling and defaults.
     worker = c.add_node(num_cpus=2, num_gpus=1, resources={"worker_node": 2})
     c.wait_for_nodes()

@@ -13,12 +13,13 @@ PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 
 # Rank order, lowest first: a module may import only modules listed before it.
 RANK = ["config", "flops", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus",
-        "data", "domains", "model", "cache", "evaluation", "step", "train", "trainable", "storage",
-        "results", "stats", "search_space", "plan", "summary", "export", "study", "sweep",
-        "report", "analysis", "grid", "search", "submit", "status"]
+        "data", "domains", "model", "cache", "evaluation", "step", "cooldown", "train",
+        "trainable", "storage", "results", "stats", "search_space", "plan", "summary",
+        "export", "study", "tuner", "sweep", "report", "analysis", "grid", "search", "submit",
+        "status"]
 NO_RAY = {"config", "flops", "resolve", "overrides", "cli", "sweep_args", "corpus", "model",
-          "data", "domains", "cache", "runtime", "evaluation", "step", "train", "storage",
-          "results", "stats", "report", "analysis", "export", "summary"}
+          "data", "domains", "cache", "runtime", "evaluation", "step", "cooldown", "train",
+          "storage", "results", "stats", "report", "analysis", "export", "summary"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:

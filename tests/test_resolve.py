@@ -158,3 +158,24 @@ def test_a_search_space_name_finds_the_shipped_file():
                        "you mean 'lr'"):
         find_space("lrr")
     assert math.isfinite(resolve({"preset": "tiny"}).optim.lr)
+
+
+def test_iso_flops_and_matched_swiglu():
+    from tune_ablations.flops import count_params, flops_per_token
+
+    ref = build_ablation("baseline", "cpu")
+    ref_flops = flops_per_token(ref.model, ref.data.vocab_size, ref.data.seq_len) * \
+        ref.total_tokens
+    for name in ABLATIONS:
+        c = resolve({"preset": "cpu", "ablation": name, "iso_flops": True})
+        fpt = flops_per_token(c.model, c.data.vocab_size, c.data.seq_len)
+        assert ref_flops <= fpt * c.total_tokens < ref_flops + fpt * c.tokens_per_step
+    small = resolve({"preset": "cpu", "ablation": "small_model", "iso_flops": True})
+    assert small.total_tokens > ref.total_tokens  # a smaller model sees more tokens
+    silu = build_ablation("baseline", "cpu")
+    gated = resolve({"preset": "cpu", "ffn": "swiglu", "match_params": True})
+    a = count_params(silu.model, 1024)["non_embedding_params"]
+    b = count_params(gated.model, 1024)["non_embedding_params"]
+    assert abs(a - b) / a < 0.01 and gated.model.d_ff == 512
+    with pytest.raises(ValueError, match="each set the budget; keep one"):
+        resolve({"preset": "cpu", "iso_flops": True, "iso_tokens": True})

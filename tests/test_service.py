@@ -3,32 +3,60 @@ smoke grid submitted as a Ray Job, followed with `status` to the end, its result
 one stopped mid-way and resumed."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-compatible server (moto) on 127.0.0.1, its credentials in the environment
+    before the cluster starts, so the cluster's job drivers and workers inherit them."""
+    import os
+
+    server_mod = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="sweeps")
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(s3):
+    """A two-node cluster: a head with its dashboard and job server on 127.0.0.1, and a worker
+    node with a custom resource."""
     pytest.importorskip("ray.dashboard")
+    import ray
     from ray.cluster_utils import Cluster
 
-    port = _free_port()
+    # A Ray already running in this test process (the session's local one) keeps a new
+    # cluster's job agent from registering; the remaining tests do not need it.
+    ray.shutdown()
+
+    port = free_port()
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "gcs_server_port": _free_port(), "include_dashboard": True,
+        "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    worker = c.add_node(num_cpus=2, resources={"worker_node": 2})
+    c.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
     from ray.job_submission import JobSubmissionClient
 
@@ -40,7 +68,7 @@ def head():
         except Exception:
             assert time.time() < deadline, "the job server did not start"
             time.sleep(1)
-    yield address
+    yield address, worker.node_id
     c.shutdown()
 
 
@@ -50,9 +78,11 @@ def _cli(*args, timeout=600):
 
 
 def test_submit_follow_and_read(head, corpus_dir, tmp_path):
+    head, _ = head
     out = _cli("tune_ablations.submit", "grid", "--job-address", head, "--python",
                sys.executable, "--smoke-test", "--data", str(corpus_dir), "--set",
-               "vocab_size=300", "--storage", str(tmp_path), "--name", "svc")
+               "vocab_size=300", "--trial-resource", "worker_node=1", "--storage",
+               str(tmp_path), "--name", "svc")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "event=submitted job=" in out.stdout and "experiment=svc" in out.stdout
     watch = _cli("tune_ablations.status", "svc", "--storage", str(tmp_path), "--json",
@@ -68,37 +98,55 @@ def test_submit_follow_and_read(head, corpus_dir, tmp_path):
 
 
 def test_bad_input_is_refused_before_submitting(head, tmp_path):
+    head, _ = head
     out = _cli("tune_ablations.submit", "grid", "--job-address", head, "--set", "lr=-1",
                "--storage", str(tmp_path))
     assert out.returncode == 2 and "lr=-1 must be > 0" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_stop_then_resume(head, corpus_dir, tmp_path):
+def test_stop_then_resume_on_two_nodes_with_s3(head, corpus_dir, tmp_path):
+    """The whole service path: submitted to a two-node cluster with results on S3, followed
+    with status, stopped, resumed, finished, and reported from the bucket."""
+    from tune_ablations.storage import download
+
+    head, worker_id = head
+    uri = "s3://sweeps/svc"
     args = ("--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
             "text_samples=0", "max_steps=3000", "eval_every=100", "--ablations", "baseline",
-            "--storage", str(tmp_path), "--name", "long")
+            "--trial-resource", "worker_node=1", "--storage", uri, "--name", "long")
     out = _cli("tune_ablations.submit", "grid", "--job-address", head, "--python",
                sys.executable, *args)
     assert out.returncode == 0, out.stderr[-2000:]
-    exp = tmp_path / "long"
     deadline = time.time() + 180
-    while not list(exp.glob("*/checkpoint_*")):
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.5)
-    time.sleep(2)
+    while True:  # until a checkpoint has reached the bucket
+        lines = _cli("tune_ablations.status", "long", "--storage", uri, "--json"
+                     ).stdout.strip().splitlines()
+        if lines and json.loads(lines[-1]).get("tokens_done", 0) > 0:
+            break
+        assert time.time() < deadline, "no progress reached the bucket"
+        time.sleep(1)
     stopped = _cli("tune_ablations.submit", "stop", "long")
     assert stopped.returncode == 0 and "state=STOPPED" in stopped.stdout, stopped.stdout
-    status = _cli("tune_ablations.status", "long", "--storage", str(tmp_path), "--json")
+    status = _cli("tune_ablations.status", "long", "--storage", uri, "--json")
     s = json.loads(status.stdout.strip().splitlines()[-1])
     assert not s["finished"] and s["job"] == "STOPPED"
     assert 0 < s["tokens_done"] < s["tokens_planned"]
     again = _cli("tune_ablations.submit", "grid", "--job-address", head, "--python",
-                 sys.executable, "--resume", "--name", "long", "--storage", str(tmp_path))
+                 sys.executable, "--resume", "--name", "long", "--storage", uri)
     assert again.returncode == 0, again.stderr[-2000:]
-    watch = _cli("tune_ablations.status", "long", "--storage", str(tmp_path), "--json",
-                 "--watch", "--interval", "1")
+    watch = _cli("tune_ablations.status", "long", "--storage", uri, "--json", "--watch",
+                 "--interval", "1")
     last = json.loads(watch.stdout.strip().splitlines()[-1])
     assert last["finished"] and last["statuses"] == {"completed": 1}
-    outcome = json.loads(next(exp.glob("*/outcome.json")).read_text())
+    local = download(uri + "/long", tmp_path / "mirror")
+    trial = next(local.glob("*/outcome.json")).parent
+    outcome = json.loads((trial / "outcome.json").read_text())
     assert outcome["resumed_from"] and outcome["steps"] == 3000
+    run = json.loads((trial / "run.json").read_text())
+    assert run["node_id"] == worker_id  # ran on the worker node, files reached S3
+    for text in ((local / "sweep.json").read_text(), (trial / "run.json").read_text()):
+        assert "AWS_SECRET_ACCESS_KEY" not in text and "testing" not in text  # no secrets
+    rep = _cli("tune_ablations.analysis", uri + "/long", "--out", str(tmp_path / "rep"))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "| completed | 1 |" in (tmp_path / "rep" / "report.md").read_text()

@@ -2,12 +2,12 @@
 started here on 127.0.0.1), resumed from it, and analysed from it."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.slow
 def s3_env():
     server_mod = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",

@@ -272,3 +272,35 @@ def test_extra_eval_domains_are_held_out_and_reported(corpus_dir):
         assert last[f"val_loss@{label}"] > 0 and last[f"val_bpb@{label}"] > 0
     with pytest.raises(ValueError, match="eval_data corpus '/no/such' is not"):
         resolve({"preset": "tiny", "eval_data": "/no/such"})
+
+
+def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
+    wsd = with_overrides(tiny_cfg, {"schedule": "wsd", "decay_fraction": 0.25,
+                                    "max_steps": 40, "eval_every": 10, "text_samples": 0})
+    seen = []
+    r = train(with_overrides(wsd, {"probe_tokens": str(20 * wsd.tokens_per_step)}),
+              data=tiny_data, report=lambda m, s: seen.append(m))
+    by_step = {m["step"]: m for m in seen}
+    assert by_step[20]["rank_loss"] == r["probes"][0]["val_loss"] != by_step[20]["val_loss"]
+    for step in (10, 30, 40):
+        assert by_step[step]["rank_loss"] == by_step[step]["val_loss"]
+
+
+def test_compile_auto_follows_its_probe(tiny_cfg, monkeypatch, tmp_path):
+    import torch
+
+    from tune_ablations import step as S
+
+    monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path))
+    times = {False: 1.0, True: 2.0}
+    monkeypatch.setattr(S, "estimate_step_seconds", lambda c, v, t, steps=3: times[c.compile])
+    auto = with_overrides(tiny_cfg, {"compile": "auto"})
+    use, why = S.choose_compile(auto, 300, torch.device("cpu"))
+    assert use is False and "no faster" in why
+    times.update({False: 1.0, True: 0.5})
+    assert S.choose_compile(auto, 300, torch.device("cpu"))[0] is False  # cached answer
+    other = with_overrides(auto, {"batch_size": 2})
+    use, why = S.choose_compile(other, 300, torch.device("cpu"))
+    assert use is True and "2.00x faster" in why
+    with pytest.raises(ValueError, match="compile='sometimes' must be true, false or 'auto'"):
+        with_overrides(tiny_cfg, {"compile": "sometimes"})

@@ -31,15 +31,18 @@ VAL_KEYS = ("val_loss", "val_loss_se", "val_ppl", "val_bpb", "val_acc", "val_top
             "val_confidence", "val_entropy")
 # Exactly the keys every report to Ray (and every history row) holds.
 REPORT_KEYS = ("step", "tokens_seen", "epoch", "lr", "train_loss", "grad_norm", *VAL_KEYS,
-               "unigram_val_loss", "unigram_val_bpb", "tokens_per_s", "steps_per_s", "mfu",
-               "train_time_s", "eval_time_s", "diverged", "status")
+               "rank_loss", "unigram_val_loss", "unigram_val_bpb", "tokens_per_s",
+               "steps_per_s", "mfu", "train_time_s", "eval_time_s", "diverged", "status")
+# What schedule-aware ASHA ranks by: the val_loss of a cooldown probe whose budget is this
+# report's tokens (the loss a run of this budget reaches, decayed), else val_loss.
+RANK_METRIC = "rank_loss"
 # `completed`: ran its budget; `early_stopped`: stopped by the scheduler (ASHA); `diverged`:
 # non-finite or runaway loss; `error`: raised; `stopped`: asked to stop by its caller;
 # `running`: no end recorded yet.
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "stopped")
 RUN_FILE, OUTCOME_FILE, SWEEP_FILE = "run.json", "outcome.json", "sweep.json"
 TRIALS_FILE, SPACE_FILE, BEST_FILE = "trials.json", "space.toml", "best.toml"
-STUDY_FILE, IMPORTANCES_FILE = "study.db", "importances.json"
+STUDY_FILE, IMPORTANCES_FILE, HOLDOUT_FILE = "study.db", "importances.json", "holdout.json"
 # Reported instead of NaN/inf by a diverged run: ASHA never stops a NaN trial and `inf` breaks its
 # cutoffs; Optuna cannot record NaN. 100 nats is far above ln(vocab) for any real tokenizer.
 DIVERGED_LOSS = 100.0
@@ -170,8 +173,9 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Autocast dtype; `auto`: bf16 on GPUs that support it (else fp16), fp32 on CPU (most CPUs
     have no bf16 matrix units and run bf16 matmuls orders of magnitude slower)."""
-    compile: bool = False
-    """Wrap the model in torch.compile (falls back to eager if compilation fails)."""
+    compile: bool | str = False
+    """Wrap the model in torch.compile (falls back to eager if compilation fails); `auto`:
+    only where a probe at this shape measured it faster (cached per machine and shape)."""
     seed: int = 0
     """Seed of initialisation, batch sampling and text samples."""
     device: str = "auto"
@@ -317,7 +321,8 @@ def _validate_run(cfg: RunConfig) -> None:
                    f"({cfg.tokens_per_step} tokens)")
     _check(cfg.precision in ("auto", "fp32", "bf16", "fp16"),
            f"precision={cfg.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'")
-    _check(isinstance(cfg.compile, bool), f"compile={cfg.compile!r} must be true or false")
+    _check(isinstance(cfg.compile, bool) or cfg.compile == "auto",
+           f"compile={cfg.compile!r} must be true, false or 'auto'")
     _check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0,
            f"seed={cfg.seed!r} must be an integer >= 0")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),

@@ -26,7 +26,7 @@ from .corpus import (
     load_stdlib_documents,
     split_documents,
 )
-from .data import TokenData, load_tokenizer
+from .data import TokenData, load_tokenizer, val_windows
 from .runtime import cache_root
 
 SOURCES = {"pydoc": load_pydoc_documents, "stdlib": load_stdlib_documents}
@@ -77,3 +77,19 @@ def domain_tokens(cfg: DataConfig, data: TokenData, corpus: str) -> np.ndarray:
     np.save(tmp, arr)
     os.replace(tmp, path)
     return arr
+
+
+def domain_windows(cfg: DataConfig, data: TokenData, seq_len: int, eval_tokens: int) -> dict:
+    """label -> evaluation windows of each extra domain (the same sizing as the main set)."""
+    out = {}
+    for label, corpus in domain_names(cfg):
+        tokens = domain_tokens(cfg, data, corpus)
+        check_fits_tokens(tokens, seq_len, f"eval_data {corpus!r}")
+        out[label] = val_windows(tokens, seq_len, eval_tokens)
+    return out
+
+
+def check_fits_tokens(tokens, seq_len: int, what: str) -> None:
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"{what} has {len(tokens)} held-out tokens, fewer than one window of "
+                         f"seq_len + 1 = {seq_len + 1}")

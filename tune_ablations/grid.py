@@ -14,24 +14,18 @@ Design choices:
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
-from .cli import add_spec_args, build_parser, fail, spec_from_args
+from .cli import add_spec_args, build_parser, spec_from_args
 from .config import METRIC, MODE, RunConfig, unknown_key_error
 from .plan import SweepPlan
 from .resolve import ABLATIONS, check_collapse, resolve
 from .runtime import local_gpus
 from .sweep import (
-    SweepError,
     add_sweep_args,
-    available_gpus,
-    check_sweep_args,
     default_gpus_per_trial,
-    resume_conflicts,
-    resume_lookup,
-    run_sweep,
+    sweep_main,
 )
 from .sweep_args import trial_resources
 
@@ -114,20 +108,9 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    started = time.perf_counter()
     if args.smoke_test and args.ablations == list(ABLATIONS):
         args.ablations = SMOKE_ABLATIONS
-    try:
-        check_sweep_args(args)
-        saved = resume_lookup(args, "grid")
-        if saved is not None:
-            resume_conflicts(args, ap, saved)
-        else:  # defaults (preset, GPU shares) from the cluster's resources with --address
-            args.n_gpus = available_gpus(args.address)
-        plan = build_plan(args, saved)
-    except (ValueError, SweepError) as exc:
-        return fail(exc)
-    return run_sweep(plan, args, started=started)
+    return sweep_main(ap, args, "grid", build_plan)
 
 
 if __name__ == "__main__":

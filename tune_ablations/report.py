@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import METRIC
+import numpy as np
+
+from .config import HOLDOUT_FILE, IMPORTANCES_FILE, METRIC
 from .results import load_history, load_outcomes, load_probes, load_results
 from .stats import compare_to_baseline, equal_budgets, lr_sensitivity, rung_agreement, summarize
 
@@ -191,7 +193,7 @@ def _param_scatter(df, params: list[str], out: Path) -> str:
     return _save(fig, out / "params.png")
 
 
-def _compute_plot(df, out: Path) -> str:
+def _compute_plot(df, out: Path) -> str | None:
     """Final loss against training FLOPs and against tokens, Pareto front marked: a
     compute-fair view (a bigger model that needs more compute is not simply 'better')."""
     import matplotlib.pyplot as plt
@@ -200,6 +202,10 @@ def _compute_plot(df, out: Path) -> str:
 
     done = df[df["status"].astype(str) == "completed"].dropna(subset=[METRIC])
     flops = done["flops_per_token"].astype(float) * done["tokens_seen"].astype(float)
+    keep = (flops > 0).to_numpy() & np.isfinite(flops.to_numpy())
+    done, flops = done[keep], flops[keep]
+    if done.empty:  # no FLOP counts recorded (e.g. a hand-made experiment)
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, x, label in ((axes[0], flops, "training FLOPs"),
                          (axes[1], done["tokens_seen"].astype(float), "tokens")):
@@ -224,11 +230,11 @@ def _plots(df, history, summary, out: Path, exp: Path) -> list[str]:
     made = [_curves(history, out)]
     if not summary.empty:
         made += _bars(summary, out)
-    made.append(_compute_plot(df, out))
+    made += [p for p in [_compute_plot(df, out)] if p]
     params = _searched(exp) or (["lr"] if df["lr"].nunique() >= 3 else [])
     if params:
         made.append(_param_scatter(df, params, out))
-    importances = exp / "importances.json"
+    importances = exp / IMPORTANCES_FILE
     imp = json.loads(importances.read_text()).get("importances", {}) \
         if importances.exists() else {}
     if imp:
@@ -363,7 +369,7 @@ def search_section(exp: Path, df, k: int = 5) -> list[str]:
     done = df[df["status"].astype(str) == "completed"].sort_values(METRIC).head(k)
     lines = [f"## Search: top {len(done)} completed trials (full budget)", "",
              md_table(done, ["trial_id", *params, METRIC, "val_loss_se", "tokens_seen"]), ""]
-    hold = exp / "holdout.json"
+    hold = exp / HOLDOUT_FILE
     if hold.exists():
         h = json.loads(hold.read_text())
         lines += [f"Held-out check of the best trial ({h.get('trial_id')}): {METRIC} "
@@ -371,7 +377,7 @@ def search_section(exp: Path, df, k: int = 5) -> list[str]:
                   f"{h['holdout_val_loss']:.4f} ± {h['holdout_val_loss_se']:.4f} (SE) on "
                   f"{h['holdout_windows']} held-out windows that selection never saw.", ""] \
             if "gap" in h else [f"Held-out check: skipped ({h.get('skipped')}).", ""]
-    imp = exp / "importances.json"
+    imp = exp / IMPORTANCES_FILE
     if imp.exists():
         data = json.loads(imp.read_text())
         lines += [f"Importances ({data.get('evaluator')}, {data.get('n_trials')} full-budget "

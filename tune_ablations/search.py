@@ -18,13 +18,12 @@ Design choices:
 from __future__ import annotations
 
 import itertools
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cli import add_spec_args, build_parser, fail, spec_from_args
-from .config import METRIC, MODE, SPACE_FILE, TIME_ATTR
+from .cli import add_spec_args, build_parser, spec_from_args
+from .config import METRIC, MODE, RANK_METRIC, SPACE_FILE, TIME_ATTR
 from .plan import SweepPlan
 from .resolve import reference_run, resolve
 from .runtime import local_gpus
@@ -32,12 +31,8 @@ from .search_space import SearchSpace, build_param_space, find_space, load_space
 from .sweep import (
     SweepError,
     add_sweep_args,
-    available_gpus,
-    check_sweep_args,
     default_gpus_per_trial,
-    resume_conflicts,
-    resume_lookup,
-    run_sweep,
+    sweep_main,
 )
 from .sweep_args import trial_resources
 
@@ -58,6 +53,9 @@ def parser():
                     help="early stopping (default asha)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="ASHA eta (an integer, so "
                     "rungs fall on evaluation milestones)")
+    ap.add_argument("--asha-probes", choices=("auto", "on", "off"), default="auto",
+                    help="rank trials at each ASHA rung by a cooldown probe's decayed loss "
+                    "(needs schedule=wsd; auto: on with wsd)")
     ap.add_argument("--evals", type=int, default=8,
                     help="evaluations per reference run: ASHA can only stop a trial when it "
                     "reports (ignored if eval_every is set in the space or --set)")
@@ -87,14 +85,29 @@ def make_tune_config(rec: dict[str, Any], space: SearchSpace, preset: str, miles
 
     scheduler = None
     if rec["scheduler"] == "asha":
+        # Schedule-aware: with cooldown probes at the rungs, rank by the probe's decayed loss.
         scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=milestone,
-                                  reduction_factor=rec["reduction_factor"])
+                                  reduction_factor=rec["reduction_factor"],
+                                  metric=RANK_METRIC if rec.get("asha_probes") else METRIC,
+                                  mode=MODE)
     point = space.baseline_point(preset)
     searcher = OptunaSearch(sampler=make_sampler(rec["sampler"], rec["sampler_seed"]),
-                            points_to_evaluate=[point] if point else None)
-    return tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+                            points_to_evaluate=[point] if point else None, metric=METRIC,
+                            mode=MODE)
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                            num_samples=rec["num_samples"],
                            max_concurrent_trials=rec["max_concurrent"], reuse_actors=True)
+
+
+def rung_probes(milestone: int, eta: int, budget: int, min_rung: float) -> str:
+    """probe_tokens at every ASHA rung below every trial's budget whose cooldown is at least
+    one step of every trial (`min_rung`: the largest tokens per step / decay_fraction)."""
+    rungs, r = [], milestone
+    while r < budget:
+        if r >= min_rung:
+            rungs.append(r)
+        r *= eta
+    return ",".join(str(r) for r in rungs)
 
 
 def corner_specs(space: SearchSpace, shared: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,7 +148,13 @@ def _new_record(args) -> dict[str, Any]:
         ref = reference_run(spec["preset"], shared)
         shared["eval_every"] = max(1, ref.steps // args.evals)
         derived.append("eval_every")
+    wsd = resolve(shared).optim.schedule == "wsd"
+    if args.asha_probes == "on" and not wsd:
+        raise ValueError("--asha-probes on needs schedule=wsd (e.g. --set schedule=wsd): "
+                         "cooldowns branch from a stable phase")
+    probes = args.scheduler == "asha" and wsd and args.asha_probes != "off"
     return {"space": str(space.path), "shared": shared, "derived_keys": derived,
+            "asha_probes": probes,
             "num_samples": args.num_samples or space.num_samples or 16,
             "sampler": args.sampler, "sampler_seed": args.sampler_seed,
             "scheduler": args.scheduler, "reduction_factor": args.reduction_factor,
@@ -158,6 +177,13 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
         name = args.name or f"search-{space.path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
         resources = trial_resources(getattr(args, "trial_resource", None))
     shared = rec["shared"]
+    if rec.get("asha_probes") and "probe_tokens" not in shared:
+        corners = [resolve(s) for s in corner_specs(space, shared)]
+        shared["probe_tokens"] = rung_probes(
+            resolve(shared).eval.eval_every_tokens, rec["reduction_factor"],
+            min(c.total_tokens for c in corners),
+            max(c.tokens_per_step / c.optim.decay_fraction for c in corners))
+        rec["derived_keys"] = [*rec.get("derived_keys", []), "probe_tokens"]
     specs = corner_specs(space, shared)
     configs = [resolve(s) for s in specs]
     base = resolve(shared)
@@ -186,21 +212,10 @@ def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    started = time.perf_counter()
     if args.smoke_test:
         args.space = args.space or SMOKE_SPACE
         args.num_samples = args.num_samples or 4
-    try:
-        check_sweep_args(args)
-        saved = resume_lookup(args, "search")
-        if saved is not None:
-            resume_conflicts(args, ap, saved)
-        else:  # defaults (preset, GPU shares) from the cluster's resources with --address
-            args.n_gpus = available_gpus(args.address)
-        plan = build_plan(args, saved)
-    except (ValueError, SweepError) as exc:
-        return fail(exc)
-    return run_sweep(plan, args, started=started)
+    return sweep_main(ap, args, "search", build_plan)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class Step:
     amp: torch.dtype | None
     ctx: Any
     precision_reason: str = ""
+    compile_reason: str = ""
 
 
 def choose_precision(cfg: RunConfig, vocab_size: int, device: torch.device
@@ -136,8 +137,30 @@ def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, log=lambda
     opt = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     step = Step(cfg, model, model, opt, scaler, device, amp, autocast(device, amp), why)
-    step.forward = _maybe_compile(step, vocab_size, log)
+    use, step.compile_reason = choose_compile(cfg, vocab_size, device)
+    step.forward = _maybe_compile(step, vocab_size, log) if use else model
     return step
+
+
+def choose_compile(cfg: RunConfig, vocab_size: int, device: torch.device) -> tuple[bool, str]:
+    """(compile?, why). `auto`: a probe times a few eager and compiled steps at this shape
+    (compilation itself excluded) and compiles only where it measured faster; cached per
+    machine, shape and precision."""
+    if cfg.compile != "auto":
+        return bool(cfg.compile), f"compile={cfg.compile} (asked)"
+    key = json.dumps(["compile", machine_id(), device.type, cfg.model.d_model,
+                      cfg.model.n_layers, cfg.model.d_ff, cfg.model.ffn, cfg.data.seq_len,
+                      cfg.data.batch_size, vocab_size, cfg.precision])
+    cache = _disk_cache(PROBES_FILE)
+    if key not in cache:
+        cache[key] = {str(c): estimate_step_seconds(dataclasses.replace(cfg, compile=c),
+                                                    vocab_size, torch.get_num_threads())
+                      for c in (False, True)}
+        _save_disk_cache(PROBES_FILE, cache)
+    t = cache[key]
+    if t["True"] < 0.95 * t["False"]:
+        return True, f"auto: compiled ({t['False'] / t['True']:.2f}x faster at this shape)"
+    return False, "auto: eager (the probe measured compile no faster at this shape)"
 
 
 def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
@@ -161,8 +184,6 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
 
 
 def _maybe_compile(s: Step, vocab_size: int, log) -> Any:
-    if not s.cfg.compile:
-        return s.model
     try:
         compiled = torch.compile(s.model)
         # Compile forward and backward now, outside the training clock, at the training shape;

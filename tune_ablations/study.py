@@ -21,12 +21,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import BEST_FILE, IMPORTANCES_FILE, METRIC, MODE, STUDY_FILE, TIME_ATTR
+from .config import (
+    BEST_FILE,
+    HOLDOUT_FILE,
+    IMPORTANCES_FILE,
+    METRIC,
+    MODE,
+    STUDY_FILE,
+    TIME_ATTR,
+)
 from .results import load_history
 from .search_space import SearchSpace
 
 MIN_IMPORTANCE_TRIALS = 8
-HOLDOUT_FILE = "holdout.json"
 _SELECTORS = ("iso_tokens", "token_budget", "head_dim", "ffn_mult")
 
 

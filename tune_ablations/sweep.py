@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .cli import fail
-from .config import METRIC, SWEEP_FILE, TIME_ATTR, TRIALS_FILE
+from .config import SWEEP_FILE
 from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows, warm_measurements
 from .runtime import local_gpus
-from .storage import download, exists, filesystem, is_uri, join, list_dirs, mirror, upload
+from .storage import download, exists, is_uri, join, list_dirs, mirror, upload
 from .summary import print_summary
 from .sweep_args import SweepError, add_sweep_args, check_sweep_args, resume_conflicts
+from .tuner import finish, live_view, run_tuner
 
 __all__ = ["SweepError", "add_sweep_args", "check_sweep_args", "resume_conflicts", "run_sweep",
            "resume_lookup", "default_gpus_per_trial"]
@@ -158,111 +159,6 @@ def read_sweep_file(exp: Path) -> dict[str, Any]:
     return json.loads((exp / SWEEP_FILE).read_text())
 
 
-def progress_reporter(parameter_columns: list[str]):
-    from ray import tune
-
-    return tune.CLIReporter(
-        metric_columns={"step": "step", TIME_ATTR: "tokens", METRIC: METRIC,
-                        "val_acc": "acc", "tokens_per_s": "tok/s", "status": "run"},
-        parameter_columns=parameter_columns, max_report_frequency=15, sort_by_metric=False)
-
-
-def live_view(exp: Path, space):
-    """A Tune callback that rewrites the results tables (and a search's study.db) whenever a
-    trial finishes, at most every 2 s, so dashboards show a running sweep (local storage)."""
-    from ray import tune
-
-    class LiveView(tune.Callback):
-        def __init__(self):
-            self.last = 0.0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if time.time() - self.last < 2.0:
-                return
-            from .study import refresh
-
-            try:
-                refresh(exp, space)
-            except Exception as exc:  # a view must never stop the sweep
-                log(f"event=live_view_skipped error={type(exc).__name__}")
-            self.last = time.time()
-
-    return LiveView()
-
-
-def run_tuner(trainable, param_space: dict[str, Any] | None, *, exp: Path, resume: bool,
-              tune_config, max_failures: int, keep_checkpoints: int,
-              parameter_columns: list[str], remote: str | None = None, callbacks=()):
-    """Fit a new Tuner, or restore the one in `exp` (errored trials retried). With `remote`
-    (a storage URI), Ray persists the experiment there through a pyarrow filesystem."""
-    from ray import tune
-
-    fs, root = filesystem(remote.rsplit("/", 1)[0]) if remote else (None, str(exp.parent))
-    where = join(root, exp.name)
-    if resume:
-        if not (exists(join(remote, "tuner.pkl")) if remote else (exp / "tuner.pkl").exists()):
-            raise SweepError(f"--resume: {remote or exp} has no Ray state (tuner.pkl): the "
-                             "sweep was stopped before Ray started; rerun without --resume "
-                             "after removing the folder")
-        tuner = tune.Tuner.restore(where, trainable=trainable, resume_errored=True,
-                                   storage_filesystem=fs)
-    else:
-        run_config = tune.RunConfig(
-            name=exp.name, storage_path=root, storage_filesystem=fs,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
-            # run.json / outcome.json live in the trial's working directory: synced to
-            # storage at every report, from whichever node runs the trial.
-            sync_config=tune.SyncConfig(sync_artifacts=True),
-            progress_reporter=progress_reporter(parameter_columns), verbose=1,
-            callbacks=list(callbacks),
-            log_to_file=True)
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=run_config)
-    return tuner.fit()
-
-
-def record_states(exp: Path, results) -> dict[str, dict]:
-    """Ray's final view of each trial into `trials.json` (analysis needs no Ray after this)."""
-    states: dict[str, dict] = {}
-    for r in results:
-        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        states[trial_id] = {
-            "status": "ERROR" if r.error else "TERMINATED", "path": r.path,
-            "error": f"{type(r.error).__name__}: {str(r.error)[:500]}" if r.error else None}
-    tmp = exp / (TRIALS_FILE + ".tmp")
-    tmp.write_text(json.dumps(states, indent=2))
-    tmp.replace(exp / TRIALS_FILE)
-    return states
-
-
-def finish(exp: Path, results, *, started: float, remote: str | None = None
-           ) -> tuple[Any, int]:
-    """Write statuses and tables, print the failed trials; returns (results frame, exit code).
-    With `remote`, the experiment is mirrored first and the written files uploaded."""
-    from .results import load_results, write_tables
-
-    if remote:
-        download(remote, exp)
-    record_states(exp, results)
-    written = write_tables(exp)
-    if remote:
-        for path in [exp / TRIALS_FILE, *written.values()]:
-            upload(path, join(remote, path.name))
-    df = load_results(exp)
-    failed = df[df["status"] == "error"]
-    code = 0
-    if len(failed):
-        code = 1
-        log(f"event=trials_failed count={len(failed)}")
-        for _, row in failed.iterrows():
-            log(f"failed trial={row['trial_id']} ablation={row['ablation']} seed={row['seed']} "
-                f"logs={row['path']}")
-    log(f"event=sweep_done trials={len(df)} seconds={time.perf_counter() - started:.1f} "
-        f"results={exp}")
-    return df, code
-
-
 def resume_lookup(args, kind: str) -> dict[str, Any] | None:
     """With `--resume`: the stored sweep's record (name defaults to the newest of this kind)."""
     if not args.resume:
@@ -322,6 +218,10 @@ def run_sweep(plan: SweepPlan, args, *, started: float) -> int:
     dry = args.dry_run
     rows = trial_rows(plan, data_by_key, max(1, int(plan.cpus))) if dry else \
         _cheap_rows(plan, data_by_key)
+    epochs: dict[str, float] = {}
+    for r in rows:
+        epochs[r["ablation"]] = max(epochs.get(r["ablation"], 0.0), r["epochs"])
+    log("event=epochs " + " ".join(f"{a}={e:.2f}" for a, e in epochs.items()))
     for line in epoch_warnings(rows, plan.configs[0].data.corpus):
         log(line)
     if dry:
@@ -389,6 +289,8 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
         return fail(exc)
     df, code = finish(exp, results, started=started, remote=remote)
     print_summary(df)
+    for key, arms in plan.forced.items():  # said again where the numbers are read
+        log(f"note: --force-set {key}: {', '.join(arms)} share the baseline's {key}")
     if plan.after is not None:
         before = {p.name for p in exp.iterdir()}
         plan.after(exp, df)
@@ -399,3 +301,20 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
     log(f"event=report_hint command=\"python -m tune_ablations.analysis {exp}\" "
         f"report={exp / 'report' / 'report.md'}")
     return code
+
+
+def sweep_main(ap, args, kind: str, build_plan) -> int:
+    """What every sweep command does with its parsed options: check them, find a resumed
+    sweep (refusing changed flags), take defaults from the cluster, plan, run."""
+    started = time.perf_counter()
+    try:
+        check_sweep_args(args)
+        saved = resume_lookup(args, kind)
+        if saved is not None:
+            resume_conflicts(args, ap, saved)
+        else:  # defaults (preset, GPU shares) from the cluster's resources with --address
+            args.n_gpus = available_gpus(args.address)
+        plan = build_plan(args, saved)
+    except (ValueError, SweepError) as exc:
+        return fail(exc)
+    return run_sweep(plan, args, started=started)

@@ -17,7 +17,8 @@ STORED_FLAGS = {"max_failures": "max_failures", "keep_checkpoints": "keep_checkp
 # Flags that define what a sweep trains; with --resume they must not be given at all.
 SPEC_FLAGS = ("preset", "data", "eval_data", "config", "max_steps", "tokens", "iso_tokens", "set",
               "force_set", "seeds", "ablations", "space", "num_samples", "sampler",
-              "sampler_seed", "scheduler", "reduction_factor", "evals", "max_concurrent")
+              "sampler_seed", "scheduler", "reduction_factor", "evals", "max_concurrent",
+              "asha_probes")
 
 
 class SweepError(RuntimeError):

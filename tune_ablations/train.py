@@ -33,13 +33,14 @@ from typing import Any
 import torch
 
 from .config import DIVERGED_LOSS, REPORT_KEYS, VAL_KEYS, RunConfig, to_flat_dict
+from .cooldown import probe_schedule, run_probe
 from .data import TokenData, check_fits, load_tokenizer, prepare_data, sample_batch, val_windows
+from .domains import domain_windows
 from .evaluation import evaluate, unigram_reference
 from .model import TransformerLM, count_params, flops_per_token
 from .runtime import peak_flops_for, precision_name, resolve_device, sync
 from .step import (
     build_step,
-    decay,
     eval_due,
     load_checkpoint,
     lr_at,
@@ -146,26 +147,8 @@ def _setup(cfg: RunConfig, data: TokenData | None, log) -> Run:
     return Run(cfg, data, step, torch.Generator().manual_seed(cfg.seed), windows,
                torch.from_numpy(data.token_bytes).to(device), reference,
                flops_per_token(cfg.model, data.vocab_size, cfg.data.seq_len), peak, source,
-               wall0, probe_schedule(cfg), _domains(cfg, data))
-
-
-def _domains(cfg: RunConfig, data: TokenData) -> dict:
-    if not cfg.data.eval_data:
-        return {}
-    from .domains import domain_names, domain_tokens
-
-    out = {}
-    for label, corpus in domain_names(cfg.data):
-        tokens = domain_tokens(cfg.data, data, corpus)
-        check_fits_tokens(tokens, cfg.data.seq_len, f"eval_data {corpus!r}")
-        out[label] = val_windows(tokens, cfg.data.seq_len, cfg.eval.eval_tokens)
-    return out
-
-
-def check_fits_tokens(tokens, seq_len: int, what: str) -> None:
-    if len(tokens) < seq_len + 1:
-        raise ValueError(f"{what} has {len(tokens)} held-out tokens, fewer than one window of "
-                         f"seq_len + 1 = {seq_len + 1}")
+               wall0, probe_schedule(cfg), domain_windows(cfg.data, data, cfg.data.seq_len,
+                                                        cfg.eval.eval_tokens))
 
 
 def _state_dict(r: Run, st: TrainState) -> dict[str, Any]:
@@ -208,6 +191,7 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "probe_tokens_trained": st.probe_tokens_trained,
         "flops_per_token": r.fpt, "device": str(r.step.device),
         "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
+        "compile_reason": r.step.compile_reason,
         "threads": torch.get_num_threads(),
         **count_params(cfg.model, r.data.vocab_size), "history": st.history,
         "samples": samples, "data": r.data.facts(cfg.total_tokens), "config": to_flat_dict(cfg),
@@ -243,6 +227,9 @@ def _evaluate(r: Run, st: TrainState, train_loss: float, lr: float, gnorm: float
             st.best = {k: m[k] for k in VAL_KEYS} | {"step": st.step}
     if st.step >= cfg.steps and st.status == "running":
         st.status = "completed"
+    probe = next((p for p in reversed(st.probes) if tokens_seen - cfg.tokens_per_step
+                  < p["budget_tokens"] <= tokens_seen), None)
+    m["rank_loss"] = probe["val_loss"] if probe and st.status != "diverged" else m["val_loss"]
     return m
 
 
@@ -254,46 +241,6 @@ def _throughput(r: Run, st: TrainState, m: dict[str, Any]) -> None:
               "mfu": mfu if mfu <= 1.0 else math.nan,
               "train_time_s": st.train_time, "eval_time_s": st.eval_time,
               "diverged": st.status == "diverged", "status": st.status})
-
-
-def probe_schedule(cfg: RunConfig) -> dict[int, list[int]]:
-    """{branch step: [budgets]}: a probe of budget B branches after B x (1 - decay_fraction)
-    tokens (rounded up to a step) and cools down for the rest of B."""
-    out: dict[int, list[int]] = {}
-    for b in cfg.probe_budgets:  # exactly where a wsd run of budget b starts its decay
-        total = math.ceil(b / cfg.tokens_per_step)
-        step = max(cfg.optim.warmup_steps, total - round(cfg.optim.decay_fraction * total))
-        out.setdefault(step, []).append(b)
-    return out
-
-
-def _probe(r: Run, st: TrainState, budget: int) -> None:
-    """Cool a copy of the run down to the floor over the rest of `budget`, on the batches the
-    run would see next, evaluate it, and restore the run exactly (weights, optimizer, RNG):
-    the main run is unchanged, and the probe is what a wsd run of that budget would reach."""
-    import copy
-
-    cfg, s, t0 = r.cfg, r.step, time.perf_counter()
-    saved = (copy.deepcopy(s.model.state_dict()), copy.deepcopy(s.opt.state_dict()),
-             torch.get_rng_state())
-    steps = math.ceil(budget / cfg.tokens_per_step) - st.step
-    gen = torch.Generator()
-    gen.set_state(r.gen.get_state())  # the batches the run itself would see next
-    peak, floor = lr_at(st.step, cfg), cfg.optim.lr * cfg.optim.min_lr_ratio
-    for i in range(steps):
-        x, y = (t.to(s.device) for t in sample_batch(r.data.train, cfg.data.batch_size,
-                                                     cfg.data.seq_len, gen))
-        train_step(s, x, y, floor + (peak - floor) * decay(i / steps, cfg.optim.decay_shape))
-    m = evaluate(s.model, r.windows, r.token_bytes, cfg.data.batch_size, s.device, s.amp)
-    s.model.load_state_dict(saved[0])
-    s.opt.load_state_dict(saved[1])
-    torch.set_rng_state(saved[2])
-    st.probes.append({"budget_tokens": budget, "branch_step": st.step, "cooldown_steps": steps,
-                      "tokens": (st.step + steps) * cfg.tokens_per_step,
-                      **{k: m[k] for k in ("val_loss", "val_loss_se", "val_bpb")}})
-    st.probe_tokens_trained += steps * cfg.tokens_per_step
-    sync(s.device)
-    st.probe_time += time.perf_counter() - t0
 
 
 def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | None = None,
@@ -320,7 +267,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         for budget in r.probe_at.get(st.step, ()):  # branch cooldowns, clock stopped
             sync(device)
             st.train_time += time.perf_counter() - t0
-            _probe(r, st, budget)
+            run_probe(r, st, budget)
             t0 = time.perf_counter()
         due = eval_due(cfg, st.step)
         if st.initial_loss is None or (not due and st.step % 10 == 0):
