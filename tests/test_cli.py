@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_ablations import analysis, export, grid, search, train
+from tune_ablations import analysis, cache, export, grid, search, status, submit, train
 from tune_ablations.__main__ import main as tool_main
 
 
@@ -107,14 +107,16 @@ def test_out_takes_a_folder_or_a_file(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["steps"] == 10
 
 
-@pytest.mark.parametrize("module", [train, grid, search, analysis, export])
+@pytest.mark.parametrize("module", [train, grid, search, analysis, export, status, submit,
+                                    cache])
 def test_every_option_has_help(module, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "Design choices" not in text  # help is for users, not design notes
-    for action in module.parser()._actions:
+    parser = module.parser() if hasattr(module, "parser") else None
+    for action in (parser._actions if parser else []):
         assert action.help, f"{module.__name__}: {action.option_strings or action.dest}"
 
 
@@ -125,3 +127,14 @@ def test_the_installed_command_dispatches(capsys):
     out = subprocess.run([sys.executable, "-m", "tune_ablations", "train", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--tokens" in out.stdout
+
+
+def test_service_and_cache_commands_bad_input(tmp_path, capsys):
+    _clean(capsys, status.main(["nope", "--storage", str(tmp_path)]), "no sweep 'nope'")
+    _clean(capsys, submit.main(["stop", "nope"]), "no submitted sweep named 'nope'")
+    _clean(capsys, submit.main(["grid", "--set", "lr=-1", "--storage", str(tmp_path)]),
+           "lr=-1 must be > 0")
+    _clean(capsys, submit.main(["grid", "--job-address", "http://127.0.0.1:9", "--preset",
+                                "tiny", "--storage", str(tmp_path)]), "no Ray job server there")
+    _clean(capsys, cache.main(["verify", "nokey", "--cache-dir", str(tmp_path)]),
+           "cache key 'nokey' is not in")

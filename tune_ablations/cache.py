@@ -23,7 +23,7 @@ def _size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser():
     ap = build_parser("cache", "List, verify or clean the token cache.")
     ap.add_argument("action", choices=("list", "verify", "clean"), help="what to do")
     ap.add_argument("keys", nargs="*", help="cache keys (default: every entry for list and "
@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="with clean: remove every entry")
     ap.add_argument("--cache-dir", help="cache folder (default $TUNE_ABLATIONS_CACHE or "
                     "~/.cache/tune_ablations)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     root = Path(args.cache_dir).expanduser() if args.cache_dir else cache_root()
     found = entries(root)
     known = {p.name for p in found}

@@ -74,7 +74,8 @@ def trial_rows(plan: SweepPlan, data_by_key: dict, threads: int) -> list[dict[st
             "trial": label, "ablation": c.name, "seed": c.seed, **flat,
             "params": count_params(c.model, data.vocab_size)["params"], "steps": c.steps,
             "tokens": c.total_tokens, "tokens_per_step": c.tokens_per_step,
-            "eval_every_tokens": c.eval.eval_every_tokens,
+            "eval_every_tokens": c.eval.eval_every_tokens, "corpus": c.data.corpus,
+            "num_documents": c.data.num_documents,
             "flops": flops_per_token(c.model, data.vocab_size, c.data.seq_len) * c.total_tokens,
             "epochs": c.total_tokens / data.manifest["train_tokens"],
             "est_seconds": step_time[shape] * c.steps})

@@ -102,14 +102,18 @@ def _line(s: dict[str, Any]) -> str:
                if best else ""))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser():
     ap = build_parser("status", "Trials by status, best so far, tokens and ETA of a sweep.")
     ap.add_argument("name", nargs="?", help="experiment name (default: the newest)")
     ap.add_argument("--storage", default="./results", help="results root or storage URI")
     ap.add_argument("--json", action="store_true", help="one JSON object per update")
     ap.add_argument("--watch", action="store_true", help="update until the sweep has ended")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between updates")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     deadline = time.time() + 24 * 3600
     while True:
         try:
