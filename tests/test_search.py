@@ -85,7 +85,7 @@ def test_exported_study_opens_with_optuna(searched):
     assert max(pruned.intermediate_values) == pruned.user_attrs["tokens_seen"]  # keyed by tokens
     assert {"ablation", "status", "tokens_seen", "trial_folder"} <= set(pruned.user_attrs)
     imp = json.loads((searched / "importances.json").read_text())
-    assert imp["evaluator"] == "fanova(seed=0)"
+    assert imp["evaluator"] == "ped_anova"
     completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert imp["n_trials"] == completed
     assert "skipped" in imp and "need at least 8" in imp["skipped"]  # 6 trials: too few
@@ -196,3 +196,30 @@ def test_study_is_readable_while_the_search_runs(corpus_dir, tmp_path):
         assert (tmp_path / "live" / "results.parquet").exists()
     finally:
         assert proc.wait(timeout=600) == 0
+
+
+def test_importances_rank_the_parameter_that_matters(tmp_path):
+    """Ten full-budget trials where lr decides the loss and batch_size is noise: lr is the
+    more important, the evaluator is named, and no optional dependency is needed."""
+    import numpy as np
+    import optuna
+
+    from tune_ablations.search_space import load_space
+    from tune_ablations.study import importances
+
+    space_file = tmp_path / "s.toml"
+    space_file.write_text('[params.lr]\ndistribution = "loguniform"\nlow = 1e-4\nhigh = 1e-2\n'
+                          '[params.batch_size]\ndistribution = "choice"\nvalues = [4, 8]\n')
+    space = load_space(space_file)
+    study = optuna.create_study()
+    rng = np.random.default_rng(0)
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "batch_size": optuna.distributions.CategoricalDistribution([4, 8])}
+    for i in range(20):
+        lr = float(10 ** rng.uniform(-4, -2))
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "batch_size": [4, 8][i % 2]}, distributions=dists,
+            value=(np.log10(lr) + 3) ** 2 + 0.001 * rng.normal()))
+    imp = importances(study, space)
+    assert imp["evaluator"] == "ped_anova" and imp["n_trials"] == 20 and "skipped" not in imp
+    assert imp["importances"]["lr"] > imp["importances"]["batch_size"]

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{fit['alpha_ci95'][1]:.3f} E={fit['E']:.3f} predicted_loss_at_"
               f"{fit['extrapolate']:g}x={fit['predicted_loss']:.3f} ci95="
               f"{fit['predicted_loss_ci95'][0]:.3f}..{fit['predicted_loss_ci95'][1]:.3f} "
-              f"runs={fit['n']}")
+              f"runs={fit['n']}" + (" warning=E_at_its_bound_0_(too_little_compute_range"
+                                     "_to_separate_E)" if fit["E_at_bound"] else ""))
     tables = write_tables(path, out)
     report = write_report(path, out, plots=not args.no_plots)
     print(f"event=report path={report} tables={','.join(sorted(tables))}")

@@ -330,7 +330,11 @@ def write_report(exp: str | Path, out: str | Path, *, plots: bool = True) -> Pat
                   f"runs: α = {f['alpha']:.3f} (95% bootstrap CI {f['alpha_ci95'][0]:.3f} to "
                   f"{f['alpha_ci95'][1]:.3f}); predicted loss at {f['extrapolate']:g}x the "
                   f"largest compute: {f['predicted_loss']:.3f} (95% CI "
-                  f"{f['predicted_loss_ci95'][0]:.3f} to {f['predicted_loss_ci95'][1]:.3f}).", ""]
+                  f"{f['predicted_loss_ci95'][0]:.3f} to {f['predicted_loss_ci95'][1]:.3f})."
+                  + (" E sits at its bound 0: the runs span too little compute to separate the "
+                     "irreducible loss from the power law, so α is a lower bound on the "
+                     "curvature and the extrapolation is loose." if f.get("E_at_bound") else ""),
+                  ""]
     lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(df, history)]
     lines.append("")
     if plots:

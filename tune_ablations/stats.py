@@ -283,7 +283,9 @@ def fit_scaling(compute, loss, *, n_boot: int = 1000, seed: int = 0, min_points:
             "n": int(len(c)), "alpha_ci95": _ci95(alphas), "compute_max": float(c.max()),
             "extrapolate": extrapolate,
             "predicted_loss": float(_power_law(target, e, a, alpha)),
-            "predicted_loss_ci95": _ci95(preds), "n_boot_ok": len(alphas), "n_boot": n_boot}
+            "predicted_loss_ci95": _ci95(preds), "n_boot_ok": len(alphas), "n_boot": n_boot,
+            # E pinned at 0: the runs span too little compute to separate E from A*C^-alpha.
+            "E_at_bound": bool(e <= 1e-6 * max(1.0, float(y.min())))}
 
 
 def pareto_front(x, y) -> list[int]:

@@ -7,8 +7,8 @@ Design choices:
   FAIL, completed ones COMPLETE with their final loss; each carries user attributes (ablation,
   status, tokens, trial folder). `optuna-dashboard sqlite:///.../study.db` opens it.
 - Importances use COMPLETE trials only (all trained the full budget), need at least
-  `MIN_IMPORTANCE_TRIALS`, and name their evaluator (fANOVA, seeded), since Optuna's default
-  changed across major versions.
+  `MIN_IMPORTANCE_TRIALS`, and name their evaluator (PED-ANOVA, which needs no scikit-learn),
+  since Optuna's default changed across major versions.
 - `best.toml` keeps the spec unresolved: `iso_tokens`/`token_budget` and derived widths as
   selectors; under [config] the searched keys and what the user fixed (the space's [fixed],
   `--set`, `--data`), never the resolved budget or the evaluation cadence the search derived.
@@ -110,10 +110,10 @@ def importances(study, space: SearchSpace) -> dict[str, Any]:
     """Parameter importances over full-budget COMPLETE trials, with the evaluator named, or the
     reason there are none."""
     import optuna
-    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.importance import PedAnovaImportanceEvaluator
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out: dict[str, Any] = {"evaluator": "fanova(seed=0)", "n_trials": len(done),
+    out: dict[str, Any] = {"evaluator": "ped_anova", "n_trials": len(done),
                            "min_trials": MIN_IMPORTANCE_TRIALS, "importances": {}}
     if len(done) < MIN_IMPORTANCE_TRIALS:
         out["skipped"] = (f"{len(done)} full-budget completed trials; importances need at "
@@ -125,11 +125,10 @@ def importances(study, space: SearchSpace) -> dict[str, Any]:
         return out
     try:
         imp = optuna.importance.get_param_importances(
-            study, evaluator=FanovaImportanceEvaluator(seed=0),
-            params=list(space.params))
+            study, evaluator=PedAnovaImportanceEvaluator(), params=list(space.params))
         out["importances"] = {k: float(v) for k, v in imp.items()}
-    except (RuntimeError, ValueError) as exc:
-        out["skipped"] = str(exc)
+    except (RuntimeError, ValueError, ImportError) as exc:  # never lose the search's results
+        out["skipped"] = f"{type(exc).__name__}: {exc}"
     return out
 
 

@@ -293,7 +293,12 @@ def _fit(plan: SweepPlan, args, exp: Path, started: float) -> int:
         log(f"note: --force-set {key}: {', '.join(arms)} share the baseline's {key}")
     if plan.after is not None:
         before = {p.name for p in exp.iterdir()}
-        plan.after(exp, df)
+        try:
+            plan.after(exp, df)
+        except Exception as exc:  # post-processing must never cost the results above
+            log(f"error: after the sweep: {type(exc).__name__}: {exc} (results are in {exp}; "
+                f"rerun with --resume --name {exp.name} to retry)")
+            code = max(code, 1)
         for p in exp.iterdir():  # the study, best.toml, ... reach the storage URI too
             if remote and p.is_file() and (p.name not in before or p.suffix in (".db",
                                                                                  ".json")):
