@@ -138,3 +138,12 @@ def test_service_and_cache_commands_bad_input(tmp_path, capsys):
                                 "tiny", "--storage", str(tmp_path)]), "no Ray job server there")
     _clean(capsys, cache.main(["verify", "nokey", "--cache-dir", str(tmp_path)]),
            "cache key 'nokey' is not in")
+
+
+@pytest.mark.parametrize("module", [export, status, cache, submit])
+def test_every_new_entry_point_has_a_smoke_test(module, capsys):
+    assert module.main(["--smoke-test"]) == 0
+    out = capsys.readouterr().out
+    expect = {export: "identical_logits=True", status: "completed=4", cache: "bad=-",
+              submit: "event=would_submit"}[module]
+    assert expect in out

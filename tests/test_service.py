@@ -15,28 +15,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """A real S3-compatible server (moto) on 127.0.0.1, its credentials in the environment
-    before the cluster starts, so the cluster's job drivers and workers inherit them."""
+def s3(s3_server):
+    """The S3 server's credentials in this process's environment before the cluster starts,
+    so the cluster's job drivers and workers inherit them."""
     import os
 
-    server_mod = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="sweeps")
-    yield env
+    old = {k: os.environ.get(k) for k in s3_server}
+    os.environ.update(s3_server)
+    yield s3_server
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,11 @@ def smoke_experiment(root: Path) -> Path:
             trial.mkdir(parents=True, exist_ok=True)
             tid = trial.name
             lines: list[str] = []
-            result = train(cfg, report=lambda m, save, lines=lines, tid=tid: lines.append(
-                json.dumps(m | {"trial_id": tid})))
+            def report(m, save, lines=lines, tid=tid, trial=trial):
+                lines.append(json.dumps(m | {"trial_id": tid}))
+                save(trial / f"checkpoint_{len(lines):06d}")  # Ray's checkpoint layout
+
+            result = train(cfg, report=report)
             (trial / RUN_FILE).write_text(json.dumps({
                 "trial_id": tid, "ablation": ablation, "seed": seed,
                 "config": to_flat_dict(cfg), "data": result["data"]}, default=str))

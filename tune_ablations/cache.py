@@ -25,17 +25,24 @@ def _size_mb(path: Path) -> float:
 
 def parser():
     ap = build_parser("cache", "List, verify or clean the token cache.")
-    ap.add_argument("action", choices=("list", "verify", "clean"), help="what to do")
+    ap.add_argument("action", nargs="?", choices=("list", "verify", "clean"),
+                    help="what to do")
     ap.add_argument("keys", nargs="*", help="cache keys (default: every entry for list and "
                     "verify; clean needs keys or --all)")
     ap.add_argument("--all", action="store_true", help="with clean: remove every entry")
     ap.add_argument("--cache-dir", help="cache folder (default $TUNE_ABLATIONS_CACHE or "
                     "~/.cache/tune_ablations)")
+    ap.add_argument("--smoke-test", action="store_true", help="build a tiny cache in a temp "
+                    "folder, then list, verify and clean it")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.smoke_test:
+        return _smoke()
+    if args.action is None:
+        return fail("an action is required: list, verify or clean")
     root = Path(args.cache_dir).expanduser() if args.cache_dir else cache_root()
     found = entries(root)
     known = {p.name for p in found}
@@ -62,6 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(p, ignore_errors=True)
     print(f"event=cleaned entries={len(chosen)} leftovers={len(leftovers)} root={root}")
     return 0
+
+
+def _smoke() -> int:
+    import tempfile
+
+    from .data import prepare_data
+    from .resolve import resolve
+
+    root = Path(tempfile.mkdtemp(prefix="ta-cache-"))
+    prepare_data(resolve({"preset": "tiny", "corpus": "pydoc"}).data, root, log=lambda s: None)
+    codes = [main([action, "--cache-dir", str(root), *extra])
+             for action, extra in (("list", []), ("verify", []), ("clean", ["--all"]))]
+    return 0 if codes == [0, 0, 0] and not entries(root) else 1
 
 
 if __name__ == "__main__":

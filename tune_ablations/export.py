@@ -110,8 +110,11 @@ def parser():
     from .cli import build_parser
 
     ap = build_parser("export", "Export a trained model (safetensors, config, tokenizer).")
-    ap.add_argument("source", help="experiment folder (its best completed trial) or a trial")
-    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("source", nargs="?",
+                    help="experiment folder (its best completed trial) or a trial")
+    ap.add_argument("--out", help="output folder (required unless --smoke-test)")
+    ap.add_argument("--smoke-test", action="store_true", help="export a tiny real run (trained "
+                    "here, seconds) and check that the reloaded model gives identical logits")
     ap.add_argument("--cache-dir", help="token cache holding the tokenizer (default "
                     "$TUNE_ABLATIONS_CACHE or ~/.cache/tune_ablations)")
     return ap
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import fail
 
     args = parser().parse_args(argv)
+    if args.smoke_test:
+        return _smoke(args.out)
+    if not args.source or not args.out:
+        return fail("export needs an experiment or trial folder and --out (or --smoke-test)")
     try:
         out = export(args.source, args.out,
                      cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -128,6 +135,30 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc)
     print(f"event=exported path={out}")
     return 0
+
+
+def _smoke(out: str | None) -> int:
+    import tempfile
+
+    import torch
+
+    from .analysis import smoke_experiment
+    from .model import TransformerLM
+    from .step import load_checkpoint
+
+    root = Path(tempfile.mkdtemp(prefix="ta-export-"))
+    exp = smoke_experiment(root)
+    target = export(exp, out or root / "model")
+    trial = best_trial(exp)
+    cfg = resolve(json.loads((trial / RUN_FILE).read_text())["config"])
+    model = load_pretrained(target)
+    ref = TransformerLM(cfg.model, model.vocab_size).eval()
+    ref.load_state_dict(load_checkpoint(latest_checkpoint(trial))["model"])
+    x = torch.randint(0, model.vocab_size, (2, 16))
+    with torch.no_grad():
+        same = torch.equal(model(x), ref(x))
+    print(f"event=exported path={target} identical_logits={same}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

@@ -90,6 +90,20 @@ def _locate(name: str | None, storage: str) -> Path:
     return root / name
 
 
+def _smoke_sweep() -> str:
+    """A tiny real experiment (analysis.smoke_experiment) with the sweep.json of a grid."""
+    import tempfile
+
+    from .analysis import smoke_experiment
+
+    exp = smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-status-")))
+    (exp / SWEEP_FILE).write_text(json.dumps({
+        "kind": "grid", "shared": {"preset": "tiny", "text_samples": 0},
+        "ablations": ["baseline", "high_lr"], "seeds": 2,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    return str(exp.parent)
+
+
 def _line(s: dict[str, Any]) -> str:
     best = s["best"]
     eta = "-" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
@@ -109,11 +123,15 @@ def parser():
     ap.add_argument("--json", action="store_true", help="one JSON object per update")
     ap.add_argument("--watch", action="store_true", help="update until the sweep has ended")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between updates")
+    ap.add_argument("--smoke-test", action="store_true", help="the status of a tiny real "
+                    "experiment made here without Ray (seconds)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.smoke_test:
+        args.storage, args.name = _smoke_sweep(), "smoke"
     deadline = time.time() + 24 * 3600
     while True:
         try:

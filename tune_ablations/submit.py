@@ -53,8 +53,11 @@ def client(address: str):
 def parser():
     ap = build_parser("submit", "Submit a grid or search to a Ray cluster as a Ray Job, or "
                       "stop one.")
-    ap.add_argument("kind", choices=("grid", "search", "stop"),
+    ap.add_argument("kind", nargs="?", choices=("grid", "search", "stop"),
                     help="what to submit, or `stop` a submitted sweep")
+    ap.add_argument("--smoke-test", action="store_true", help="alone: check a smoke grid and "
+                    "print the job it would submit, without a cluster; after grid|search: "
+                    "submit that sweep's smoke test")
     ap.add_argument("--job-address", default=DEFAULT_JOB_ADDRESS,
                     help=f"Ray job server (default {DEFAULT_JOB_ADDRESS}, the local dashboard)")
     ap.add_argument("--python", default="python",
@@ -126,6 +129,16 @@ def stop(name: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.smoke_test and args.kind is not None:  # `submit grid --smoke-test`: the sweep's
+        rest, args.smoke_test = ["--smoke-test", *rest], False
+    if args.smoke_test:
+        name, storage = _check_sweep("grid", ["--smoke-test", *rest])
+        entry = shlex.join([args.python, "-m", "tune_ablations.grid", "--smoke-test", *rest,
+                            "--name", name, "--address", "auto"])
+        print(f"event=would_submit entrypoint={entry!r} storage={storage}")
+        return 0
+    if args.kind is None:
+        return fail("submit needs grid, search or stop (see --help)")
     try:
         if args.kind == "stop":
             if len(rest) != 1:
