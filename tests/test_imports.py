@@ -15,11 +15,12 @@ PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 RANK = ["config", "flops", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus",
         "data", "domains", "model", "cache", "evaluation", "step", "cooldown", "train",
         "trainable", "storage", "results", "stats", "search_space", "plan", "summary",
-        "export", "study", "tuner", "sweep", "report", "analysis", "grid", "search", "submit",
-        "status"]
+        "export", "study", "tuner", "sweep", "markdown", "report", "analysis", "grid",
+        "search", "submit", "status"]
 NO_RAY = {"config", "flops", "resolve", "overrides", "cli", "sweep_args", "corpus", "model",
           "data", "domains", "cache", "runtime", "evaluation", "step", "cooldown", "train",
-          "storage", "results", "stats", "report", "analysis", "export", "summary"}
+          "storage", "results", "stats", "report", "analysis", "export", "summary",
+          "markdown"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
