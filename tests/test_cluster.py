@@ -49,8 +49,10 @@ def test_grid_runs_on_the_worker_node_and_resumes(cluster, corpus_dir, tmp_path)
     c, worker = cluster
     exp = tmp_path / "c"
     args = ("--ablations", "baseline", "high_lr", "small_model", "--trial-resource",
-            "worker_node=1", "--gpus-per-trial", "0", "--set", "max_steps=1500",
-            "eval_every=100")
+            "worker_node=1", "--gpus-per-trial", "0", "--keep-checkpoints", "6", "--set",
+            "max_steps=1500", "eval_every=100")
+    # Tiny trials checkpoint several times a second; keeping a few more than the default
+    # keeps the checkpoint that Ray's last experiment snapshot (every second) names.
     proc = _grid(c.address, corpus_dir, tmp_path, "c", *args, wait=False)
     deadline = time.time() + 300
     try:  # kill the driver once one trial has finished and another is part-way

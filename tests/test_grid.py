@@ -160,8 +160,11 @@ def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path
     is part-way, again part-way through the resumed sweep. --resume then finishes every trial,
     reruns no finished one, and continues the other from its checkpoints."""
     exp = tmp_path / "killed"
+    # Tiny trials checkpoint several times a second: keep enough that the checkpoint named by
+    # Ray's last experiment snapshot (every second) still exists after the kill.
     args = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "high_lr",
-                 "small_model", "--set", "max_steps=2000", "eval_every=100", "text_samples=0")
+                 "small_model", "--keep-checkpoints", "6", "--set", "max_steps=2000",
+                 "eval_every=100", "text_samples=0")
 
     def finished_and_partial():
         trials = list(exp.glob("run_trial_*")) if exp.exists() else []

@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "tune_ablations"
 RANK = ["config", "flops", "resolve", "overrides", "runtime", "cli", "sweep_args", "corpus",
         "data", "domains", "model", "cache", "evaluation", "step", "cooldown", "train",
         "trainable", "storage", "results", "stats", "search_space", "plan", "summary",
-        "export", "study", "tuner", "sweep", "markdown", "report", "analysis", "grid",
+        "markdown", "report", "analysis", "export", "study", "tuner", "sweep", "grid",
         "search", "submit", "status"]
 NO_RAY = {"config", "flops", "resolve", "overrides", "cli", "sweep_args", "corpus", "model",
           "data", "domains", "cache", "runtime", "evaluation", "step", "cooldown", "train",

@@ -105,7 +105,8 @@ def test_stop_then_resume_on_two_nodes_with_s3(head, corpus_dir, tmp_path):
     uri = "s3://sweeps/svc"
     args = ("--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
             "text_samples=0", "max_steps=3000", "eval_every=100", "--ablations", "baseline",
-            "--trial-resource", "worker_node=1", "--storage", uri, "--name", "long")
+            "--trial-resource", "worker_node=1", "--keep-checkpoints", "6", "--storage", uri,
+            "--name", "long")
     out = _cli("tune_ablations.submit", "grid", "--job-address", head, "--python",
                sys.executable, *args)
     assert out.returncode == 0, out.stderr[-2000:]
