@@ -29,6 +29,11 @@ def build_parser(command: str, description: str) -> argparse.ArgumentParser:
     return _Parser(prog=f"python -m tune_ablations.{command}", description=description)
 
 
+def log(msg: str) -> None:
+    """One progress or result line on stdout, flushed (logs of concurrent processes interleave)."""
+    print(msg, flush=True)
+
+
 def fail(exc: BaseException | str) -> int:
     """One line on stderr, exit code 2: bad input, never a traceback."""
     print(f"error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, to_flat_dict
 
 KEY_SETTINGS = ("lr", "batch_size", "seq_len", "d_model", "n_layers", "n_heads", "vocab_size")
 
@@ -68,8 +68,7 @@ def trial_rows(plan: SweepPlan, data_by_key: dict, threads: int) -> list[dict[st
         shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision, c.device, data.key)
         if shape not in step_time:
             step_time[shape] = estimate_step_seconds(c, data.vocab_size, threads)
-        flat = {k: getattr(c.optim if k == "lr" else c.model if k in (
-            "d_model", "n_layers", "n_heads") else c.data, k) for k in KEY_SETTINGS}
+        flat = {k: v for k, v in to_flat_dict(c).items() if k in KEY_SETTINGS}
         rows.append({
             "trial": label, "ablation": c.name, "seed": c.seed, **flat,
             "params": count_params(c.model, data.vocab_size)["params"], "steps": c.steps,

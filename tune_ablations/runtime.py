@@ -74,14 +74,14 @@ def cache_root() -> Path:
                                Path.home() / ".cache" / "tune_ablations"))
 
 
-def _disk_cache(name: str) -> dict:
+def read_cache_file(name: str) -> dict:
     try:
         return json.loads((cache_root() / name).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _save_disk_cache(name: str, data: dict) -> None:
+def write_cache_file(name: str, data: dict) -> None:
     path = cache_root() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -116,7 +116,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         return _MEASURED_PEAK[key]
     disk_key = f"{machine_id()}|{device.type}|{dtype}|{sizes}"
     if device.type == "cpu":  # once per machine, dtype and thread count
-        cached = _disk_cache("peaks.json").get(disk_key)
+        cached = read_cache_file("peaks.json").get(disk_key)
         if cached:
             _MEASURED_PEAK[key] = cached
             return cached
@@ -135,7 +135,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     _MEASURED_PEAK[key] = best
     if device.type == "cpu":
-        _save_disk_cache("peaks.json", {**_disk_cache("peaks.json"), disk_key: best})
+        write_cache_file("peaks.json", {**read_cache_file("peaks.json"), disk_key: best})
     return best
 
 

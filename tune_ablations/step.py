@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from .config import RunConfig
 from .model import TransformerLM
 from .runtime import (
-    _disk_cache,
-    _save_disk_cache,
     autocast,
     autocast_dtype,
     cpu_bf16_units,
     machine_id,
+    read_cache_file,
     resolve_device,
     sync,
+    write_cache_file,
 )
 
 PROBES_FILE = "precision_probes.json"
@@ -114,13 +114,13 @@ def choose_precision(cfg: RunConfig, vocab_size: int, device: torch.device
         return None, "auto: fp32 (this CPU has no native bf16 matrix units)"
     key = json.dumps([machine_id(), cfg.model.d_model, cfg.model.n_layers, cfg.model.d_ff,
                       cfg.model.ffn, cfg.data.seq_len, cfg.data.batch_size, vocab_size])
-    cache = _disk_cache(PROBES_FILE)
+    cache = read_cache_file(PROBES_FILE)
     if key not in cache:
         times = {p: estimate_step_seconds(dataclasses.replace(cfg, precision=p), vocab_size,
                                           torch.get_num_threads(), steps=3)
                  for p in ("fp32", "bf16")}
         cache[key] = times
-        _save_disk_cache(PROBES_FILE, cache)
+        write_cache_file(PROBES_FILE, cache)
     t = cache[key]
     if t["bf16"] < 0.95 * t["fp32"]:
         return torch.bfloat16, (f"auto: bf16 ({units}; probe {t['fp32'] / t['bf16']:.2f}x "
@@ -151,12 +151,12 @@ def choose_compile(cfg: RunConfig, vocab_size: int, device: torch.device) -> tup
     key = json.dumps(["compile", machine_id(), device.type, cfg.model.d_model,
                       cfg.model.n_layers, cfg.model.d_ff, cfg.model.ffn, cfg.data.seq_len,
                       cfg.data.batch_size, vocab_size, cfg.precision])
-    cache = _disk_cache(PROBES_FILE)
+    cache = read_cache_file(PROBES_FILE)
     if key not in cache:
         cache[key] = {str(c): estimate_step_seconds(dataclasses.replace(cfg, compile=c),
                                                     vocab_size, torch.get_num_threads())
                       for c in (False, True)}
-        _save_disk_cache(PROBES_FILE, cache)
+        write_cache_file(PROBES_FILE, cache)
     t = cache[key]
     if t["True"] < 0.95 * t["False"]:
         return True, f"auto: compiled ({t['False'] / t['True']:.2f}x faster at this shape)"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
+from .cli import log
 from .config import METRIC
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def print_summary(df) -> None:

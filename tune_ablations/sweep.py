@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import fail
+from .cli import fail, log
 from .config import SWEEP_FILE
 from .plan import SweepPlan, epoch_warnings, print_plan, trial_rows, warm_measurements
 from .runtime import local_gpus
@@ -37,9 +37,6 @@ __all__ = ["SweepError", "add_sweep_args", "check_sweep_args", "resume_conflicts
 
 SNAPSHOT_PERIOD_S = "1"
 
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def available_gpus(address: str | None) -> int:

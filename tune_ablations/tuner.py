@@ -15,13 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli import log
 from .config import METRIC, TIME_ATTR, TRIALS_FILE
 from .storage import download, exists, filesystem, join, upload
 from .sweep_args import SweepError
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def progress_reporter(parameter_columns: list[str]):
