@@ -19,13 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, median  # noqa: E402
 
-from tune_ablations.config import DataConfig  # noqa: E402
-from tune_ablations.data import prepare_data  # noqa: E402
+from tune_ablations.spec.config import DataConfig  # noqa: E402
+from tune_ablations.training.data import prepare_data  # noqa: E402
 
 
 def make_text_corpus(folder: Path, mb: int) -> Path:
     """~mb MB of .txt documents from the embedded prose, shuffled word order per document."""
-    from tune_ablations.corpus import load_pydoc_documents
+    from tune_ablations.training.corpus import load_pydoc_documents
 
     rng = random.Random(0)
     words = " ".join(load_pydoc_documents()).split()

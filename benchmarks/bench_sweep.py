@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine  # noqa: E402
 
-from tune_ablations.resolve import ABLATIONS  # noqa: E402
+from tune_ablations.spec.presets import ABLATIONS  # noqa: E402
 
 
 def _one(args: tuple[str, str, int]) -> float:
     import torch
 
-    from tune_ablations.resolve import build_ablation
-    from tune_ablations.train import train
+    from tune_ablations.spec.presets import build_ablation
+    from tune_ablations.training.trainer import train
 
     name, preset, threads = args
     torch.set_num_threads(threads)
@@ -104,8 +104,8 @@ def main() -> None:
     if args.only_tiny:
         return
     # Warm the token cache so no schedule pays for tokenization.
-    from tune_ablations.data import prepare_data
-    from tune_ablations.resolve import build_ablation
+    from tune_ablations.spec.presets import build_ablation
+    from tune_ablations.training.data import prepare_data
 
     prepare_data(build_ablation("baseline", args.preset).data, log=lambda s: None)
     ray_s, driver_mb, child_mb = ray_grid(args.preset)

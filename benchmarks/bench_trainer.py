@@ -22,11 +22,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import has_fast_bf16, machine, median  # noqa: E402
 
-from tune_ablations.data import prepare_data, sample_batch  # noqa: E402
-from tune_ablations.model import TransformerLM, flops_per_token  # noqa: E402
-from tune_ablations.resolve import build_ablation  # noqa: E402
-from tune_ablations.runtime import measure_matmul_peak  # noqa: E402
-from tune_ablations.train import train  # noqa: E402
+from tune_ablations.spec.flops import flops_per_token  # noqa: E402
+from tune_ablations.spec.presets import build_ablation  # noqa: E402
+from tune_ablations.training.data import prepare_data, sample_batch  # noqa: E402
+from tune_ablations.training.model import TransformerLM  # noqa: E402
+from tune_ablations.training.runtime import measure_matmul_peak  # noqa: E402
+from tune_ablations.training.trainer import train  # noqa: E402
 
 # Shapes beyond the presets (the performance issue's reference size).
 SIZES = {"d256x8": {"d_model": 256, "n_heads": 8, "n_layers": 8, "d_ff": 1024, "seq_len": 256,

@@ -72,7 +72,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cfg(corpus_dir):
     """2 layers, d_model 32, on the made-up corpus."""
-    from tune_ablations.resolve import build_ablation
+    from tune_ablations.spec.presets import build_ablation
 
     return build_ablation("baseline", "tiny", corpus=str(corpus_dir), vocab_size=300,
                           max_steps=30, eval_every=10, eval_tokens=512, text_samples=1)
@@ -80,7 +80,7 @@ def tiny_cfg(corpus_dir):
 
 @pytest.fixture(scope="session")
 def tiny_data(tiny_cfg):
-    from tune_ablations.data import prepare_data
+    from tune_ablations.training.data import prepare_data
 
     return prepare_data(tiny_cfg.data, log=lambda s: None)
 

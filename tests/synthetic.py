@@ -4,8 +4,8 @@ import json
 import math
 from pathlib import Path
 
-from tune_ablations.config import to_flat_dict
-from tune_ablations.resolve import build_ablation
+from tune_ablations.spec.config import to_flat_dict
+from tune_ablations.spec.presets import build_ablation
 
 
 def make_synthetic_experiment(root: Path) -> Path:

@@ -36,10 +36,13 @@ def _bad_corpora(root: Path) -> dict[str, tuple[Path, str]]:
 
 
 def _clean(capsys, code, message):
+    """Exit 2, no traceback, and exactly one `error:` line (the last), naming the problem;
+    progress logs (key=value lines) may precede it."""
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "Traceback" not in err and err.strip().count("\n") == 0, err
-    assert message in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert err.strip().splitlines()[-1] == errors[0] and message in errors[0], err
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "empty_dir", "notext", "broken_json",
@@ -107,22 +110,56 @@ def test_out_takes_a_folder_or_a_file(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["steps"] == 10
 
 
-@pytest.mark.parametrize("module", [train, grid, search, analysis, export, status, submit,
-                                    cache])
-def test_every_option_has_help(module, capsys):
+COMMANDS = [train, grid, search, analysis, export, status, submit, cache]
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_option_has_help_with_its_default(module, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "Design choices" not in text  # help is for users, not design notes
-    parser = module.parser() if hasattr(module, "parser") else None
-    for action in (parser._actions if parser else []):
+    for action in module.parser()._actions:
         assert action.help, f"{module.__name__}: {action.option_strings or action.dest}"
+        takes_value = action.option_strings and action.nargs != 0 and action.dest != "help"
+        if takes_value:
+            assert "default" in action.help, f"{module.__name__}: {action.option_strings}"
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_answers_version(module, capsys):
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == "tune-ablations 0.1.0"
+
+
+def test_help_says_what_the_defaults_are_and_that_storage_takes_uris(capsys):
+    with pytest.raises(SystemExit):
+        grid.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("--seeds SEEDS", "(default: auto)", "--cpus-per-trial", "(default: 1.0)",
+                   "--max-failures", "(default: 2)", "s3://bucket/path"):
+        assert phrase in text, phrase
+
+
+@pytest.mark.parametrize("module, extra", [(grid, []), (search, ["--space", "lr"])])
+def test_json_means_only_json_on_stdout(module, extra, corpus_dir, tmp_path, capsys):
+    args = ["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+            "--storage", str(tmp_path), "--dry-run", "--json", *extra]
+    assert module.main(args) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+    assert "event=" in out.err  # the logs are there, on stderr
 
 
 def test_the_installed_command_dispatches(capsys):
     assert tool_main([]) == 0
     assert "grid" in capsys.readouterr().out
+    assert tool_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == "tune-ablations 0.1.0"
     assert tool_main(["nope"]) == 2
     out = subprocess.run([sys.executable, "-m", "tune_ablations", "train", "--help"],
                          capture_output=True, text=True, timeout=120)

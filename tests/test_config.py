@@ -2,24 +2,28 @@ import dataclasses
 
 import pytest
 
-from tune_ablations.config import (
-    DIVERGED_LOSS,
-    METRIC,
-    MODE,
+from tune_ablations.spec.config import (
     PRESETS,
     RunConfig,
+    check_paths,
     field_names,
+    from_flat_dict,
     to_flat_dict,
     with_overrides,
 )
-from tune_ablations.overrides import load_config_file, parse_overrides
-from tune_ablations.resolve import ABLATIONS, CPU_LR_SCALE, build_ablation, with_token_budget
-from tune_ablations.resolve import resolve as from_flat_dict
+from tune_ablations.spec.names import DIVERGED_LOSS, METRIC, METRICS, MODE, Status
+from tune_ablations.spec.presets import ABLATIONS, CPU_LR_SCALE, build_ablation
+from tune_ablations.spec.resolve import resolve, with_token_budget
+from tune_ablations.spec.runspec import RunSpec, load_spec_file, parse_sets
 
 
 def test_metric_named_once():
     assert (METRIC, MODE) == ("val_loss", "min")
     assert DIVERGED_LOSS > 20  # above ln(vocab) for any real tokenizer, and finite
+    by_name = {m.name: m for m in METRICS}
+    assert by_name["val_acc"].mode == "max" and by_name["val_acc"].diverged == 0.0
+    assert all(m.diverged == m.diverged and abs(m.diverged) < float("inf") for m in METRICS)
+    assert Status.COMPLETED == "completed" and {"completed": 1}[Status.COMPLETED] == 1
 
 
 def test_reference_ablations_as_published():
@@ -80,7 +84,6 @@ def test_cpu_preset_keeps_relations(name):
     ({"max_steps": 50, "warmup_steps": 50}, "warmup_steps=50 must be < the run's steps=50"),
     ({"seq_len": 1}, "seq_len=1 must be >= 2"),
     ({"seq_len": 8192}, "seq_len=8192 must be <= max_seq_len=4096"),
-    ({"corpus": "/no/such/corpus.txt"}, "corpus='/no/such/corpus.txt' is not an embedded"),
     ({"corpus": "hf:a/b/c", "num_documents": 0}, "num_documents=0 must be > 0 for a Hub"),
     ({"val_fraction": 1.5}, "val_fraction=1.5 must be in (0, 1)"),
     ({"precision": "fp8"}, "precision='fp8' must be one of"),
@@ -96,6 +99,16 @@ def test_validation_names_value_and_rule(overrides, message):
     assert message in str(err.value)
 
 
+def test_paths_are_checked_where_the_data_is_read():
+    """A config names a corpus by path without touching the disk (a trial on another host
+    builds it); the driver checks the path before any compute."""
+    cfg = build_ablation("baseline", "cpu", corpus="/no/such/corpus.txt")
+    with pytest.raises(ValueError, match="corpus='/no/such/corpus.txt' is not an embedded"):
+        check_paths(cfg.data)
+    with pytest.raises(ValueError, match="eval_data corpus '/no/such' is not"):
+        check_paths(build_ablation("baseline", "tiny", eval_data="pydoc,/no/such").data)
+
+
 def test_configs_are_frozen():
     cfg = build_ablation("baseline", "cpu")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -109,7 +122,7 @@ def test_flat_round_trip(name, preset):
     flat = to_flat_dict(cfg)
     assert set(flat) == set(field_names())
     assert from_flat_dict(flat) == cfg
-    resolved = from_flat_dict({"ablation": name, "preset": preset, "seed": 7})
+    resolved = resolve(RunSpec(ablation=name, preset=preset, seed=7, budget="steps"))
     assert with_overrides(resolved, {"eval_every_tokens": 0}) == cfg
     base = build_ablation("baseline", preset)
     assert resolved.eval.eval_every_tokens == base.eval.eval_every * base.tokens_per_step
@@ -118,6 +131,8 @@ def test_flat_round_trip(name, preset):
 def test_unknown_key_suggests_closest():
     with pytest.raises(ValueError, match="unknown config key 'lrr'; did you mean 'lr'"):
         from_flat_dict({"lrr": 1e-3})
+    with pytest.raises(ValueError, match="did you mean 'lr'"):
+        RunSpec(overrides={"lrr": 1e-3})
     with pytest.raises(ValueError, match="did you mean 'n_heads'"):
         with_overrides(RunConfig(), {"n_head": 4})
     with pytest.raises(ValueError, match="unknown ablation 'hi_lr'; did you mean 'high_lr'"):
@@ -127,32 +142,37 @@ def test_unknown_key_suggests_closest():
 def test_iso_tokens_and_token_budget():
     base = build_ablation("baseline", "cpu")
     for name in ABLATIONS:
-        cfg = from_flat_dict({"ablation": name, "preset": "cpu", "iso_tokens": True})
+        cfg = resolve(RunSpec(ablation=name, preset="cpu"))  # iso_tokens: the default
         assert abs(cfg.total_tokens - base.total_tokens) < cfg.tokens_per_step
-    big = from_flat_dict({"ablation": "large_batch", "preset": "cpu", "iso_tokens": True})
+    big = resolve(RunSpec(ablation="large_batch", preset="cpu"))
     assert big.steps == base.steps // 2
-    assert big.optim.warmup_steps == base.optim.warmup_steps // 2  # same fraction of the run
+    # Warmup is the reference run's warmup *tokens*: half the steps at twice the batch.
+    assert big.optim.warmup_steps == base.optim.warmup_steps // 2
     cfg = with_token_budget(base, 4 * base.total_tokens)
     assert cfg.steps == 4 * base.steps
+    assert cfg.optim.warmup_steps == base.optim.warmup_steps  # the same warmup tokens
     with pytest.raises(ValueError, match="token_budget=0 must be an integer > 0"):
         with_token_budget(base, 0)
 
 
-def test_parse_overrides_and_config_file(tmp_path):
-    assert parse_overrides(["lr=1e-3", "ffn=swiglu", "compile=true", "n_layers=3"]) == {
+def test_parse_sets_and_config_file(tmp_path):
+    assert parse_sets(["lr=1e-3", "ffn=swiglu", "compile=true", "n_layers=3"]) == {
         "lr": 1e-3, "ffn": "swiglu", "compile": True, "n_layers": 3}
     with pytest.raises(ValueError, match="did you mean 'd_model'"):
-        parse_overrides(["dmodel=64"])
+        RunSpec(overrides=parse_sets(["dmodel=64"]))
     with pytest.raises(ValueError, match="must look like key=value"):
-        parse_overrides(["lr"])
+        parse_sets(["lr"])
     good = tmp_path / "best.toml"
     good.write_text('ablation = "baseline"\npreset = "cpu"\n[config]\nlr = 0.002\n')
-    assert load_config_file(good) == {"ablation": "baseline", "preset": "cpu", "lr": 0.002}
+    spec, given = load_spec_file(good)
+    assert (spec.ablation, spec.preset, dict(spec.overrides)) == ("baseline", "cpu",
+                                                                   {"lr": 0.002})
+    assert given == {"ablation", "preset", "overrides"}
     bad = tmp_path / "bad.toml"
     bad.write_text('[config]\nlr = 0.002\nbatch_size = \n')
     with pytest.raises(ValueError, match=r"TOML syntax error.*line 3"):
-        load_config_file(bad)
+        load_spec_file(bad)
     typo = tmp_path / "typo.toml"
     typo.write_text('[config]\nlearning_rate = 0.1\n')
     with pytest.raises(ValueError, match="unknown config key"):
-        load_config_file(typo)
+        load_spec_file(typo)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tune_ablations import corpus as C
-from tune_ablations import data as D
-from tune_ablations.config import DataConfig
+from tune_ablations.spec.config import DataConfig
+from tune_ablations.training import corpus as C
+from tune_ablations.training import data as D
 
 
 def _cfg(corpus, **kw) -> DataConfig:
@@ -167,7 +167,7 @@ def test_concurrent_cache_creation(tmp_path, corpus_dir):
         out = pool.map(_prepare_in_child, [(str(corpus_dir), str(tmp_path))] * 3)
     assert len(set(out)) == 1
     folders = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
-    assert len(folders) == 1 and D._valid_cache(folders[0]) is not None
+    assert len(folders) == 1 and D.valid_cache(folders[0]) is not None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -175,6 +175,7 @@ def test_tokenizer_loads_with_autotokenizer_and_counts_bytes(tiny_data):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_data.path / "tokenizer"))
+    assert D.load_tokenizer(tiny_data.tokenizer_json).get_vocab_size() == tok.vocab_size
     text = "The model reads a document, then a window."
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
@@ -191,25 +192,35 @@ def test_batches_are_shifted_windows_and_seeded(tiny_data):
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
-def test_validation_windows_spread_over_the_whole_split(tiny_data):
-    val = np.asarray(tiny_data.val, dtype=np.int64)
-    w1 = D.val_windows(tiny_data.val, 16, 160)
-    assert torch.equal(w1, D.val_windows(tiny_data.val, 16, 160)) and w1.shape == (10, 17)
+def test_validation_windows_spread_over_the_select_documents(tiny_data):
+    select = np.asarray(D.val_part(tiny_data.val, tiny_data.eos_id, "select"), dtype=np.int64)
+    w1 = D.val_windows(select, 16, 160)
+    assert torch.equal(w1, D.val_windows(select, 16, 160)) and w1.shape == (10, 17)
     starts = []
-    for row in w1.numpy():  # each window is a contiguous slice of the split
-        hits = [s for s in range(len(val) - 16) if np.array_equal(val[s:s + 17], row)]
+    for row in w1.numpy():  # each window is a contiguous slice of the select half
+        hits = [s for s in range(len(select) - 16) if np.array_equal(select[s:s + 17], row)]
         starts.append(hits[0])
-    n = len(val)
+    n = len(select)
     assert starts[0] == 0 and starts[-1] > 0.85 * (n - 17)  # not one corner of the split
     gaps = np.diff(starts)
     assert gaps.min() >= 17 and gaps.max() - gaps.min() <= 2  # evenly spaced, no overlap
-    hold = D.val_windows(tiny_data.val, 16, 160, part="holdout")
-    hold_starts = [int(s + g // 2) for s, g in zip(starts, [*gaps, gaps[-1]])]
-    assert hold.shape == w1.shape
-    for h, s in zip(hold.numpy(), hold_starts):  # the holdout sits between selection windows
-        assert np.array_equal(h, val[s:s + 17]) or np.array_equal(h, val[s + 1:s + 18])
     with pytest.raises(ValueError, match="part='test' must be"):
-        D.val_windows(tiny_data.val, 16, 160, part="test")
+        D.val_part(tiny_data.val, tiny_data.eos_id, "test")
+
+
+def test_holdout_documents_are_not_the_selection_documents(tiny_data):
+    """The held-out half shares no document with the half every evaluation scores: documents
+    alternate between the two, whole."""
+    val = np.asarray(tiny_data.val)
+    ends = np.flatnonzero(val == tiny_data.eos_id) + 1
+    docs = [tuple(d) for d in np.split(val, ends)[:-1]]
+    select = D.val_part(val, tiny_data.eos_id, "select")
+    holdout = D.val_part(val, tiny_data.eos_id, "holdout")
+    assert len(select) + len(holdout) == len(val)
+    assert np.array_equal(select, np.concatenate(docs[0::2]))
+    assert np.array_equal(holdout, np.concatenate(docs[1::2]))
+    sel_docs = {d for d in docs[0::2]}
+    assert not any(d in sel_docs for d in docs[1::2])
 
 
 def test_corpus_smaller_than_a_window(tiny_data):
@@ -231,6 +242,24 @@ def test_progress_lines_in_logs(monkeypatch):
     p.advance(4)
     p.advance(6)
     assert lines[-1].startswith("event=progress what=tokenize done=10 total=10")
+
+
+def test_progress_on_a_stream_without_isatty(monkeypatch):
+    """Inside a Ray trial, sys.stderr is Ray's Tee, which has no isatty(): progress must log,
+    not crash (it crashed every trial on a host without the driver's token cache)."""
+    class Tee:
+        def write(self, s):
+            return len(s)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(D.sys, "stderr", Tee())
+    lines = []
+    p = D.Progress("tokenize", 2, lines.append, every_s=0.0)
+    p.advance(2)
+    p.close()
+    assert lines and "done=2" in lines[-1]
 
 
 def test_a_cache_hit_is_o1_and_verify_finds_silent_corruption(tmp_path, corpus_dir, monkeypatch,

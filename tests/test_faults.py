@@ -48,7 +48,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_session, corpus_dir, t
 
     t = threading.Thread(target=killer)
     t.start()
-    code = grid.main(_args(corpus_dir, tmp_path, "w", "--ablations", "baseline",
+    code = grid.main(_args(corpus_dir, tmp_path, "w", "--ablations", "baseline", "--seeds", "1",
                            "--set", "max_steps=600", "eval_every=100", "--max-failures", "2"))
     t.join()
     assert killed, "no worker was killed"
@@ -63,17 +63,18 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_session, corpus_dir, t
 
 @pytest.mark.slow
 def test_checkpoints_keep_only_the_latest(ray_session, corpus_dir, tmp_path):
-    assert grid.main(_args(corpus_dir, tmp_path, "keep", "--ablations", "baseline",
-                           "--set", "max_steps=60", "eval_every=5", "--keep-checkpoints",
+    assert grid.main(_args(corpus_dir, tmp_path, "keep", "--ablations", "baseline", "--seeds",
+                           "1", "--set", "max_steps=60", "eval_every=5", "--keep-checkpoints",
                            "2")) == 0
-    trial = next((tmp_path / "keep").glob("run_trial_*"))
+    trial = next((tmp_path / "keep").glob("baseline-*"))
     assert len(list(trial.glob("checkpoint_*"))) == 2
 
 
 @pytest.mark.slow
 def test_two_sweeps_at_once_do_not_interfere(corpus_dir, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "tune_ablations.grid",
-                               *_args(corpus_dir, tmp_path, name, "--ablations", "baseline")],
+                               *_args(corpus_dir, tmp_path, name, "--ablations", "baseline",
+                                      "--seeds", "1")],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for name in ("a", "b")]
     for p in procs:
@@ -162,7 +163,7 @@ def test_toml_syntax_error_names_the_line(corpus_dir, tmp_path, capsys):
 
 
 def test_local_ray_dashboard_is_off():
-    code = ("from tune_ablations.sweep import init_ray; import ray, socket\n"
+    code = ("from tune_ablations.sweeps.cluster import init_ray; import ray, socket\n"
             "init_ray(None, num_cpus=1)\n"
             "s = socket.socket(); r = s.connect_ex(('127.0.0.1', 8265)); s.close()\n"
             "print('DASHBOARD_PORT', r)\n"
@@ -174,7 +175,7 @@ def test_local_ray_dashboard_is_off():
 
 
 def test_safe_loaders_only():
-    src = "\n".join(p.read_text() for p in (ROOT / "tune_ablations").glob("*.py"))
+    src = "\n".join(p.read_text() for p in (ROOT / "tune_ablations").rglob("*.py"))
     assert "yaml.load(" not in src and "pickle.load" not in src
     assert not re.search(r"(?<![.\w])(eval|exec)\(", src)
     calls = re.findall(r"torch\.load\(.*", src)
@@ -189,9 +190,9 @@ def test_failing_trials_make_the_command_exit_nonzero(ray_session, corpus_dir, t
     """Every trial raises at start (a device that does not exist, like an OOM would): each is
     marked error with its traceback beside it, and the command exits 1 naming them."""
     code = grid.main(_args(corpus_dir, tmp_path, "boom", "--ablations", "baseline", "low_lr",
-                           "--set", "device=cuda:7", "--max-failures", "0"))
+                           "--seeds", "1", "--set", "device=cuda:7", "--max-failures", "0"))
     assert code == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "event=trials_failed count=2" in out
     df = pd.read_parquet(tmp_path / "boom" / "results.parquet")
     assert set(df["status"].astype(str)) == {"error"}
@@ -206,8 +207,8 @@ def test_failing_trials_make_the_command_exit_nonzero(ray_session, corpus_dir, t
 def test_compile_failure_falls_back_to_eager(tiny_cfg, tiny_data, monkeypatch):
     import torch
 
-    from tune_ablations.config import with_overrides
-    from tune_ablations.train import train
+    from tune_ablations.spec.config import with_overrides
+    from tune_ablations.training.trainer import train
 
     def broken(*a, **k):
         raise RuntimeError("no compiler here")

@@ -8,9 +8,9 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_tiny_run_on_gpu(tiny_cfg, tiny_data):
-    from tune_ablations.config import with_overrides
-    from tune_ablations.runtime import autocast_dtype, resolve_device
-    from tune_ablations.train import train
+    from tune_ablations.spec.config import with_overrides
+    from tune_ablations.training.runtime import autocast_dtype, resolve_device
+    from tune_ablations.training.trainer import train
 
     cfg = with_overrides(tiny_cfg, {"device": "cuda", "precision": "auto"})
     assert autocast_dtype(cfg.precision, resolve_device(cfg.device)) in (torch.bfloat16,
@@ -21,8 +21,8 @@ def test_tiny_run_on_gpu(tiny_cfg, tiny_data):
 
 
 def test_fp16_uses_a_grad_scaler(tiny_cfg, tiny_data):
-    from tune_ablations.config import with_overrides
-    from tune_ablations.train import train
+    from tune_ablations.spec.config import with_overrides
+    from tune_ablations.training.trainer import train
 
     r = train(with_overrides(tiny_cfg, {"device": "cuda", "precision": "fp16"}), data=tiny_data)
     assert r["status"] == "completed" and r["precision"] == "float16"

@@ -1,7 +1,9 @@
-"""The grid end to end on one session-scoped local Ray, plus a driver killed mid-sweep."""
+"""The grid end to end on one session-scoped local Ray, resume (the same command with --resume
+accepted, a changed setting refused by name), and a driver killed mid-sweep on a state."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,9 @@ import pandas as pd
 import pytest
 
 from tune_ablations import grid
+from tune_ablations.results.experiment import Experiment
+from tune_ablations.spec.runspec import RunSpec
+from tune_ablations.sweeps.options import ResourceOptions, stored
 
 pytestmark = pytest.mark.slow
 
@@ -33,21 +38,25 @@ def test_two_ablation_grid_end_to_end(ray_session, corpus_dir, tmp_path, capsys)
     assert set(df["status"]) == {"completed"}
     assert (df.loc[df["ablation"] == "high_lr", "lr"] > df.loc[df["ablation"] == "baseline",
                                                               "lr"].max()).all()
+    assert df["folder"].str.match(r"^(baseline|high_lr)-s[01]-\w+$").all()  # readable folders
     hist = pd.read_parquet(exp / "history.parquet")
     assert len(hist) == 4 * 3
     assert hist.groupby("trial_id")["tokens_seen"].is_monotonic_increasing.all()
     for trial in df["path"]:
         run = json.loads((Path(trial) / "run.json").read_text())
-        assert {"config", "seed", "versions", "git_sha", "data"} <= set(run)
+        assert {"spec", "config", "seed", "versions", "git_sha", "data", "argv"} <= set(run)
     out = capsys.readouterr().out
-    assert "val_loss" in out and "+-" in out  # summary with mean +- std across seeds
-    assert json.loads((exp / "sweep.json").read_text())["seeds"] == 2
+    assert "Answer" in out and re.search(r"high_lr\s+[-+]\d\.\d{3} nats", out)
+    sweep = json.loads((exp / "sweep.json").read_text())
+    assert sweep["grid"]["seeds"] == 2 and sweep["spec"]["budget"] == "iso_tokens"
+    assert (exp / "tokenizer").is_dir()  # the tokenizer travels with the experiment
 
 
 def test_fractional_gpu_scheduling(ray_session, corpus_dir, tmp_path):
     """num_gpus=1 is logical here: two trials at 0.5 GPU each are placed and run."""
     code = grid.main(_args(corpus_dir, tmp_path, "frac", "--ablations", "baseline", "low_lr",
-                           "--gpus-per-trial", "0.5", "--set", "max_steps=10", "eval_every=5"))
+                           "--seeds", "1", "--gpus-per-trial", "0.5", "--set", "max_steps=10",
+                           "eval_every=5"))
     assert code == 0
     run = json.loads(next((tmp_path / "frac").glob("*/run.json")).read_text())
     assert run["gpu_fraction"] == 0.5
@@ -57,28 +66,30 @@ def test_gpu_preflight_fails_fast(ray_session, corpus_dir, tmp_path, capsys):
     code = grid.main(_args(corpus_dir, tmp_path, "nogpu", "--gpus-per-trial", "2"))
     assert code == 2
     assert "PENDING forever" in capsys.readouterr().err
-    assert not (tmp_path / "nogpu").exists()
+    assert not (tmp_path / "nogpu" / "sweep.json").exists()
 
 
 def test_diverging_and_failing_trials_are_recorded(ray_session, corpus_dir, tmp_path):
     """A diverged trial and a crashing one (bad device, like an OOM) do not stop the sweep."""
     from ray import tune
 
-    from tune_ablations.config import METRIC, MODE
-    from tune_ablations.results import load_results
-    from tune_ablations.sweep import finish, run_tuner
-    from tune_ablations.trainable import build_trainable
+    from tune_ablations.results.frames import load_results
+    from tune_ablations.spec.names import METRIC, MODE
+    from tune_ablations.sweeps.trainable import build_trainable
+    from tune_ablations.sweeps.tuner import record_states, run_tuner
 
-    exp = tmp_path / "mixed"
-    space = {"preset": "tiny", "corpus": str(corpus_dir), "vocab_size": 300, "text_samples": 0,
-             "warmup_steps": 0, "grad_clip": 0.0,
-             "lr": tune.grid_search([3e-3, 10.0]), "device": tune.grid_search(["cpu", "cuda:7"])}
-    results = run_tuner(build_trainable(cpus=1, gpus=0, cache_dir=None, sha=None), space,
-                        exp=exp, resume=False, tune_config=tune.TuneConfig(metric=METRIC,
-                                                                           mode=MODE),
-                        max_failures=0, keep_checkpoints=1, parameter_columns=["lr"])
-    df, code = finish(exp, results, started=time.perf_counter())
-    assert code == 1
+    exp = Experiment(tmp_path / "mixed")
+    base = RunSpec(preset="tiny", data=str(corpus_dir), budget="steps",
+                   overrides={"vocab_size": 300, "text_samples": 0, "warmup_steps": 0,
+                              "grad_clip": 0.0})
+    trainable = build_trainable(base=base, datasets={}, cpus=1, gpus=0, cache_dir=None,
+                                experiment=exp.location, sha=None, argv=[])
+    results = run_tuner(trainable, exp=exp, resume=False, max_failures=0, keep_checkpoints=1,
+                        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE),
+                        parameter_columns=["lr"], param_space={
+                            "lr": tune.grid_search([3e-3, 10.0]),
+                            "device": tune.grid_search(["cpu", "cuda:7"])})
+    record_states(exp, results)
     by = {(r.lr, r.device): r.status for r in load_results(exp).itertuples()}
     assert by[(3e-3, "cpu")] == "completed"
     assert by[(10.0, "cpu")] == "diverged"
@@ -93,19 +104,20 @@ def test_dry_run_prints_plan_and_writes_nothing(corpus_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("baseline", "high_lr", "low_lr", "large_batch", "short_seq", "small_model"):
         assert name in out
-    assert "est_wall_seconds=" in out and "PFLOP=" in out
+    assert "est_wall_seconds=" in out and "PFLOP=" in out and "probe_tokens=0" in out
     assert not (tmp_path / "plan").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--ablations", "baseline", "hi_lr"], "unknown ablation 'hi_lr'; did you mean 'high_lr'"),
     (["--seeds", "0"], "--seeds=0 must be >= 1"),
+    (["--ablations", "high_lr"], "--seeds auto compares every arm with the baseline"),
     (["--set", "lr=-1"], "lr=-1 must be > 0"),
     (["--set", "d_model=250", "n_heads=4"], "d_model=250 must be divisible by n_heads=4"),
     (["--set", "seq_len=100000"], "must be <= max_seq_len"),
     (["--data", "/no/such/corpus"], "is not an embedded corpus"),
     (["--tokens", "0"], "--tokens=0 must be > 0"),
-    (["--resume"], "--resume: no sweep at"),
+    (["--resume"], "no sweep 'bad' in"),
 ])
 def test_bad_input_rejected_before_ray(corpus_dir, tmp_path, capsys, extra, message):
     args = _args(corpus_dir, tmp_path, "bad", *extra)
@@ -124,100 +136,40 @@ def test_existing_name_refused_without_resume(corpus_dir, tmp_path, capsys):
     assert "already exists; add --resume" in capsys.readouterr().err
 
 
-def _reports(trial: Path) -> list[dict]:
-    try:
-        return [json.loads(x) for x in (trial / "result.json").read_text().splitlines() if x]
-    except (OSError, ValueError):
-        return []
+def _stored_sweep(tmp_path, corpus_dir) -> list[str]:
+    """A grid stored as sweep.json records it; returns the command that made it."""
+    argv = _args(corpus_dir, tmp_path, "r", "--ablations", "baseline", "--seeds", "1")
+    args = grid.parser().parse_args(argv)
+    plan = grid.build_plan(args, None, 0, ResourceOptions())
+    Experiment(tmp_path / "r").write_json({
+        **plan.record, "kind": "grid", "name": "r", "resources": stored(ResourceOptions()),
+        "created": "2026-01-01T00:00:00"}, "sweep.json")
+    return argv
 
 
-def _run_until(args, exp, condition, timeout=240):
-    """Start the grid CLI in its own process group; SIGKILL the group once `condition()`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.grid", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            found = condition()
-            if found:
-                return found
-            assert proc.poll() is None, "sweep ended before it could be killed"
-            time.sleep(0.1)
-        pytest.fail("the kill point was never reached")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:  # it ended by itself: the assertion above says so
-            pass
-        proc.wait()
-        time.sleep(1)
+@pytest.mark.parametrize("extra, message", [
+    (["--max-failures", "5"], "--max-failures 5 differs from the stored sweep's 2"),
+    (["--keep-checkpoints", "4"], "--keep-checkpoints 4 differs from the stored sweep's 2"),
+    (["--trial-resource", "fast=1"], "--trial-resource {'fast': 1.0} differs"),
+    (["--set", "lr=1e-3"], "--set lr=0.001 differs from the stored sweep's lr: nothing"),
+    (["--seeds", "3"], "--seeds 3 differs from the stored sweep's 1"),
+    (["--iso-flops"], "budget 'iso_flops' differs from the stored sweep's 'iso_tokens'"),
+    (["--preset", "cpu"], "--preset 'cpu' differs from the stored sweep's 'tiny'"),
+])
+def test_resume_refuses_a_changed_setting_by_name(corpus_dir, tmp_path, capsys, extra, message):
+    _stored_sweep(tmp_path, corpus_dir)
+    assert grid.main(["--storage", str(tmp_path), "--name", "r", "--resume", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
 
 
-def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path):
-    """SIGKILL the driver (and its local Ray) twice: once when a trial has finished and another
-    is part-way, again part-way through the resumed sweep. --resume then finishes every trial,
-    reruns no finished one, and continues the other from its checkpoints."""
-    exp = tmp_path / "killed"
-    # Tiny trials checkpoint several times a second: keep enough that the checkpoint named by
-    # Ray's last experiment snapshot (every second) still exists after the kill.
-    args = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "high_lr",
-                 "small_model", "--keep-checkpoints", "6", "--set", "max_steps=2000",
-                 "eval_every=100", "text_samples=0")
-
-    def finished_and_partial():
-        trials = list(exp.glob("run_trial_*")) if exp.exists() else []
-        done = {t: (t / "outcome.json").stat().st_mtime for t in trials
-                if (t / "outcome.json").exists()}
-        part = next((t for t in trials if t not in done and 300 <= max(
-            [r["step"] for r in _reports(t)] or [0]) <= 1000), None)  # room left to kill again
-        return (done, part) if done and part else None
-
-    finished, partial = _run_until(args, exp, finished_and_partial)
-    first_kill = max(r["step"] for r in _reports(partial))
-    assert first_kill < 2000
-
-    def further():
-        steps = [r["step"] for r in _reports(partial)]
-        return max(steps) if steps and max(steps) >= first_kill + 200 and not (
-            partial / "outcome.json").exists() else None
-
-    second_kill = _run_until(["--storage", str(tmp_path), "--name", "killed", "--resume"], exp,
-                             further)
-    assert second_kill < 2000
-    assert grid.main(["--storage", str(tmp_path), "--name", "killed", "--resume"]) == 0
-    df = pd.read_parquet(exp / "results.parquet")
-    assert len(df) == 3 and set(df["status"]) == {"completed"}
-    for t, mtime in finished.items():  # finished trials were not rerun
-        assert (t / "outcome.json").stat().st_mtime == mtime
-    outcome = json.loads((partial / "outcome.json").read_text())
-    resumed = outcome["resumed_from"]
-    assert resumed[0] >= 100 and resumed[0] <= first_kill
-    assert resumed[-1] > first_kill and resumed[-1] <= second_kill
-    assert outcome["steps"] == 2000
-
-
-def test_resume_refuses_changed_flags(corpus_dir, tmp_path, capsys):
-    """A flag given with --resume that differs from the stored sweep is refused by name."""
-    from tune_ablations.sweep import write_sweep_file
-
-    exp = tmp_path / "r"
-    write_sweep_file(exp, {"kind": "grid", "shared": {"preset": "tiny"}, "ablations":
-                           ["baseline"], "seeds": 1, "cpus_per_trial": 1.0,
-                           "gpus_per_trial": 0.0, "max_failures": 2, "keep_checkpoints": 2,
-                           "trial_resources": {}})
-    base = ["--storage", str(tmp_path), "--name", "r", "--resume"]
-    for extra, message in ((["--max-failures", "5"], "--max-failures=5 differs from the "
-                            "stored sweep's 2"),
-                           (["--keep-checkpoints", "4"], "--keep-checkpoints=4 differs"),
-                           (["--trial-resource", "fast=1"], "--trial-resource={'fast': 1.0}"),
-                           (["--set", "lr=1e-3"], "--set would change what the stored sweep "
-                            "trains"),
-                           (["--seeds", "3"], "--seeds would change")):
-        assert grid.main([*base, *extra]) == 2
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err, err
+def test_the_same_command_with_resume_appended_is_accepted(corpus_dir, tmp_path, capsys):
+    """Arrow up, add --resume: every flag equals the stored value, so nothing is refused (the
+    dry run stops before Ray)."""
+    argv = _stored_sweep(tmp_path, corpus_dir)
+    assert grid.main([*argv, "--resume", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "baseline-s0" in capsys.readouterr().out
+    assert grid.main(["--storage", str(tmp_path), "--resume", "--dry-run"]) == 0  # the newest
 
 
 def test_preflight_names_a_missing_custom_resource(ray_session, corpus_dir, tmp_path, capsys):
@@ -227,3 +179,67 @@ def test_preflight_names_a_missing_custom_resource(ray_session, corpus_dir, tmp_
     err = capsys.readouterr().err
     assert "--trial-resource worker_node=0.5 but the Ray cluster has 0 of 'worker_node'" in err
     assert not (tmp_path / "res" / "sweep.json").exists()
+
+
+def _snapshot_names(exp: Path, folder_prefix: str, checkpoint: str) -> bool:
+    """Ray's newest persisted experiment snapshot has `checkpoint` as that trial's latest."""
+    from tune_ablations.sweeps.tuner import snapshot_checkpoints
+
+    folders = [p.name for p in exp.glob(f"{folder_prefix}*") if p.is_dir()]
+    return any(snapshot_checkpoints(Experiment(exp), f)[-1:] == [checkpoint] for f in folders)
+
+
+def _run_until_held(argv, exp: Path, hold: Path, spec: str, extra_state=lambda: True):
+    """Start the grid CLI with trials holding at `spec`; SIGKILL the driver (and its local
+    Ray) once a trial holds and `extra_state()` holds too. Returns the held trial folder."""
+    hold.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_ABLATIONS_TEST_HOLD": spec}
+    proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.grid", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            held = list(hold.glob("held-*"))
+            if held and extra_state():
+                return exp / held[0].name.removeprefix("held-")
+            assert proc.poll() is None, "the sweep ended before its trial held"
+            time.sleep(0.1)
+        pytest.fail("no trial held")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        (hold / "release").write_text("")
+
+
+def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path, capfd):
+    """SIGKILL the driver (and its local Ray) twice, each time when a trial holds at a step
+    and Ray's persisted snapshot names that step's checkpoint (a state, not a sleep), the first
+    time also after another trial has finished. --resume then finishes every trial, reruns no
+    finished one, and continues the held trial from the checkpoints the snapshots named."""
+    exp = tmp_path / "killed"
+    argv = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "high_lr",
+                 "--seeds", "1", "--set", "max_steps=300", "eval_every=50", "text_samples=0")
+
+    def baseline_finished_and_snapshotted():
+        done = list(exp.glob("baseline-*/outcome.json"))
+        return done and _snapshot_names(exp, "high_lr-s0", "checkpoint_000001")
+
+    held = _run_until_held(argv, exp, tmp_path / "hold1", "100:" + str(tmp_path / "hold1") +
+                           ":high_lr", baseline_finished_and_snapshotted)
+    finished = {p: p.stat().st_mtime_ns for p in exp.glob("baseline-*/outcome.json")}
+    assert finished and not (held / "outcome.json").exists()
+    resume = ["--storage", str(tmp_path), "--name", "killed", "--resume"]
+    held = _run_until_held(resume, exp, tmp_path / "hold2", "200:" + str(tmp_path / "hold2") +
+                           ":high_lr", lambda: _snapshot_names(exp, "high_lr-s0",
+                                                               "checkpoint_000003"))
+    capfd.readouterr()
+    assert grid.main(resume) == 0
+    out = capfd.readouterr()
+    assert "Traceback" not in out.err + out.out  # a resume prints no Ray tracebacks
+    df = pd.read_parquet(exp / "results.parquet")
+    assert len(df) == 2 and set(df["status"]) == {"completed"}
+    for path, mtime in finished.items():  # the finished trial was not rerun
+        assert path.stat().st_mtime_ns == mtime
+    outcome = json.loads((held / "outcome.json").read_text())
+    assert outcome["resumed_from"] == [100, 200] and outcome["steps"] == 300

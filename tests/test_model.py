@@ -1,14 +1,9 @@
 import pytest
 import torch
 
-from tune_ablations.config import ModelConfig
-from tune_ablations.model import (
-    TransformerLM,
-    apply_rope,
-    count_params,
-    flops_per_token,
-    rope_tables,
-)
+from tune_ablations.spec.config import ModelConfig
+from tune_ablations.spec.flops import count_params, flops_per_token
+from tune_ablations.training.model import TransformerLM, apply_rope, rope_tables
 
 CFG = ModelConfig(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=64)
 
@@ -64,7 +59,7 @@ def test_rope_rotates_by_position_not_head():
 
 
 def test_rope_changes_attention_outputs():
-    from tune_ablations.model import Attention
+    from tune_ablations.training.model import Attention
 
     torch.manual_seed(0)
     rope = Attention(CFG)

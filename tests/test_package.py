@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_license_matches_pyproject():
-    from tune_ablations.overrides import toml_module
+    from tune_ablations.spec.runspec import toml_module
 
     meta = toml_module().loads((ROOT / "pyproject.toml").read_text())["project"]
     assert meta["license"] == "MIT"
@@ -52,4 +52,4 @@ def test_wheel_works_outside_the_checkout(tmp_path):
                           str(tmp_path / "results")], capture_output=True, text=True,
                          cwd=elsewhere, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "event=sweep_done trials=2" in out.stdout
+    assert "event=sweep_done trials=2" in out.stderr

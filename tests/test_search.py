@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from tune_ablations import search
-from tune_ablations.config import DIVERGED_LOSS, METRIC, MODE
+from tune_ablations.spec.names import DIVERGED_LOSS, METRIC, MODE
 
 SPACES = Path(__file__).parent.parent / "tune_ablations" / "search_spaces"
 
@@ -70,7 +70,7 @@ def test_search_stops_some_trials_early(searched):
     assert (searched / "space.toml").read_text() == (SPACES / "lr.toml").read_text()
 
 
-def test_exported_study_opens_with_optuna(searched):
+def test_the_study_holds_every_trial_with_its_true_state(searched):
     import optuna
 
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{searched / 'study.db'}")
@@ -81,28 +81,28 @@ def test_exported_study_opens_with_optuna(searched):
     assert study.metric_names == [METRIC]
     by_status = {t.user_attrs["status"]: t for t in study.trials}
     pruned = by_status["early_stopped"]
-    assert pruned.state == optuna.trial.TrialState.PRUNED and pruned.value is None
-    assert max(pruned.intermediate_values) == pruned.user_attrs["tokens_seen"]  # keyed by tokens
-    assert {"ablation", "status", "tokens_seen", "trial_folder"} <= set(pruned.user_attrs)
+    assert pruned.state == optuna.trial.TrialState.PRUNED
+    assert max(pruned.intermediate_values) == pruned.user_attrs["tokens_seen"]  # by tokens
+    assert {"status", "tokens_seen", "ray_trial_id"} <= set(pruned.user_attrs)
     imp = json.loads((searched / "importances.json").read_text())
     assert imp["evaluator"] == "ped_anova"
     completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert imp["n_trials"] == completed
-    assert "skipped" in imp and "need at least 8" in imp["skipped"]  # 6 trials: too few
+    assert imp["skipped"].startswith("insufficient")  # 6 trials: no top quantile of 5
 
 
 def test_best_config_file_reruns(searched, tmp_path, corpus_dir):
-    from tune_ablations.overrides import load_config_file
+    from tune_ablations.spec.runspec import load_spec_file
     from tune_ablations.train import main
 
     best = searched / "best.toml"
-    flat = load_config_file(best)
-    assert flat["ablation"] == "baseline" and "lr" in flat
+    spec, _ = load_spec_file(best)
+    lr = dict(spec.overrides)["lr"]
+    assert spec.ablation == "baseline" and spec.budget == "iso_tokens"
     out = tmp_path / "rerun.json"
-    assert main(["--config", str(best), "--set", "max_steps=20", "eval_every=10",
-                 "--out", str(out)]) == 0
+    assert main(["--config", str(best), "--max-steps", "20", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["status"] == "completed" and result["config"]["lr"] == flat["lr"]
+    assert result["status"] == "completed" and result["config"]["lr"] == lr
 
 
 def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_path):
@@ -126,8 +126,10 @@ def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_p
     assert all(t.user_attrs["status"] == "diverged" for t in study.trials)
 
 
-def test_killed_search_resumes(ray_session, corpus_dir, tmp_path):
-    """Kill a search mid-way; --resume finishes it with every sample and exports the study."""
+def test_killed_search_resumes_with_a_consistent_study(ray_session, corpus_dir, tmp_path):
+    """Kill a search when its trials hold at a step and Ray's snapshot names their checkpoints
+    (a state, not a sleep); --resume finishes it with every sample, and the study holds each
+    trial once: none duplicated, none lost."""
     import os
     import signal
     import subprocess
@@ -137,35 +139,48 @@ def test_killed_search_resumes(ray_session, corpus_dir, tmp_path):
     import optuna
     import pandas as pd
 
+    from tune_ablations.results.experiment import Experiment
+    from tune_ablations.sweeps.tuner import snapshot_checkpoints
+
     args = ["--space", str(SPACES / "lr.toml"), "--preset", "tiny", "--data", str(corpus_dir),
             "--set", "vocab_size=300", "text_samples=0", "max_steps=300", "eval_every=50",
-            "--num-samples", "4", "--scheduler", "none", "--storage", str(tmp_path),
-            "--name", "rs"]
-    proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.search", *args],
+            "--num-samples", "4", "--max-concurrent", "2", "--scheduler", "none",
+            "--storage", str(tmp_path), "--name", "rs"]
+    exp, hold = tmp_path / "rs", tmp_path / "hold"
+    hold.mkdir()
+    env = {**os.environ, "TUNE_ABLATIONS_TEST_HOLD": f"100:{hold}"}
+    proc = subprocess.Popen([sys.executable, "-m", "tune_ablations.search", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    exp = tmp_path / "rs"
-    deadline = time.time() + 180
+
+    def both_held_and_snapshotted():
+        held = [h.name.removeprefix("held-") for h in hold.glob("held-*")]
+        return len(held) == 2 and all(snapshot_checkpoints(Experiment(exp), f)[-1:] ==
+                                      ["checkpoint_000001"] for f in held)
+
     try:
-        while time.time() < deadline:
-            if len(list(exp.glob("*/outcome.json"))) >= 1:
-                break
-            assert proc.poll() is None
+        deadline = time.time() + 240
+        while not both_held_and_snapshotted():
+            assert proc.poll() is None and time.time() < deadline
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(1)
+        (hold / "release").write_text("")
     assert search.main(["--storage", str(tmp_path), "--name", "rs", "--resume"]) == 0
     df = pd.read_parquet(exp / "results.parquet")
     assert len(df) == 4 and set(df["status"].astype(str)) == {"completed"}
     study = optuna.load_study(study_name="rs", storage=f"sqlite:///{exp / 'study.db'}")
     assert len(study.trials) == 4
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(
+        df["trial_id"].astype(str))
 
 
 def test_study_is_readable_while_the_search_runs(corpus_dir, tmp_path):
-    """The live view: study.db and the tables are rewritten as trials finish, so a dashboard
-    (here: optuna.load_study) sees a running search."""
+    """The live view: the searcher writes the study as trials report and the tables are
+    rewritten as trials finish, so a dashboard (here: optuna.load_study) follows a running
+    search: a finished trial is there, COMPLETE, while others still run."""
     import subprocess
     import sys
     import time
@@ -183,43 +198,82 @@ def test_study_is_readable_while_the_search_runs(corpus_dir, tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    study = optuna.load_study(study_name="live", storage=f"sqlite:///{db}")
-                except Exception:  # replaced while opening: try again
-                    continue
-                if study.trials and proc.poll() is None:
-                    seen = len(study.trials)
-                    break
+            try:
+                study = optuna.load_study(study_name="live", storage=f"sqlite:///{db}")
+            except Exception:  # not created yet
+                time.sleep(0.3)
+                continue
+            states = [t.state for t in study.trials]
+            if optuna.trial.TrialState.COMPLETE in states and proc.poll() is None:
+                seen = states
+                break
             time.sleep(0.3)
-        assert seen is not None and 1 <= seen < 4, "no study while the search ran"
-        assert (tmp_path / "live" / "results.parquet").exists()
+        assert seen is not None, "no finished trial in the study while the search ran"
+        assert len(seen) < 4 or optuna.trial.TrialState.RUNNING in seen
     finally:
         assert proc.wait(timeout=600) == 0
+    assert (tmp_path / "live" / "results.parquet").exists()
 
 
-def test_importances_rank_the_parameter_that_matters(tmp_path):
-    """Ten full-budget trials where lr decides the loss and batch_size is noise: lr is the
-    more important, the evaluator is named, and no optional dependency is needed."""
+def test_importances_rank_the_parameter_that_matters():
+    """Sixty full-budget trials where lr decides the loss and batch_size is noise: lr is the
+    more important, with its bootstrap spread; the evaluator is named and needs no optional
+    dependency; too few trials in the top quantile are called insufficient."""
     import numpy as np
     import optuna
 
-    from tune_ablations.search_space import load_space
-    from tune_ablations.study import importances
+    from tune_ablations.sweeps.study import importances
 
-    space_file = tmp_path / "s.toml"
-    space_file.write_text('[params.lr]\ndistribution = "loguniform"\nlow = 1e-4\nhigh = 1e-2\n'
-                          '[params.batch_size]\ndistribution = "choice"\nvalues = [4, 8]\n')
-    space = load_space(space_file)
     study = optuna.create_study()
     rng = np.random.default_rng(0)
     dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
              "batch_size": optuna.distributions.CategoricalDistribution([4, 8])}
-    for i in range(20):
+    for i in range(60):
         lr = float(10 ** rng.uniform(-4, -2))
         study.add_trial(optuna.trial.create_trial(
             params={"lr": lr, "batch_size": [4, 8][i % 2]}, distributions=dists,
             value=(np.log10(lr) + 3) ** 2 + 0.001 * rng.normal()))
-    imp = importances(study, space)
-    assert imp["evaluator"] == "ped_anova" and imp["n_trials"] == 20 and "skipped" not in imp
+    imp = importances(study, ["lr", "batch_size"], n_boot=10)
+    assert imp["evaluator"] == "ped_anova" and imp["n_trials"] == 60 and "skipped" not in imp
+    assert imp["top_trials"] == 6
     assert imp["importances"]["lr"] > imp["importances"]["batch_size"]
+    lo, hi = imp["bootstrap"]["lr"]["p5"], imp["bootstrap"]["lr"]["p95"]
+    assert 0 <= lo <= hi <= 1 and lo > imp["bootstrap"]["batch_size"]["p95"]
+    few = optuna.create_study()
+    few.add_trials(study.trials[:40])
+    assert importances(few, ["lr", "batch_size"])["skipped"].startswith(
+        "insufficient: 40 full-budget completed trials put 4 in PED-ANOVA's top 10%")
+
+
+def test_a_pruned_trial_reaches_the_sampler_as_pruned(tmp_path):
+    """The searcher tells Optuna the truth: a trial ASHA stopped is PRUNED with its
+    intermediate values, and the next sample is drawn by a sampler that sees it so."""
+    import optuna
+
+    from tune_ablations.sweeps.searchers import OptunaSearcher
+
+    seen = []
+
+    class Recording(optuna.samplers.RandomSampler):
+        def infer_relative_search_space(self, study, trial):
+            seen.append({t.number: t.state for t in study.get_trials(deepcopy=False)})
+            return super().infer_relative_search_space(study, trial)
+
+    searcher = OptunaSearcher(
+        {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+        storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s", sampler="random",
+        sampler_seed=0, num_samples=3)
+    searcher._study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                          study_name="s", sampler=Recording(seed=0))
+    assert set(searcher.suggest("t0")) == {"lr"}
+    searcher.on_trial_result("t0", {METRIC: 5.0, "tokens_seen": 1000, "status": "running"})
+    searcher.on_trial_complete("t0", {METRIC: 4.5, "tokens_seen": 3000,
+                                      "status": "early_stopped"})
+    searcher.suggest("t1")
+    frozen = searcher.study.trials[0]
+    assert frozen.state == optuna.trial.TrialState.PRUNED
+    assert frozen.intermediate_values == {1000: 5.0, 3000: 4.5}
+    assert seen[-1][0] == optuna.trial.TrialState.PRUNED  # what the sampler saw
+    searcher.on_trial_complete("t1", {METRIC: 4.0, "tokens_seen": 9000, "status": "completed"})
+    assert searcher.study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    assert searcher.study.trials[1].value == 4.0

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_ablations.resolve import resolve as from_flat_dict
-from tune_ablations.search_space import build_param_space, load_space
+from tune_ablations.spec.resolve import resolve
+from tune_ablations.spec.runspec import RunSpec
+from tune_ablations.sweeps.search_space import load_space
 
 SPACES = sorted((Path(__file__).parent.parent / "tune_ablations" / "search_spaces").glob("*.toml"))
 
@@ -16,19 +17,20 @@ def test_the_shipped_spaces_exist():
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 @pytest.mark.parametrize("preset", ["cpu", "tiny"])
 def test_every_shipped_space_loads_and_builds(path, preset):
-    from ray.tune.search.sample import Domain
+    import optuna
 
     space = load_space(path)
     assert space.description.strip() and space.params
-    param_space = build_param_space(space, preset)
-    for key in space.params:
-        assert isinstance(param_space[key], Domain), key
+    base = space.base_spec(RunSpec(preset=preset))
+    dists = space.distributions()
+    assert set(dists) == set(space.params)
     if preset == "cpu":
-        assert space.baseline_point(preset) is not None  # the base config lies inside
+        assert space.baseline_point(base) is not None  # the base config lies inside
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):  # samples build valid configs
-        sample = {k: (v.sample() if isinstance(v, Domain) else v) for k, v in
-                  param_space.items()}
-        cfg = from_flat_dict(sample)
+        trial = study.ask(dists)
+        cfg = resolve(base.with_params(**trial.params))
+        study.tell(trial, 1.0)
         assert cfg.model.d_model % cfg.model.n_heads == 0
 
 
@@ -91,5 +93,5 @@ def test_toml_error_names_the_line(tmp_path):
 def test_derived_heads_keep_head_dim():
     space = load_space(SPACES[[p.name for p in SPACES].index("lr_batch_seq_dim.toml")])
     for width in (128, 192, 256):
-        cfg = from_flat_dict({**space.base_flat("cpu"), "d_model": width})
+        cfg = resolve(space.base_spec(RunSpec(preset="cpu")).with_params(d_model=width))
         assert cfg.model.head_dim == 32 and cfg.model.d_ff == 4 * width

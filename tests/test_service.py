@@ -73,7 +73,7 @@ def test_submit_follow_and_read(head, corpus_dir, tmp_path):
     out = _cli("tune_ablations.submit", "grid", "--job-address", head, "--python",
                sys.executable, "--smoke-test", "--data", str(corpus_dir), "--set",
                "vocab_size=300", "--trial-resource", "worker_node=1", "--storage",
-               str(tmp_path), "--name", "svc")
+               str(tmp_path), "--shared-storage", "--name", "svc")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "event=submitted job=" in out.stdout and "experiment=svc" in out.stdout
     watch = _cli("tune_ablations.status", "svc", "--storage", str(tmp_path), "--json",
@@ -81,11 +81,11 @@ def test_submit_follow_and_read(head, corpus_dir, tmp_path):
     assert watch.returncode == 0, watch.stderr[-2000:]
     updates = [json.loads(line) for line in watch.stdout.splitlines() if line.startswith("{")]
     last = updates[-1]
-    assert last["finished"] and last["statuses"] == {"completed": 2}
+    assert last["finished"] and last["statuses"] == {"completed": 4}
     assert last["job"] in ("SUCCEEDED", "RUNNING")  # the driver may still be exiting
     assert last["tokens_done"] == last["tokens_planned"] and last["best"]["val_loss"] > 0
     df = pd.read_parquet(tmp_path / "svc" / "results.parquet")
-    assert len(df) == 2 and set(df["status"].astype(str)) == {"completed"}
+    assert len(df) == 4 and set(df["status"].astype(str)) == {"completed"}
 
 
 def test_bad_input_is_refused_before_submitting(head, tmp_path):
@@ -99,13 +99,14 @@ def test_bad_input_is_refused_before_submitting(head, tmp_path):
 def test_stop_then_resume_on_two_nodes_with_s3(head, corpus_dir, tmp_path):
     """The whole service path: submitted to a two-node cluster with results on S3, followed
     with status, stopped, resumed, finished, and reported from the bucket."""
-    from tune_ablations.storage import download
+    from tune_ablations.results.experiment import Experiment
 
     head, worker_id = head
     uri = "s3://sweeps/svc"
     args = ("--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
             "text_samples=0", "max_steps=3000", "eval_every=100", "--ablations", "baseline",
-            "--trial-resource", "worker_node=1", "--keep-checkpoints", "6", "--storage", uri,
+            "--seeds", "1", "--trial-resource", "worker_node=1", "--keep-checkpoints", "6",
+            "--storage", uri,
             "--name", "long")
     out = _cli("tune_ablations.submit", "grid", "--job-address", head, "--python",
                sys.executable, *args)
@@ -131,13 +132,13 @@ def test_stop_then_resume_on_two_nodes_with_s3(head, corpus_dir, tmp_path):
                  "--interval", "1")
     last = json.loads(watch.stdout.strip().splitlines()[-1])
     assert last["finished"] and last["statuses"] == {"completed": 1}
-    local = download(uri + "/long", tmp_path / "mirror")
-    trial = next(local.glob("*/outcome.json")).parent
-    outcome = json.loads((trial / "outcome.json").read_text())
+    exp = Experiment(uri + "/long")
+    (trial,) = exp.trials()
+    outcome = exp.read_json(trial, "outcome.json")
     assert outcome["resumed_from"] and outcome["steps"] == 3000
-    run = json.loads((trial / "run.json").read_text())
+    run = exp.read_json(trial, "run.json")
     assert run["node_id"] == worker_id  # ran on the worker node, files reached S3
-    for text in ((local / "sweep.json").read_text(), (trial / "run.json").read_text()):
+    for text in (exp.read_text("sweep.json"), exp.read_text(trial, "run.json")):
         assert "AWS_SECRET_ACCESS_KEY" not in text and "testing" not in text  # no secrets
     rep = _cli("tune_ablations.analysis", uri + "/long", "--out", str(tmp_path / "rep"))
     assert rep.returncode == 0, rep.stderr[-2000:]

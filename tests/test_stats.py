@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tune_ablations.stats import compare_to_baseline, equal_budgets, holm, summarize
+from tune_ablations.results.stats import compare_to_baseline, equal_budgets, holm, summarize
 
 
 def _df(rows):
@@ -74,6 +74,16 @@ def test_lost_seeds_are_counted_not_dropped():
     assert (s["n"], s["n_completed"], s["lost_seeds"]) == (3, 1, 2)
 
 
+def test_status_counts_count_every_status():
+    from tune_ablations.results.stats import status_counts
+    from tune_ablations.spec.names import Status
+
+    df = _df([("a", i, s.value, 3.0, 100, 1) for i, s in enumerate(Status)])
+    counts = status_counts(df)
+    assert counts["n"] == len(Status) and counts["n_stopped"] == 1
+    assert sum(v for k, v in counts.items() if k != "n") == counts["n"]
+
+
 def test_equal_budgets():
     same = _df([("a", 0, "completed", 3.0, 1000, 10), ("b", 0, "completed", 3.0, 1050, 7)])
     assert equal_budgets(same)[0] is True  # within one step (150 tokens per step)
@@ -82,28 +92,8 @@ def test_equal_budgets():
     assert ok is False and "different budgets (1,000 to 2,000 tokens)" in why
 
 
-def test_scaling_fit_recovers_a_known_exponent():
-    from tune_ablations.stats import fit_scaling
-
-    rng = np.random.default_rng(0)
-    c = np.geomspace(1e12, 1e15, 12)
-    loss = 2.0 + 30.0 * (c / 1e13) ** -0.35 + rng.normal(0, 0.01, len(c))
-    fit = fit_scaling(c, loss, n_boot=300)
-    assert fit["alpha"] == pytest.approx(0.35, abs=0.03)
-    lo, hi = fit["alpha_ci95"]
-    assert lo < 0.35 < hi and hi - lo < 0.2
-    truth = 2.0 + 30.0 * (10 * c.max() / 1e13) ** -0.35
-    plo, phi = fit["predicted_loss_ci95"]
-    assert plo <= truth <= phi
-    assert fit["n"] == 12 and fit["n_boot_ok"] > 250
-    with pytest.raises(ValueError, match="at least 4 completed runs at 3 or more"):
-        fit_scaling(c[:3], loss[:3])
-    with pytest.raises(ValueError, match="3 or more compute values"):
-        fit_scaling([1e12, 1e12, 2e12, 2e12], [3.0, 3.1, 2.9, 2.8])
-
-
 def test_pareto_front():
-    from tune_ablations.stats import pareto_front
+    from tune_ablations.results.stats import pareto_front
 
     x = [1.0, 2.0, 3.0, 4.0, 2.5]
     y = [5.0, 4.0, 4.5, 3.0, 3.9]

@@ -5,9 +5,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tune_ablations.config import DIVERGED_LOSS, REPORT_KEYS, with_overrides
-from tune_ablations.resolve import build_ablation
-from tune_ablations.train import StopTraining, lr_at, main, train
+from tune_ablations.spec.config import with_overrides
+from tune_ablations.spec.names import DIVERGED_LOSS, REPORT_KEYS
+from tune_ablations.spec.presets import build_ablation
+from tune_ablations.train import main
+from tune_ablations.training.step import lr_at
+from tune_ablations.training.trainer import StopTraining, train
 
 TIMING = {"tokens_per_s", "steps_per_s", "mfu", "train_time_s", "eval_time_s"}
 
@@ -32,7 +35,7 @@ def test_lr_schedule_boundaries():
 
 
 def test_loss_falls_below_unigram_entropy_on_embedded_corpus():
-    from tune_ablations.data import prepare_data
+    from tune_ablations.training.data import prepare_data
 
     cfg = build_ablation("baseline", "tiny", max_steps=400, eval_every=100, d_model=64,
                          n_heads=4, d_ff=128, text_samples=0)
@@ -123,7 +126,8 @@ def test_cli_smoke_and_bad_input(tmp_path, corpus_dir, capsys):
                  "vocab_size=300"]) == 0
     result = json.loads(out.read_text())
     assert result["status"] == "completed" and len(result["history"]) == 3
-    assert "val_loss=" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "event=end status=completed" in out.out and "val_loss=" in out.err
     assert main(["--smoke-test", "--set", "lr=-1"]) == 2
     assert "lr=-1 must be > 0" in capsys.readouterr().err
 
@@ -131,9 +135,9 @@ def test_cli_smoke_and_bad_input(tmp_path, corpus_dir, capsys):
 def test_divergence_is_caught_before_nan():
     """Runaway losses are `diverged` while still finite: far above the unigram reference after
     warmup (twice in a row), or far above the run's best."""
-    from tune_ablations.train import TrainState, divergence
+    from tune_ablations.training.trainer import TrainState, divergence
 
-    cfg = build_ablation("baseline", "cpu")  # 240 steps, warmup 12, margin 1.0, climb 2.0
+    cfg = build_ablation("baseline", "cpu", max_steps=240, warmup_steps=12)
     ref = {"unigram_val_loss": 6.0}
     st = TrainState(step=100, initial_loss=7.0, best_train_loss=5.0)
     assert divergence(cfg, st, 5.5, {**ref, "val_loss": 5.5}) is None
@@ -157,7 +161,7 @@ def test_unigram_reference_known_answer():
     import numpy as np
     import torch
 
-    from tune_ablations.evaluation import unigram_reference
+    from tune_ablations.training.evaluation import unigram_reference
 
     train_tokens = np.array([0, 0, 0, 1], dtype=np.uint16)  # add-half: 3.5, 1.5, 0.5 of 5.5
     windows = torch.tensor([[2, 0, 1]])  # targets 0 and 1
@@ -179,32 +183,32 @@ def test_every_report_carries_eval_noise_and_the_reference(tiny_cfg, tiny_data):
 def test_precision_auto_is_measured_and_recorded(tiny_cfg, tiny_data, monkeypatch, tmp_path):
     import torch
 
-    from tune_ablations import step as S
+    from tune_ablations.training import probes as P
 
     monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path))
     cpu = torch.device("cpu")
-    monkeypatch.setattr(S, "cpu_bf16_units", lambda: None)
-    amp, why = S.choose_precision(tiny_cfg, 300, cpu)
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: None)
+    amp, why = P.choose_precision(tiny_cfg, 300, cpu)
     assert amp is None and "no native bf16" in why
-    monkeypatch.setattr(S, "cpu_bf16_units", lambda: "avx512_bf16")
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: "avx512_bf16")
     calls = []
 
-    def fake(cfg, vocab, threads, steps=3):
-        calls.append(cfg.precision)
-        return {"fp32": 1.0, "bf16": 0.6}[cfg.precision]
+    def fake(cfg, vocab, threads, *, amp, compiled=False, steps=3):
+        calls.append(amp)
+        return {None: 1.0, torch.bfloat16: 0.6}[amp]
 
-    monkeypatch.setattr(S, "estimate_step_seconds", fake)
-    amp, why = S.choose_precision(tiny_cfg, 300, cpu)
-    assert amp is torch.bfloat16 and "1.67x faster" in why and calls == ["fp32", "bf16"]
-    S.choose_precision(tiny_cfg, 300, cpu)
-    assert calls == ["fp32", "bf16"]  # cached per machine and shape
+    monkeypatch.setattr(P, "step_seconds", fake)
+    amp, why = P.choose_precision(tiny_cfg, 300, cpu)
+    assert amp is torch.bfloat16 and "1.67x faster" in why and calls == [None, torch.bfloat16]
+    P.choose_precision(tiny_cfg, 300, cpu)
+    assert calls == [None, torch.bfloat16]  # cached per machine and shape
     other = with_overrides(tiny_cfg, {"batch_size": 2})
-    monkeypatch.setattr(S, "estimate_step_seconds", lambda c, v, t, steps=3: 1.0)
-    amp, why = S.choose_precision(other, 300, cpu)
+    monkeypatch.setattr(P, "step_seconds", lambda *a, **k: 1.0)
+    amp, why = P.choose_precision(other, 300, cpu)
     assert amp is None and "no faster" in why
-    amp, why = S.choose_precision(with_overrides(tiny_cfg, {"precision": "fp32"}), 300, cpu)
+    amp, why = P.choose_precision(with_overrides(tiny_cfg, {"precision": "fp32"}), 300, cpu)
     assert amp is None and "asked" in why
-    monkeypatch.setattr(S, "cpu_bf16_units", lambda: None)
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: None)
     r = train(tiny_cfg, data=tiny_data)
     assert r["precision"] == "fp32" and "no native bf16" in r["precision_reason"]
 
@@ -253,25 +257,52 @@ def test_cooldown_probe_equals_a_run_of_that_budget(tiny_cfg, tiny_data):
         with_overrides(tiny_cfg, {"probe_tokens": str(budget)})
 
 
-def test_extra_eval_domains_are_held_out_and_reported(corpus_dir):
-    from tune_ablations.corpus import load_documents, split_documents
-    from tune_ablations.data import prepare_data
-    from tune_ablations.domains import _held_out_texts, domain_names
-    from tune_ablations.resolve import resolve
+def test_a_probe_equals_the_run_that_tokens_b_trains(tmp_path, corpus_dir):
+    """Through the command line: the probe at B of a longer wsd run equals what
+    `train --tokens B --set schedule=wsd` trains (both warm up over the same tokens)."""
+    common = ["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+              "schedule=wsd", "decay_fraction=0.25", "text_samples=0"]
+    budget = 24 * 4 * 32  # 24 steps of the tiny preset
+    assert main([*common, "probe_tokens=" + str(budget), "--max-steps", "60",
+                 "--out", str(tmp_path / "long.json")]) == 0
+    assert main([*common, "--tokens", str(budget), "--out", str(tmp_path / "short.json")]) == 0
+    long, short = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("long", "short"))
+    assert long["config"]["warmup_steps"] == short["config"]["warmup_steps"] == 3
+    (probe,) = long["probes"]
+    assert probe["val_loss"] == pytest.approx(short["final"]["val_loss"], abs=1e-6)
 
-    cfg = resolve({"preset": "tiny", "eval_data": f"pydoc,{corpus_dir}", "max_steps": 10,
-                   "eval_every": 10, "text_samples": 0})
-    assert [n for n, _ in domain_names(cfg.data)] == ["pydoc", "corpus0"]
-    train_docs, val_docs = split_documents(load_documents(cfg.data), cfg.data.val_fraction,
-                                           cfg.data.split_seed)
-    held = _held_out_texts(cfg.data, "pydoc")
-    assert held and set(held) <= set(val_docs) and not set(held) & set(train_docs)
-    r = train(cfg, data=prepare_data(cfg.data, log=lambda s: None))
-    last = r["history"][-1]
-    for label in ("pydoc", "corpus0"):
-        assert last[f"val_loss@{label}"] > 0 and last[f"val_bpb@{label}"] > 0
-    with pytest.raises(ValueError, match="eval_data corpus '/no/such' is not"):
-        resolve({"preset": "tiny", "eval_data": "/no/such"})
+
+def test_a_probe_restores_the_grad_scaler(tiny_cfg, tiny_data, monkeypatch, tmp_path):
+    """fp16 runs scale their loss, and the scale moves with every step; a probe's steps must
+    not move the main run's scaler. With growth at every step, a probe that forgot to restore
+    it would leave the run with a larger scale than a run without probes."""
+    import torch
+
+    from tune_ablations.training.step import load_checkpoint
+
+    class Growing(torch.amp.GradScaler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "growth_interval": 1, "init_scale": 1.0})
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Growing)
+    fp16 = with_overrides(tiny_cfg, {  # minuscule: fp16 on a CPU has no fast kernels
+        "schedule": "wsd", "decay_fraction": 0.5, "max_steps": 8, "eval_every": 8,
+        "warmup_steps": 1, "text_samples": 0, "precision": "fp16", "device": "cpu",
+        "d_model": 16, "n_layers": 1, "d_ff": 16, "seq_len": 8, "batch_size": 2,
+        "eval_tokens": 64})
+
+    def final_scaler(cfg, name):
+        def report(m, save):
+            save(tmp_path / name)
+
+        train(cfg, data=tiny_data, report=report)
+        return load_checkpoint(tmp_path / name)["scaler"]
+
+    plain = final_scaler(fp16, "plain")
+    probed = final_scaler(with_overrides(fp16, {"probe_tokens": str(4 * fp16.tokens_per_step)}),
+                          "probed")
+    assert plain["scale"] == 2.0 ** 8  # it grew at each of the 8 steps
+    assert probed == plain
 
 
 def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
@@ -289,18 +320,19 @@ def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
 def test_compile_auto_follows_its_probe(tiny_cfg, monkeypatch, tmp_path):
     import torch
 
-    from tune_ablations import step as S
+    from tune_ablations.training import probes as P
 
     monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path))
     times = {False: 1.0, True: 2.0}
-    monkeypatch.setattr(S, "estimate_step_seconds", lambda c, v, t, steps=3: times[c.compile])
+    monkeypatch.setattr(P, "step_seconds", lambda c, v, t, *, amp, compiled=False, steps=3:
+                        times[compiled])
     auto = with_overrides(tiny_cfg, {"compile": "auto"})
-    use, why = S.choose_compile(auto, 300, torch.device("cpu"))
+    use, why = P.choose_compile(auto, 300, torch.device("cpu"), None)
     assert use is False and "no faster" in why
     times.update({False: 1.0, True: 0.5})
-    assert S.choose_compile(auto, 300, torch.device("cpu"))[0] is False  # cached answer
+    assert P.choose_compile(auto, 300, torch.device("cpu"), None)[0] is False  # cached answer
     other = with_overrides(auto, {"batch_size": 2})
-    use, why = S.choose_compile(other, 300, torch.device("cpu"))
+    use, why = P.choose_compile(other, 300, torch.device("cpu"), None)
     assert use is True and "2.00x faster" in why
     with pytest.raises(ValueError, match="compile='sometimes' must be true, false or 'auto'"):
         with_overrides(tiny_cfg, {"compile": "sometimes"})

@@ -1,8 +1,15 @@
 """tune_ablations: Ray Tune sweeps for fast, honest pretraining ablations of small Transformer LMs.
 
-Entry points: `python -m tune_ablations.grid`, `.search`, `.analysis`, `.train`, `.export`
-(or `tune-ablations <command>`). Importing the
-package does no work: Ray, Optuna and matplotlib load only inside the functions that use them.
+Layers, each importing only the ones before it (tests/test_layers.py checks the rule):
+  spec/      what a run is: RunSpec, the resolver, RunConfig, names (statuses, metrics, files)
+  training/  corpus, tokenizer, token cache, model, step, probes, evaluation, train(); no Ray
+  results/   Experiment (a sweep's folder, local or remote), DataFrames, statistics, report,
+             export; needs no running Ray
+  sweeps/    the Ray bridge, searchers, schedulers, the Optuna study, the one sweep skeleton
+  commands:  the top-level modules grid, search, analysis, train, export, status, submit,
+             cache (`python -m tune_ablations.<command>` or `tune-ablations <command>`)
+Importing the package does no work: Ray, Optuna and matplotlib load only inside the
+functions that use them.
 """
 
 __version__ = "0.1.0"
@@ -10,6 +17,6 @@ __version__ = "0.1.0"
 
 def load_pretrained(path, device: str = "cpu"):
     """A model exported by `python -m tune_ablations.export` (see `export.load_pretrained`)."""
-    from .export import load_pretrained as _load
+    from .results.export import load_pretrained as _load
 
     return _load(path, device)

@@ -10,13 +10,16 @@ import json
 import shutil
 from pathlib import Path
 
-from .cli import build_parser, fail
-from .data import _valid_cache, cache_root
+from .cli import build_parser
+from .spec.io import fail, say
+from .training.data import valid_cache
+from .training.runtime import cache_root
 
 
 def entries(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and p.name != "remote") if root.exists() else []
+                  and p.name not in ("remote", "domains", "jobs", "studies")) \
+        if root.exists() else []
 
 
 def _size_mb(path: Path) -> float:
@@ -26,11 +29,11 @@ def _size_mb(path: Path) -> float:
 def parser():
     ap = build_parser("cache", "List, verify or clean the token cache.")
     ap.add_argument("action", nargs="?", choices=("list", "verify", "clean"),
-                    help="what to do")
+                    help="what to do (required unless --smoke-test)")
     ap.add_argument("keys", nargs="*", help="cache keys (default: every entry for list and "
                     "verify; clean needs keys or --all)")
     ap.add_argument("--all", action="store_true", help="with clean: remove every entry")
-    ap.add_argument("--cache-dir", help="cache folder (default $TUNE_ABLATIONS_CACHE or "
+    ap.add_argument("--cache-dir", help="cache folder (default: $TUNE_ABLATIONS_CACHE or "
                     "~/.cache/tune_ablations)")
     ap.add_argument("--smoke-test", action="store_true", help="build a tiny cache in a temp "
                     "folder, then list, verify and clean it")
@@ -52,33 +55,34 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [p for p in found if not args.keys or p.name in args.keys]
     if args.action == "list":
         for p in chosen:
-            m = _valid_cache(p) or {}
-            print(json.dumps({"key": p.name, "valid": bool(m), "corpus": m.get("corpus"),
+            m = valid_cache(p) or {}
+            say(json.dumps({"key": p.name, "valid": bool(m), "corpus": m.get("corpus"),
                               "tokenizer": m.get("tokenizer"), "vocab_size": m.get("vocab_size"),
                               "train_tokens": m.get("train_tokens"),
                               "created": m.get("created"), "mb": round(_size_mb(p), 2)}))
         return 0
     if args.action == "verify":
-        bad = [p.name for p in chosen if _valid_cache(p, verify=True) is None]
-        print(f"event=verified entries={len(chosen)} bad={','.join(bad) or '-'}")
+        bad = [p.name for p in chosen if valid_cache(p, verify=True) is None]
+        say(f"event=verified entries={len(chosen)} bad={','.join(bad) or '-'}")
         return 1 if bad else 0
     if not args.keys and not args.all:
         return fail("clean needs cache keys or --all")
     leftovers = [p for p in root.iterdir() if p.name.startswith(".")] if root.exists() else []
     for p in [*chosen, *leftovers]:
         shutil.rmtree(p, ignore_errors=True)
-    print(f"event=cleaned entries={len(chosen)} leftovers={len(leftovers)} root={root}")
+    say(f"event=cleaned entries={len(chosen)} leftovers={len(leftovers)} root={root}")
     return 0
 
 
 def _smoke() -> int:
     import tempfile
 
-    from .data import prepare_data
-    from .resolve import resolve
+    from .spec.resolve import resolve
+    from .spec.runspec import RunSpec
+    from .training.data import prepare_data
 
     root = Path(tempfile.mkdtemp(prefix="ta-cache-"))
-    prepare_data(resolve({"preset": "tiny", "corpus": "pydoc"}).data, root, log=lambda s: None)
+    prepare_data(resolve(RunSpec(preset="tiny", data="pydoc")).data, root, log=lambda s: None)
     codes = [main([action, "--cache-dir", str(root), *extra])
              for action, extra in (("list", []), ("verify", []), ("clean", ["--all"]))]
     return 0 if codes == [0, 0, 0] and not entries(root) else 1

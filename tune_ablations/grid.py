@@ -1,116 +1,152 @@
-"""`python -m tune_ablations.grid`: the six reference ablations x seeds as one Ray Tune sweep.
+"""`python -m tune_ablations.grid`: the six reference ablations as one Ray Tune sweep, ending with
+an answer: every arm against the baseline at equal tokens, with enough seeds to tell.
 
 Design choices:
-- The grid builds a `SweepPlan` and `sweep.run_sweep` runs it: every trial's config is resolved
-  and validated, and the corpus tokenized and cached, in the driver before Ray starts.
-- `--iso-tokens` trains every ablation on the baseline's token count (the reference's
-  "controlled data exposure"); by default each keeps its published step count, as the reference.
-  Every arm evaluates at the same token milestones either way.
+- Equal tokens by default: every arm trains the baseline's token budget (`--published-steps`
+  reproduces the reference's step counts; then every comparison carries the confound).
+- `--seeds auto` (the default): two seeds per arm, then more only for arms whose comparison is
+  still undecided, by a group-sequential test that controls the familywise error across arms
+  and looks (`results.sequential`), up to `--max-seeds` or the time budget. `--seeds N` keeps a
+  fixed count.
 - An override of a key that an arm defines (`--set lr=...` would make high_lr, low_lr and
   large_batch equal to the baseline) is refused unless `--force-set`, which sweep.json records.
-- The costliest ablations start first (longest-processing-time order).
-- Resume: the sweep's own settings come back from sweep.json, so a resumed sweep is the same.
+- The costliest arms start first within each look (longest-processing-time order).
+- `--resume` continues the stored sweep; the same command with `--resume` appended is accepted,
+  a changed setting is refused by name with both values.
 """
 
 from __future__ import annotations
 
+import argparse
+import tempfile
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
-from .cli import add_spec_args, build_parser, spec_from_args
-from .config import METRIC, MODE, RunConfig, unknown_key_error
-from .plan import SweepPlan
-from .resolve import ABLATIONS, check_collapse, resolve
-from .runtime import local_gpus
-from .sweep import (
-    add_sweep_args,
-    default_gpus_per_trial,
-    sweep_main,
+from .cli import build_parser
+from .spec.config import RunConfig, unknown_key_error
+from .spec.io import say
+from .spec.presets import ABLATIONS, default_preset
+from .spec.resolve import check_collapse, resolve
+from .spec.runspec import RunSpec, add_spec_args, spec_from_args
+from .sweeps.cluster import default_gpus_per_trial
+from .sweeps.options import (
+    GridOptions,
+    ResourceOptions,
+    add_options,
+    options_from_args,
+    refuse_changes,
+    refuse_spec_changes,
+    restore,
+    stored,
 )
-from .sweep_args import trial_resources
+from .sweeps.plan import SweepPlan
+from .sweeps.sweep import add_sweep_args, sweep_main
 
-SMOKE_ABLATIONS = ["baseline", "high_lr"]
+SMOKE_ABLATIONS = ("baseline", "high_lr")
+CPU_TIME_BUDGET = 300.0  # seconds: the default command answers in about 6 minutes on 2 cores
 
 
-def parser():
-    ap = build_parser("grid", "The six reference ablations x seeds as one Ray Tune sweep.")
+def parser() -> argparse.ArgumentParser:
+    ap = build_parser("grid", "The six reference ablations as one Ray Tune sweep, ending with "
+                      "every arm's difference from the baseline and its verdict.")
     add_spec_args(ap, single=False)
-    ap.add_argument("--ablations", nargs="+", default=list(ABLATIONS), metavar="NAME",
-                    help=f"subset of: {', '.join(ABLATIONS)}")
-    ap.add_argument("--seeds", type=int, default=1, help="seeds per ablation (3 for claims)")
+    add_options(ap, GridOptions, "arms and seeds")
     add_sweep_args(ap, "grid")
-    ap.add_argument("--smoke-test", action="store_true",
-                    help="tiny preset, two ablations, seconds per trial")
+    ap.add_argument("--smoke-test", action="store_true", help="tiny preset, two arms, two "
+                    "seeds, in a temporary folder unless --storage is given")
     return ap
 
 
-def _check_arms(ablations: list[str], seeds: int) -> None:
-    if seeds < 1:
-        raise ValueError(f"--seeds={seeds} must be >= 1")
+def check_arms(ablations: tuple[str, ...], seeds: int | str) -> None:
     for name in ablations:
         if name not in ABLATIONS:
             raise unknown_key_error(name, list(ABLATIONS), what="ablation")
     if len(set(ablations)) != len(ablations):
-        raise ValueError(f"--ablations={ablations} lists a name twice")
+        raise ValueError(f"--ablations={list(ablations)} lists a name twice")
+    if seeds == "auto" and "baseline" not in ablations:
+        raise ValueError("--seeds auto compares every arm with the baseline: add baseline to "
+                         "--ablations, or give a fixed --seeds N")
 
 
-def _cost(c: RunConfig) -> float:
-    from .model import flops_per_token
+def cost(c: RunConfig) -> float:
+    from .spec.flops import flops_per_token
 
     return flops_per_token(c.model, c.data.vocab_size, c.data.seq_len) * c.total_tokens
 
 
-def build_plan(args, saved: dict[str, Any] | None) -> SweepPlan:
+def _new(args, n_gpus: int) -> tuple[RunSpec, GridOptions, dict[str, list[str]]]:
+    spec, _ = spec_from_args(args, default_preset=default_preset(n_gpus))
+    opts, _ = options_from_args(GridOptions, args)
+    arms = opts.ablations or tuple(ABLATIONS)
+    check_arms(arms, opts.seeds)
+    for a in arms:  # bad values first, named by the config's own rule
+        resolve(replace(spec, ablation=a))
+    forced = check_collapse(dict(spec.overrides), arms, force=spec.force)
+    return spec, opts, forced
+
+
+def _stored(args, record: dict) -> tuple[RunSpec, GridOptions, dict[str, list[str]]]:
+    spec, opts = RunSpec.from_dict(record["spec"]), restore(GridOptions, record["grid"])
+    given_spec, names = spec_from_args(args, default_preset=spec.preset)
+    refuse_spec_changes(spec, given_spec, names)
+    given_opts, names = options_from_args(GridOptions, args)
+    refuse_changes(opts, given_opts, names, what="the grid's arms and seeds")
+    return spec, opts, record.get("forced_overrides", {})
+
+
+def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOptions
+               ) -> SweepPlan:
     """The grid's plan, from the command line or (resume) from its sweep.json."""
-    if saved is not None:
-        shared, ablations, seeds = saved["shared"], saved["ablations"], saved["seeds"]
-        forced, cpus, gpus = saved.get("forced_overrides", {}), saved["cpus_per_trial"], \
-            saved["gpus_per_trial"]
-        name, resources = args.name, saved.get("trial_resources", {})
-    else:
-        ablations, seeds = args.ablations, args.seeds
-        _check_arms(ablations, seeds)
-        shared, overrides = spec_from_args(args, smoke=args.smoke_test,
-                                       n_gpus=getattr(args, "n_gpus", None))
-        for a in ablations:  # bad values first, named by the config's own rule
-            resolve({**shared, "ablation": a})
-        forced = check_collapse(overrides, ablations, force=args.force_set)
-        cpus = args.cpus_per_trial
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else \
-            default_gpus_per_trial(len(ablations) * seeds,
-                                   getattr(args, "n_gpus", None) or local_gpus())
-        name = args.name or f"grid-{shared['preset']}-{datetime.now():%Y%m%d-%H%M%S}"
-        resources = trial_resources(getattr(args, "trial_resource", None))
-    configs = [resolve({**shared, "ablation": a, "seed": s}) for a in ablations
-               for s in range(seeds)]
-    by_cost = sorted(ablations, key=lambda a: -sum(_cost(c) for c in configs if c.name == a))
+    spec, opts, forced = _stored(args, record) if record else _new(args, n_gpus)
+    arms = list(opts.ablations or ABLATIONS)
+    first = 2 if opts.seeds == "auto" else int(opts.seeds)
+    by_cost = sorted(arms, key=lambda a: -cost(resolve(replace(spec, ablation=a))))
+    trials = [replace(spec, ablation=a, seed=s) for s in range(first) for a in by_cost]
+    budget = opts.time_budget if opts.time_budget is not None else (
+        CPU_TIME_BUDGET if spec.preset == "cpu" else 0.0)
+    gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else \
+        (record or {}).get("gpus_per_trial", default_gpus_per_trial(len(trials), n_gpus))
+    name = record["name"] if record else (args.name or
+                                          f"grid-{spec.preset}-{datetime.now():%Y%m%d-%H%M%S}")
 
-    def tune_config():
-        from ray import tune
+    def searcher(location: str, slots: int):
+        from .sweeps.searchers import ArmsSearcher
 
-        # One worker process runs trial after trial: imports, Ray start-up and the token
-        # cache are paid once per worker, not per trial (trial files go to each trial's own
-        # working directory, so reuse cannot mix them up).
-        return tune.TuneConfig(metric=METRIC, mode=MODE, reuse_actors=True)
+        return ArmsSearcher(by_cost, seeds=opts.seeds, max_seeds=opts.max_seeds,
+                            time_budget=budget, slots=slots, experiment=location)
 
-    from ray import tune
-
+    max_trials = len(arms) * (opts.max_seeds if opts.seeds == "auto" else first)
     return SweepPlan(
-        kind="grid", name=name, configs=configs,
-        labels=[f"{c.name}/seed{c.seed}" for c in configs],
-        param_space={**shared, "ablation": tune.grid_search(by_cost),
-                     "seed": tune.grid_search(list(range(seeds)))},
-        parameter_columns=["ablation", "seed"],
-        record={"shared": shared, "ablations": ablations, "seeds": seeds},
-        cpus=cpus, gpus=gpus, tune_config=tune_config, forced=forced, resources=resources)
+        kind="grid", name=name, base=spec, trials=trials, planned=max_trials,
+        searcher=searcher, record={"spec": spec.to_dict(), "grid": stored(opts)},
+        resources=resources, gpus=gpus, parameter_columns=["ablation", "seed"],
+        forced=forced, after=print_answer)
+
+
+def print_answer(exp, res, datasets) -> None:
+    """The answer at the end of the grid (stdout): one line per arm."""
+    from .results.answer import answer, answer_lines
+    from .spec.names import DECISIONS_FILE
+
+    ans = answer(res, exp.read_json(DECISIONS_FILE))
+    if ans is None:
+        return
+    say("")
+    say("Answer (each arm's final val_loss minus the baseline's; negative is better):")
+    for line in answer_lines(ans):
+        say(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    if args.smoke_test and args.ablations == list(ABLATIONS):
-        args.ablations = SMOKE_ABLATIONS
-    return sweep_main(ap, args, "grid", build_plan)
+    if args.smoke_test:
+        args.preset = "tiny"
+        args.ablations = args.ablations or list(SMOKE_ABLATIONS)
+        args.seeds = args.seeds if args.seeds is not None else 2
+        if args.storage == ap.get_default("storage") and not args.resume:
+            args.storage = tempfile.mkdtemp(prefix="ta-smoke-")
+    return sweep_main(args, "grid", build_plan)
 
 
 if __name__ == "__main__":

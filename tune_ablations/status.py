@@ -1,107 +1,67 @@
-"""`python -m tune_ablations.status [NAME] [--storage ...] [--json] [--watch]`: any sweep,
-running or finished: trials by status, the best so far, tokens done and planned, an ETA, and
-the Ray Job's state when the sweep was submitted.
+"""`python -m tune_ablations.status [NAME] [--storage ...] [--json] [--watch]`: any sweep, running
+or finished, local or on a URI: trials by status, the best completed trial, tokens done and
+planned, an ETA, and the Ray Job's state when the sweep was submitted.
 
-Reads only the results folder (or its mirror, for a storage URI), never a running Ray: what it
-shows is what Ray has persisted so far.
+Reads only the experiment (never a running Ray, never a checkpoint): a finished sweep from its
+results table, a running one from each trial's small files. `--json` prints only JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cli import build_parser, fail
-from .config import METRIC, STATUSES, SWEEP_FILE, TRIALS_FILE
+from .cli import build_parser
+from .spec.io import fail, say
+from .spec.names import DECISIONS_FILE, METRIC, STATUSES, TRIALS_FILE
 
 
-def planned_tokens(sweep: dict[str, Any]) -> int:
-    """Tokens the sweep will train if every trial runs its budget (a search with ASHA stops
-    some early, so this is its upper bound)."""
-    from .resolve import resolve
+def planned_tokens(sweep: dict[str, Any], decisions: dict | None) -> int:
+    """Tokens the sweep will train if every trial it has planned runs its budget (an upper
+    bound for a search with ASHA; grows with each look of a grid with --seeds auto)."""
+    from dataclasses import replace
+
+    from .spec.resolve import resolve
+    from .spec.runspec import RunSpec
 
     if sweep.get("kind") == "grid":
-        return sum(resolve({**sweep["shared"], "ablation": a, "seed": s}).total_tokens
-                   for a in sweep["ablations"] for s in range(sweep["seeds"]))
+        spec = RunSpec.from_dict(sweep["spec"])
+        grid = sweep.get("grid", {})
+        arms = grid.get("ablations") or ["baseline", "high_lr", "low_lr", "large_batch",
+                                         "short_seq", "small_model"]
+        seeds = (decisions or {}).get("looks", [None])[-1] or (
+            grid.get("seeds") if isinstance(grid.get("seeds"), int) else 2)
+        return seeds * sum(resolve(replace(spec, ablation=a)).total_tokens for a in arms)
     return int(sweep.get("num_samples", 0)) * int(sweep.get("max_t", 0))
 
 
-def sweep_status(exp: Path) -> dict[str, Any]:
-    from .results import load_history, load_results
+def sweep_status(exp) -> dict[str, Any]:
+    from .results.frames import best_completed, load
 
-    sweep = json.loads((exp / SWEEP_FILE).read_text())
-    df = load_results(exp)
-    hist = load_history(exp) if len(df) else None
+    sweep = exp.read_sweep()
+    finished = exp.exists(TRIALS_FILE)
+    df = exp.read_table("results") if finished and exp.exists("results.parquet") else \
+        load(exp).trials
     counts = {s: int((df["status"].astype(str) == s).sum()) if len(df) else 0 for s in STATUSES}
-    ok = hist[~hist["diverged"].fillna(False).astype(bool)] if hist is not None else None
-    best = None
-    if ok is not None and ok[METRIC].notna().any():
-        row = ok.loc[ok[METRIC].astype(float).idxmin()]
-        best = {"trial_id": row["trial_id"], "ablation": row["ablation"],
-                METRIC: float(row[METRIC]), "tokens_seen": int(row["tokens_seen"])}
+    best = best_completed(df)
+    if best is not None:
+        best = {"trial_id": str(best["trial_id"]), "ablation": str(best["ablation"]),
+                METRIC: float(best[METRIC]), "tokens_seen": int(best["tokens_seen"])}
     done = int(df["tokens_seen"].fillna(0).sum()) if len(df) else 0
-    planned = planned_tokens(sweep)
-    created = datetime.fromisoformat(sweep["created"]).timestamp()
-    elapsed = max(0.0, time.time() - created)
-    finished = (exp / TRIALS_FILE).exists()
+    planned = max(done, planned_tokens(sweep, exp.read_json(DECISIONS_FILE)))
+    elapsed = max(0.0, time.time() - datetime.fromisoformat(sweep["created"]).timestamp())
     eta = None if finished or not done else elapsed * max(0, planned - done) / done
     return {"experiment": exp.name, "kind": sweep.get("kind"), "finished": finished,
             "trials": len(df), "statuses": {k: v for k, v in counts.items() if v},
             "best": best, "tokens_done": done, "tokens_planned": planned,
-            "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1)}
-
-
-def _job_state(name: str) -> str | None:
-    from .submit import client, job_record
-
-    rec = job_record(name)
-    if rec is None:
-        return None
-    try:
-        return str(client(rec["job_address"]).get_job_status(rec["job_id"])).rsplit(".", 1)[-1]
-    except (ValueError, RuntimeError, OSError):
-        return "unknown (job server unreachable)"
-
-
-def _locate(name: str | None, storage: str) -> Path:
-    from .storage import download, is_uri, join, list_dirs
-
-    if is_uri(storage):
-        if name is None:
-            dirs = sorted(list_dirs(storage), key=lambda d: d[1])
-            if not dirs:
-                raise ValueError(f"no sweep in {storage}")
-            name = dirs[-1][0]
-        return download(join(storage, name))
-    root = Path(storage).expanduser()
-    if name is None:
-        found = sorted((p for p in root.glob("*") if (p / SWEEP_FILE).exists()),
-                       key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ValueError(f"no sweep in {str(root)!r}")
-        return found[-1]
-    if not (root / name / SWEEP_FILE).exists():
-        raise ValueError(f"no sweep {name!r} in {str(root)!r} (no {SWEEP_FILE} yet: a "
-                         "submitted sweep writes it once its driver has started)")
-    return root / name
-
-
-def _smoke_sweep() -> str:
-    """A tiny real experiment (analysis.smoke_experiment) with the sweep.json of a grid."""
-    import tempfile
-
-    from .analysis import smoke_experiment
-
-    exp = smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-status-")))
-    (exp / SWEEP_FILE).write_text(json.dumps({
-        "kind": "grid", "shared": {"preset": "tiny", "text_samples": 0},
-        "ablations": ["baseline", "high_lr"], "seeds": 2,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    return str(exp.parent)
+            "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
+            "bytes_read": exp.bytes_read}
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -112,39 +72,58 @@ def _line(s: dict[str, Any]) -> str:
             f"job={s.get('job', '-')} trials={s['trials']} "
             + " ".join(f"{k}={v}" for k, v in s["statuses"].items())
             + f" tokens={s['tokens_done']:,}/{s['tokens_planned']:,} ({pct:.0f}%) eta={eta}"
-            + (f" best={best[METRIC]:.4f} ({best['ablation']}, {best['trial_id']})"
-               if best else ""))
+            + (f" best_completed={best[METRIC]:.4f} ({best['ablation']}, {best['trial_id']})"
+               if best else " best_completed=-"))
 
 
-def parser():
-    ap = build_parser("status", "Trials by status, best so far, tokens and ETA of a sweep.")
-    ap.add_argument("name", nargs="?", help="experiment name (default: the newest)")
-    ap.add_argument("--storage", default="./results", help="results root or storage URI")
-    ap.add_argument("--json", action="store_true", help="one JSON object per update")
+def parser() -> argparse.ArgumentParser:
+    from .submit import DEFAULT_JOB_ADDRESS
+
+    ap = build_parser("status", "Trials by status, the best completed trial, tokens and ETA of "
+                      "a sweep.")
+    ap.add_argument("name", nargs="?", help="experiment name (default: the newest, by the "
+                    "creation time in its sweep.json)")
+    ap.add_argument("--storage", default="./results", help="results root: a folder or a URI "
+                    "(default: ./results)")
+    ap.add_argument("--job-address", default=None, help="Ray job server to ask for a "
+                    f"submitted sweep's job (default: the one it was submitted to, else "
+                    f"{DEFAULT_JOB_ADDRESS})")
+    ap.add_argument("--json", action="store_true", help="one JSON object per update, nothing "
+                    "else on stdout")
     ap.add_argument("--watch", action="store_true", help="update until the sweep has ended")
-    ap.add_argument("--interval", type=float, default=5.0, help="seconds between updates")
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between updates "
+                    "(default: 5)")
     ap.add_argument("--smoke-test", action="store_true", help="the status of a tiny real "
                     "experiment made here without Ray (seconds)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .results.experiment import ExperimentError, open_experiment
+    from .submit import job_logs_tail, job_state
+
     args = parser().parse_args(argv)
     if args.smoke_test:
-        args.storage, args.name = _smoke_sweep(), "smoke"
+        from .analysis import smoke_experiment
+
+        args.storage = str(smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-status-"))).parent)
+        args.name = "smoke"
     deadline = time.time() + 24 * 3600
     while True:
         try:
-            s = sweep_status(_locate(args.name, args.storage))
-        except (ValueError, OSError) as exc:
+            s = sweep_status(open_experiment(args.storage, args.name))
+        except (ValueError, OSError, ExperimentError) as exc:
+            job = job_state(args.name, args.job_address) if args.name else None
+            if job in ("STOPPED", "FAILED", "SUCCEEDED"):  # it will never write one now
+                return fail(f"{exc}; its Ray job is {job}: {job_logs_tail(args.name)}")
             if not args.watch or time.time() > deadline:
                 return fail(exc)
             time.sleep(args.interval)  # a submitted sweep has not written sweep.json yet
             continue
-        job = _job_state(s["experiment"])
+        job = job_state(s["experiment"], args.job_address)
         if job is not None:
             s["job"] = job
-        print(json.dumps(s) if args.json else _line(s), flush=True)
+        say(json.dumps(s) if args.json else _line(s))
         ended = s["finished"] or job in ("STOPPED", "FAILED", "SUCCEEDED")
         if not args.watch or ended:
             return 0

@@ -1,34 +1,42 @@
 """Sweeps as a service: `python -m tune_ablations.submit grid|search [SWEEP OPTIONS]` submits the
 sweep to a running Ray cluster as a Ray Job; `... submit stop NAME` ends it so that
-`submit grid --resume --name NAME` (or `grid --resume`) continues it. `status.py` follows it.
+`submit grid --resume --name NAME` (or `grid --resume`) continues it. `status` follows it.
 
 Design choices:
-- The sweep's own options are checked here first (the same parser and resolver as the
-  command), so bad input fails before anything is submitted.
+- The sweep's own options are checked here first (the same parser and planner as the command),
+  so bad input fails before anything is submitted.
 - The job runs `python -m tune_ablations.<grid|search> ... --name NAME --address auto` on the
   cluster; the experiment name is fixed at submission, so status and stop can find it.
+- A job is found from any machine: its metadata names the experiment, and Ray's job server
+  keeps it (`list_jobs`); a local record is only a shortcut to the job server's address.
+- The project's code ships with the job (`runtime_env` py_modules), so every node runs the
+  submitter's version; dependencies (torch, Ray) come from the cluster's environment.
 - The job server defaults to the local dashboard on 127.0.0.1 (an exposed job server runs
   arbitrary code for anyone who reaches it: CVE-2023-48022); `--job-address` names another.
-- A small record per submitted sweep (job id, job server, storage) is kept in the cache folder,
-  never the environment or any secret.
+- No secret reaches a job record: credentials inside `--storage` are refused (they would be
+  in the entrypoint); the cluster's environment provides them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .cli import build_parser, fail
+from .cli import build_parser
+from .spec.io import fail, redact, say, write_atomic
 
 DEFAULT_JOB_ADDRESS = "http://127.0.0.1:8265"
+ENDED = ("STOPPED", "SUCCEEDED", "FAILED")
 
 
 def jobs_dir() -> Path:
-    from .data import cache_root
+    from .training.runtime import cache_root
 
     return cache_root() / "jobs"
 
@@ -39,7 +47,17 @@ def job_record(name: str) -> dict[str, Any] | None:
 
 
 def client(address: str):
+    """A job client; like Ray's own local clusters (2.59+), it authenticates with the token in
+    ~/.ray/auth_token when one exists and no RAY_AUTH_MODE was chosen."""
+    import logging
+    import os
+
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
     from ray.job_submission import JobSubmissionClient
+
+    for name in ("ray", "ray.dashboard"):  # "Uploading package ..." lines: --verbose territory
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     try:
         return JobSubmissionClient(address)
@@ -50,7 +68,45 @@ def client(address: str):
                          ) from None
 
 
-def parser():
+def find_job(name: str, address: str | None) -> tuple[str, str] | None:
+    """(job server address, job id) of the newest job submitted for experiment `name`: the
+    local record's, else what the job server's own job list says."""
+    rec = job_record(name)
+    address = address or (rec or {}).get("job_address") or DEFAULT_JOB_ADDRESS
+    try:
+        jobs = client(address).list_jobs()
+    except Exception:  # no job server: a sweep run without submit, or the head is down
+        return (address, rec["job_id"]) if rec else None
+    mine = [j for j in jobs if (j.metadata or {}).get("experiment") == name]
+    if not mine:
+        return None
+    newest = max(mine, key=lambda j: j.start_time or 0)
+    return address, newest.submission_id or newest.job_id
+
+
+def job_state(name: str, address: str | None = None) -> str | None:
+    found = find_job(name, address)
+    if found is None:
+        return None
+    try:
+        return str(client(found[0]).get_job_status(found[1])).rsplit(".", 1)[-1]
+    except (ValueError, RuntimeError, OSError):
+        return "unknown (job server unreachable)"
+
+
+def job_logs_tail(name: str, address: str | None = None, lines: int = 3) -> str:
+    """The last lines of a submitted sweep's job log, on one line."""
+    found = find_job(name, address)
+    if found is None:
+        return "no job found"
+    try:
+        text = client(found[0]).get_job_logs(found[1])
+    except (ValueError, RuntimeError, OSError):
+        return "its logs are unreachable"
+    return " | ".join(line for line in text.strip().splitlines()[-lines:])
+
+
+def parser() -> argparse.ArgumentParser:
     ap = build_parser("submit", "Submit a grid or search to a Ray cluster as a Ray Job, or "
                       "stop one.")
     ap.add_argument("kind", nargs="?", choices=("grid", "search", "stop"),
@@ -58,10 +114,12 @@ def parser():
     ap.add_argument("--smoke-test", action="store_true", help="alone: check a smoke grid and "
                     "print the job it would submit, without a cluster; after grid|search: "
                     "submit that sweep's smoke test")
-    ap.add_argument("--job-address", default=DEFAULT_JOB_ADDRESS,
-                    help=f"Ray job server (default {DEFAULT_JOB_ADDRESS}, the local dashboard)")
+    ap.add_argument("--job-address", default=None,
+                    help=f"Ray job server (default: {DEFAULT_JOB_ADDRESS}, the local dashboard)")
     ap.add_argument("--python", default="python",
                     help="the Python the cluster runs the sweep with (default: python)")
+    ap.add_argument("--no-ship-code", action="store_true", help="run the cluster's installed "
+                    "tune_ablations instead of shipping this one with the job")
     return ap
 
 
@@ -69,62 +127,68 @@ def _check_sweep(kind: str, rest: list[str]) -> tuple[str, str]:
     """Validate the sweep's own options as the command would; returns (name, storage)."""
     import importlib
 
-    from .sweep import SweepError, check_sweep_args
+    from .sweeps.options import ResourceOptions, SweepError, options_from_args
 
     module = importlib.import_module(f"tune_ablations.{kind}")
     args = module.parser().parse_args(rest)
-    check_sweep_args(args)
+    if re.match(r"^[a-z0-9]+://[^/@]+:[^/@]+@", args.storage or ""):
+        raise ValueError("--storage holds credentials, which would be stored in the job's "
+                         "entrypoint; give the cluster AWS_ACCESS_KEY_ID / "
+                         "AWS_SECRET_ACCESS_KEY in its environment instead")
     if args.address:
         raise ValueError("--address: a submitted sweep runs on the cluster it is submitted to "
                          "(drop --address; use --job-address for the job server)")
-    if not args.resume:
-        args.n_gpus = 0  # the cluster decides; this only validates the spec
-        plan = module.build_plan(args, None)
-        name = plan.name
-    elif not args.name:
-        raise SweepError("--resume needs --name when submitting")
-    else:
-        name = args.name
-    return name, args.storage
+    resources, _ = options_from_args(ResourceOptions, args)
+    if args.resume:
+        if not args.name:
+            raise SweepError("--resume needs --name when submitting")
+        return args.name, args.storage
+    plan = module.build_plan(args, None, 0, resources)  # the cluster decides GPUs
+    return plan.name, args.storage
 
 
-def submit(kind: str, rest: list[str], *, job_address: str, python: str) -> dict[str, Any]:
+def submit(kind: str, rest: list[str], *, job_address: str, python: str,
+           ship_code: bool = True) -> dict[str, Any]:
     name, storage = _check_sweep(kind, rest)
     if "--name" not in rest:
         rest = [*rest, "--name", name]
-    entrypoint = shlex.join([python, "-m", f"tune_ablations.{kind}", *rest, "--address",
-                             "auto"])
+    entrypoint = shlex.join([python, "-m", f"tune_ablations.{kind}", *rest, "--address", "auto"])
+    runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]} if ship_code else None
     c, deadline = client(job_address), time.time() + 60
     while True:  # a head that has just started may not have its job agent yet
         try:
             job_id = c.submit_job(
                 entrypoint=entrypoint, submission_id=f"tune-ablations-{name}-{int(time.time())}",
-                metadata={"experiment": name, "kind": kind})
+                metadata={"experiment": name, "kind": kind, "storage": redact(storage)},
+                runtime_env=runtime_env)
             break
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.time() > deadline:
                 raise
             time.sleep(1)
     record = {"job_id": job_id, "job_address": job_address, "experiment": name, "kind": kind,
-              "storage": storage, "entrypoint": entrypoint,
+              "storage": redact(storage), "entrypoint": redact(entrypoint),
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    jobs_dir().mkdir(parents=True, exist_ok=True)
-    (jobs_dir() / f"{name}.json").write_text(json.dumps(record, indent=2))
+    write_atomic(jobs_dir() / f"{name}.json", json.dumps(record, indent=2))
     return record
 
 
-def stop(name: str) -> dict[str, Any]:
-    record = job_record(name)
-    if record is None:
-        raise ValueError(f"no submitted sweep named {name!r} (records in {jobs_dir()})")
-    c = client(record["job_address"])
-    c.stop_job(record["job_id"])
+def stop(name: str, address: str | None) -> dict[str, Any]:
+    found = find_job(name, address)
+    if found is None:
+        raise ValueError(f"no submitted sweep named {name!r} (not in {jobs_dir()} nor in the "
+                         f"job list of {address or DEFAULT_JOB_ADDRESS})")
+    c = client(found[0])
+    c.stop_job(found[1])
+    state = ""
     for _ in range(120):  # until the job has ended, so --resume finds a quiet experiment
-        state = str(c.get_job_status(record["job_id"]))
-        if state.rsplit(".", 1)[-1] in ("STOPPED", "SUCCEEDED", "FAILED"):
+        state = str(c.get_job_status(found[1])).rsplit(".", 1)[-1]
+        if state in ENDED:
             break
         time.sleep(0.5)
-    return {**record, "state": state}
+    rec = job_record(name) or {}
+    return {"job_id": found[1], "experiment": name, "state": state,
+            "kind": rec.get("kind", "grid"), "storage": rec.get("storage", "<storage>")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,10 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test and args.kind is not None:  # `submit grid --smoke-test`: the sweep's
         rest, args.smoke_test = ["--smoke-test", *rest], False
     if args.smoke_test:
-        name, storage = _check_sweep("grid", ["--smoke-test", *rest])
+        try:
+            name, storage = _check_sweep("grid", ["--smoke-test", "--preset", "tiny", *rest])
+        except ValueError as exc:
+            return fail(exc)
         entry = shlex.join([args.python, "-m", "tune_ablations.grid", "--smoke-test", *rest,
                             "--name", name, "--address", "auto"])
-        print(f"event=would_submit entrypoint={entry!r} storage={storage}")
+        say(f"event=would_submit entrypoint={redact(entry)!r} storage={redact(storage)}")
         return 0
     if args.kind is None:
         return fail("submit needs grid, search or stop (see --help)")
@@ -143,18 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "stop":
             if len(rest) != 1:
                 raise ValueError("usage: submit stop NAME")
-            rec = stop(rest[0])
-            print(f"event=stopped job={rec['job_id']} experiment={rec['experiment']} "
-                  f"state={rec['state']} (resume: python -m tune_ablations.submit "
-                  f"{rec['kind']} --resume --name {rec['experiment']} --storage "
-                  f"{rec['storage']})")
+            rec = stop(rest[0], args.job_address)
+            say(f"event=stopped job={rec['job_id']} experiment={rec['experiment']} "
+                f"state={rec['state']} (resume: python -m tune_ablations.submit {rec['kind']} "
+                f"--resume --name {rec['experiment']} --storage {rec['storage']})")
             return 0
-        rec = submit(args.kind, rest, job_address=args.job_address, python=args.python)
+        rec = submit(args.kind, rest, job_address=args.job_address or DEFAULT_JOB_ADDRESS,
+                     python=args.python, ship_code=not args.no_ship_code)
     except (ValueError, RuntimeError) as exc:
         return fail(exc)
-    print(f"event=submitted job={rec['job_id']} experiment={rec['experiment']} "
-          f"storage={rec['storage']} (follow: python -m tune_ablations.status "
-          f"{rec['experiment']} --storage {rec['storage']} --watch)")
+    say(f"event=submitted job={rec['job_id']} experiment={rec['experiment']} "
+        f"storage={rec['storage']} (follow: python -m tune_ablations.status "
+        f"{rec['experiment']} --storage {rec['storage']} --watch)")
     return 0
 
 

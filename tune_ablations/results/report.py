@@ -1,0 +1,295 @@
+"""The report folder: `report.md`, opening with the answer, then tables, plain statements and
+text samples, with PNG plots beside it.
+
+Design choices:
+- Conclusions first: the "Answer" section (`answer.py`) gives every arm's difference from the
+  baseline with its interval, corrected p-value, verdict and confounds.
+- Every number says what it compares and over how many trials; statements are generated from
+  the numbers and say where the data does not support a claim (unequal budgets, seeds lost,
+  eval noise).
+- A search's trials differ in their parameters, so a search gets its own section (top trials,
+  held-out check, importances) and no mean-per-ablation table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..spec.config import field_names
+from ..spec.names import (
+    DECISIONS_FILE,
+    HOLDOUT_FILE,
+    IMPORTANCES_FILE,
+    METRIC,
+    Status,
+)
+from .answer import Answer, answer, answer_lines
+from .experiment import Experiment
+from .frames import Results, probes_frame
+from .stats import equal_budgets, lr_sensitivity, rung_agreement, summarize
+
+
+def fmt(v: Any, spec: str = ".4g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:{spec}}" if isinstance(v, float) else str(v)
+
+
+def md_table(frame, columns: list[str] | None = None, spec: str = ".4g") -> str:
+    cols = columns or list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(fmt(row.get(c), spec) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _pm(row, m: str, spec: str = ".4f") -> str:
+    mean, lo = row.get(f"{m}_mean"), row.get(f"{m}_ci_low")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if lo is None or math.isnan(lo):
+        return f"{mean:{spec}} (n=1)"
+    return f"{mean:{spec}} ± {mean - lo:{spec}}"
+
+
+def lr_only_sweep(df) -> bool:
+    """True when the learning rate is the only config field that varies (besides the seed and
+    the label): then LR sensitivity means what Wortsman et al. meant."""
+    varying = {c for c in field_names() if c in df and df[c].astype(str).nunique() > 1}
+    return "lr" in varying and varying <= {"lr", "seed", "name"}
+
+
+def answer_section(ans: Answer | None) -> list[str]:
+    if ans is None:
+        return []
+    lines = ["## Answer", "", f"Each arm's final {METRIC} minus the baseline's (negative is "
+             "better), over seeds shared with the baseline; the interval is at the level of "
+             "the procedure's decision and excludes 0 exactly when it decided; `corrected p` "
+             "is the smallest familywise level at which it would decide.", ""]
+    lines += [f"- {line}" for line in answer_lines(ans)] + [""]
+    rows = [{"arm": r.arm, "n": r.n, "diff": r.diff, "%": r.pct, "low": r.ci[0],
+             "high": r.ci[1], "corrected p": r.p_adj, "verdict": r.verdict,
+             "eval SE": r.eval_se, "eval pairing": "paired" if r.eval_paired else "unpaired",
+             "own seed SD": r.own_sd, "confounds": "; ".join(r.confounds) or "none"}
+            for r in ans.arms]
+    import pandas as pd
+
+    lines += [md_table(pd.DataFrame(rows), spec=".3g"), ""]
+    lines += [f"Seed noise: the paired differences' SD across seeds, pooled over arms, is "
+              f"{fmt(ans.pooled_sd, '.3g')} nats; `own seed SD` is each arm's own (the pooled "
+              "test assumes they are "
+              "similar; an arm far above the pool deserves more seeds). `eval SE` is the "
+              "error of the difference from the finite eval set alone (batch means over "
+              "windows): differences smaller than about twice it are not resolved by this "
+              "eval set, however many seeds.", ""]
+    flagged = [r.arm for r in ans.arms if math.isfinite(r.own_sd)
+               and math.isfinite(ans.pooled_sd) and r.own_sd > 2 * ans.pooled_sd]
+    if flagged:
+        lines += [f"**Check**: {', '.join(flagged)} vary across seeds more than twice the "
+                  "pooled seed noise; their verdicts lean on the pooled estimate.", ""]
+    return lines
+
+
+def statements(df, ans: Answer | None) -> list[str]:
+    """Plain sentences the data supports, and flags where it does not."""
+    out: list[str] = []
+    equal, why = equal_budgets(df)
+    if not equal and why and not (df.get("budget") == "iso_flops").any():
+        out.append(why)
+    done = df[df["status"].astype(str) == Status.COMPLETED]
+    if "unigram_val_loss" in done and done["unigram_val_loss"].notna().any():
+        gap = (done["unigram_val_loss"].astype(float) - done[METRIC].astype(float))
+        out.append(f"Every completed trial is {gap.min():.2f} to {gap.max():.2f} nats below its "
+                   "unigram reference (token frequencies of the training split on the same "
+                   "eval tokens)." if (gap > 0).all() else
+                   f"{int((gap <= 0).sum())} completed trial(s) did not beat the unigram "
+                   "reference: they learned no more than token frequencies.")
+    if ans is not None:
+        se = [r.eval_se for r in ans.arms if math.isfinite(r.eval_se)]
+        if se:
+            out.append(f"Eval noise of the differences: {min(se):.4f} to {max(se):.4f} nats "
+                       "(standard error from the eval windows, batch means); smaller "
+                       "differences are not resolved by this eval set.")
+    if "seq_len" in df and df["seq_len"].nunique() > 1:
+        out.append("Arms with a shorter seq_len are scored with less context per token, which "
+                   "raises their loss independently of what they learned.")
+    epochs = df.groupby("ablation", observed=True)["epoch"].max().astype(float)
+    if (epochs > 1).any():
+        over = ", ".join(f"{a} {e:.2f}" for a, e in epochs[epochs > 1].items())
+        out.append(f"More than one epoch over the corpus ({over}): later tokens repeat "
+                   "earlier text.")
+    if len(df) > 1:
+        out.append("Throughput: trials ran concurrently and shared the machine's cores (or a "
+                   "GPU), so tokens/s and MFU compare trials under load, not exclusive speed; "
+                   "benchmarks/ measures exclusive throughput.")
+    for status in (Status.DIVERGED, Status.ERROR, Status.EARLY_STOPPED, Status.STOPPED,
+                   Status.RUNNING):
+        n = int((df["status"].astype(str) == status).sum())
+        if n:
+            out.append(f"{n} trial(s) {status.value.replace('_', ' ')}: counted in the tables, "
+                       "excluded from the means.")
+    return out
+
+
+def _grid_tables(df, summary, res: Results) -> list[str]:
+    lines = ["## Final metrics per ablation (mean ± 95% CI across seeds, completed trials)", "",
+             "`n` counts every trial; means are over `n_completed`. `unigram` is the loss of "
+             "token frequencies on the same eval tokens; `val_loss_se` the eval noise of one "
+             "run.", ""]
+    view = summary.copy()
+    for m, spec in (("val_loss", ".4f"), ("unigram_val_loss", ".4f"), ("val_loss_se", ".4f"),
+                    ("val_acc", ".4f"), ("val_bpb", ".4f"), ("epoch", ".2f")):
+        view[m] = [_pm(r, m, spec) for _, r in summary.iterrows()]
+    view = view.rename(columns={"unigram_val_loss": "unigram", "epoch": "epochs"})
+    lines += [md_table(view, ["ablation", "n", "n_completed", "n_diverged", "n_error",
+                              "val_loss", "val_loss_se", "unigram", "val_acc", "val_bpb",
+                              "epochs"]), ""]
+    flagged = summary[summary["lost_seeds"] > 0]["ablation"].astype(str).tolist()
+    if flagged:
+        lines += [f"**Lost seeds** in {', '.join(flagged)}: their means are over fewer trials.",
+                  ""]
+    return lines + _equal_token_section(df, res) + [
+        "## Throughput", "", "Trials ran concurrently on shared cores or GPU shares: tokens/s is "
+        "under load; `benchmarks/` measures exclusive throughput. Probe compute (cooldown "
+        "probes) is counted apart from training.", "",
+        md_table(summary, ["ablation", "tokens_per_s_mean", "mfu_mean"], ".3g"), ""]
+
+
+def _equal_token_section(df, res: Results) -> list[str]:
+    equal, why = equal_budgets(df)
+    lines = ["## Equal-token comparison", ""]
+    probes = probes_frame(res.outcomes)
+    if len(probes):
+        table = probes.groupby(["ablation", "budget_tokens"])["val_loss"].agg(
+            ["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+        return lines + ["From cooldown probes: each row is the loss a wsd run of that budget "
+                        "reaches with its learning rate decayed (branched from the stable "
+                        "phase), so arms are compared at equal tokens without reading any run "
+                        "mid-schedule.", "", md_table(table), ""]
+    if equal:
+        return lines + ["Every completed run ended at the same token budget (within one step), "
+                        "so the final losses are the equal-token comparison, each at its fully "
+                        "decayed learning rate.", ""]
+    if (df.get("budget") == "iso_flops").any():
+        return lines + ["Not applicable: this sweep gives every arm the baseline's training "
+                        "FLOPs (`--iso-flops`), so token counts differ by design; compare on "
+                        "compute.png (loss against FLOPs).", ""]
+    return lines + [f"Omitted: {why} (Or use `--set schedule=wsd probe_tokens=...` for "
+                    "decayed equal-token probes.)", ""]
+
+
+def write_report(res: Results, exp: Experiment, out: Path, *, plots: bool = True) -> Path:
+    """report.md (+ PNG plots) of an experiment into the local folder `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    df, history = res.trials, res.history
+    lines = [f"# Ablation report: {exp.name}", ""]
+    if df.empty:
+        (out / "report.md").write_text("\n".join(lines + ["No trials found."]) + "\n")
+        return out / "report.md"
+    sweep = exp.read_json("sweep.json", default={}) or {}
+    searched = list(sweep.get("searched", []))
+    ans = None if searched else answer(res, exp.read_json(DECISIONS_FILE))
+    lines += answer_section(ans)
+    summary = summarize(df)
+    if not searched:
+        lines += _grid_tables(df, summary, res)
+    lines += _lr_sections(df, history)
+    lines += domains_section(df) + search_section(exp, df, searched) + status_section(df)
+    lines += scaling_section(out)
+    lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(df, ans)] + [""]
+    if plots:
+        from .plots import make_plots
+
+        made = make_plots(df, history, summary, out, searched, exp.read_json(
+            IMPORTANCES_FILE, default={}) or {}, ans)
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in made] + [""]
+    lines += samples_section(res.outcomes)
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
+
+
+def _lr_sections(df, history) -> list[str]:
+    lines: list[str] = []
+    if lr_only_sweep(df):
+        full = df[df["status"].astype(str).isin([Status.COMPLETED, Status.DIVERGED])]
+        try:
+            lines += [f"LR sensitivity (Wortsman et al. 2023) over {len(full)} full-budget "
+                      f"trials (completed or diverged; early-stopped ones excluded), measured "
+                      f"initial loss: {lr_sensitivity(df):.4f}", ""]
+        except ValueError as exc:
+            lines += [f"LR sensitivity: not computed ({exc}).", ""]
+    if (df["status"].astype(str) == Status.EARLY_STOPPED).any():
+        lines += ["## Early-stopping rung agreement (Spearman, finished trials)", "",
+                  md_table(rung_agreement(history)), ""]
+    return lines
+
+
+def domains_section(df) -> list[str]:
+    """Extra evaluation domains: each arm's mean loss per domain next to the domain's own
+    unigram reference, and whether the ranking of arms agrees with the main validation set."""
+    cols = [c for c in df.columns if c.startswith("val_loss@")]
+    if not cols:
+        return []
+    done = df[df["status"].astype(str) == Status.COMPLETED]
+    means = done.groupby("ablation", observed=True)[[METRIC, *cols]].mean()
+    lines = ["## Evaluation domains (text that shares no document or 12-word passage with "
+             "training)", "", md_table(means.reset_index()), ""]
+    for c in cols:
+        rho = means[METRIC].rank().corr(means[c].rank()) if len(means) >= 3 else math.nan
+        verdict = "agrees" if rho >= 0.8 else "does not clearly agree" if rho == rho else \
+            "needs 3 or more arms"
+        lines.append(f"- ranking of arms on {c.split('@', 1)[1]} vs the main validation set: "
+                     f"Spearman {fmt(rho, '.2f')} over {len(means)} arms ({verdict}).")
+    return lines + [""]
+
+
+def search_section(exp: Experiment, df, params: list[str], k: int = 5) -> list[str]:
+    """A search's top-k completed trials with their searched parameters."""
+    if not params:
+        return []
+    done = df[df["status"].astype(str) == Status.COMPLETED].sort_values(METRIC).head(k)
+    lines = [f"## Search: top {len(done)} completed trials (full budget) of {len(df)}", "",
+             md_table(done, ["trial_id", *params, METRIC, "val_loss_se", "tokens_seen"]), ""]
+    h = exp.read_json(HOLDOUT_FILE)
+    if h:
+        lines += [f"Held-out check of the best trial ({h.get('trial_id')}): {METRIC} "
+                  f"{h['select_val_loss']:.4f} on the selection windows, "
+                  f"{h['holdout_val_loss']:.4f} ± {h['holdout_val_loss_se']:.4f} (SE) on "
+                  f"{h['holdout_windows']} windows of other documents that selection never "
+                  "saw.", ""] if "gap" in h else [f"Held-out check: skipped ({h.get('skipped')}).",
+                                                  ""]
+    data = exp.read_json(IMPORTANCES_FILE)
+    if data:
+        lines += [f"Importances ({data.get('evaluator')}, {data.get('n_trials')} full-budget "
+                  f"trials): " + (", ".join(f"{a}={b:.3f}" for a, b in
+                                            data.get("importances", {}).items())
+                                  or data.get("skipped", "-")), ""]
+    return lines
+
+
+def status_section(df) -> list[str]:
+    counts = df["status"].astype(str).value_counts().rename_axis("status").reset_index()
+    return ["## Trials by status", "", f"All {len(df)} trials, whatever became of them.", "",
+            md_table(counts), ""]
+
+
+def scaling_section(out: Path) -> list[str]:
+    fit = out / "fit.json"
+    if not fit.exists():
+        return []
+    f = json.loads(fit.read_text())
+    return ["## Scaling fit", "", f.get("summary", ""), ""]
+
+
+def samples_section(outcomes: dict) -> list[str]:
+    if not any(o.get("samples") for o in outcomes.values()):
+        return []
+    lines = ["## Text samples", ""]
+    for o in sorted(outcomes.values(), key=lambda o: (o.get("name", ""), o.get("seed", 0))):
+        for s in o.get("samples", []):
+            text = s["text"].replace("\n", " ")
+            lines.append(f"- **{o.get('name')}** (seed {o.get('seed')}): `{text}`")
+    return lines + [""]

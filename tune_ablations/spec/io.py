@@ -1,0 +1,68 @@
+"""Conventions every layer shares for output: `key=value` log lines on stderr (stdout carries
+results and JSON only), one atomic write, and credentials never written.
+
+Design choices:
+- Logs go to stderr so `--json` output on stdout pipes straight into `jq`.
+- `write_atomic` writes a temporary sibling and renames it: a reader (a dashboard, a resumed
+  sweep) sees the old file or the new one, never half of one.
+- `redact` removes the credentials pyarrow accepts inside a URI (`s3://KEY:SECRET@bucket`)
+  from any text before it is printed, logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*)(:[^/@\s]*)?@")
+
+
+def redact(text: str) -> str:
+    """`s3://KEY:SECRET@bucket/x` -> `s3://***@bucket/x`; other text unchanged."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+
+
+def log(msg: str) -> None:
+    """One progress line on stderr, flushed (logs of concurrent processes interleave)."""
+    print(redact(msg), file=sys.stderr, flush=True)
+
+
+def say(msg: str = "") -> None:
+    """One result line on stdout (what the command answers), flushed."""
+    print(redact(msg), flush=True)
+
+
+def user_command(argv: list[str] | None = None) -> list[str]:
+    """The command line as the user typed it (`python -m tune_ablations.grid ...` rather than
+    the module's file path), credentials redacted."""
+    argv = list(sys.argv if argv is None else argv)
+    head = Path(argv[0]) if argv else Path("")
+    if head.suffix == ".py" and head.parent.name == "tune_ablations":
+        module = "tune_ablations" if head.name == "__main__.py" else f"tune_ablations.{head.stem}"
+        argv = ["python", "-m", module, *argv[1:]]
+    return [redact(a) for a in argv]
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` through a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    return path
+
+
+def to_json(obj: Any) -> str:
+    """JSON with credentials redacted (the one way records are serialised)."""
+    return redact(json.dumps(obj, indent=2, default=str))
+
+
+def fail(exc: BaseException | str) -> int:
+    """Bad input: one line on stderr naming the field, value and rule; exit code 2."""
+    print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
+    return 2

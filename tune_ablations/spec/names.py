@@ -1,0 +1,113 @@
+"""Names defined once: trial statuses, the metrics table, report keys and file names. Every
+other module imports these instead of spelling them again.
+
+Design choices:
+- `Status` is a `str` enum, so a status compares equal to its value in JSON, DataFrames and
+  Ray's results (`Status.COMPLETED == "completed"`).
+- `METRICS` is the one table of validation metrics: name, direction and the finite value a
+  diverged run reports (Ray's schedulers and Optuna need numbers, never NaN). Evaluation,
+  results, statistics, the tuner's columns and the report all loop over it.
+- File names cover ours and Ray's; only `results.experiment.Experiment` joins them into paths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Status(str, Enum):
+    """How a trial ended (or that it has not)."""
+    COMPLETED = "completed"
+    """Ran its whole budget."""
+    EARLY_STOPPED = "early_stopped"
+    """Stopped by the scheduler (ASHA) before its budget."""
+    DIVERGED = "diverged"
+    """Non-finite or runaway loss."""
+    ERROR = "error"
+    """Raised an exception (traceback in the trial's error.txt)."""
+    STOPPED = "stopped"
+    """Asked to stop by its caller."""
+    RUNNING = "running"
+    """No end recorded yet."""
+
+    __hash__ = str.__hash__  # equal to its value, so hash like it (dict keys, pandas isin)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in Status)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One validation metric."""
+    name: str
+    """Key in reports, histories and DataFrames."""
+    mode: str
+    """`min` or `max`: which direction is better."""
+    diverged: float
+    """The finite value reported when a run has diverged."""
+    doc: str
+    """What it measures, with its unit."""
+
+
+# Reported instead of NaN/inf by a diverged run: ASHA never stops a NaN trial and `inf` breaks its
+# cutoffs; Optuna cannot record NaN. 100 nats is far above ln(vocab) for any real tokenizer.
+DIVERGED_LOSS = 100.0
+METRICS = (
+    Metric("val_loss", "min", DIVERGED_LOSS, "mean next-token cross-entropy, nats"),
+    Metric("val_loss_se", "min", 0.0, "standard error of val_loss across eval windows, nats"),
+    Metric("val_ppl", "min", math.exp(50.0), "perplexity, exp(val_loss)"),
+    Metric("val_bpb", "min", DIVERGED_LOSS, "bits per UTF-8 byte of the eval text"),
+    Metric("val_acc", "max", 0.0, "top-1 next-token accuracy"),
+    Metric("val_top5", "max", 0.0, "top-5 next-token accuracy"),
+    Metric("val_confidence", "max", 0.0, "mean probability of the top-1 token"),
+    Metric("val_entropy", "min", DIVERGED_LOSS, "mean entropy of the prediction, nats"),
+)
+METRIC_BY_NAME = {m.name: m for m in METRICS}
+METRIC = "val_loss"
+"""The metric every sweep optimises and every comparison reads."""
+MODE = METRIC_BY_NAME[METRIC].mode
+VAL_KEYS = tuple(m.name for m in METRICS)
+# ASHA's time attribute: trials are compared at equal tokens, not equal steps.
+TIME_ATTR = "tokens_seen"
+# What schedule-aware ASHA ranks by: the val_loss of a cooldown probe whose budget is this
+# report's tokens (the loss a run of this budget reaches, decayed), else val_loss.
+RANK_METRIC = "rank_loss"
+# Exactly the keys every report to Ray (and every history row) holds.
+REPORT_KEYS = ("step", "tokens_seen", "epoch", "lr", "train_loss", "grad_norm", *VAL_KEYS,
+               "rank_loss", "unigram_val_loss", "unigram_val_bpb", "tokens_per_s",
+               "steps_per_s", "mfu", "train_time_s", "eval_time_s", "diverged", "status")
+
+
+def mode_of(metric: str) -> str:
+    """`min` or `max` for a metric of the table (extra-domain losses `val_loss@x` are `min`)."""
+    return METRIC_BY_NAME.get(metric.split("@", 1)[0], METRIC_BY_NAME[METRIC]).mode
+
+
+# --- files -----------------------------------------------------------------------------------
+# Ours, in the experiment folder.
+SWEEP_FILE = "sweep.json"
+"""The sweep's record: spec, options, versions, git SHA, creation time."""
+TRIALS_FILE = "trials.json"
+"""Ray's final view of each trial, written when the sweep ends."""
+SPACE_FILE, BEST_FILE = "space.toml", "best.toml"
+STUDY_FILE, IMPORTANCES_FILE, HOLDOUT_FILE = "study.db", "importances.json", "holdout.json"
+DECISIONS_FILE = "decisions.json"
+"""The seeds procedure's looks and verdicts (grids with --seeds auto)."""
+TOKENIZER_DIR = "tokenizer"
+"""The tokenizer, stored with the experiment so export works from any machine."""
+REPORT_DIR = "report"
+TABLES = ("results", "history")
+# Ours, in each trial folder.
+RUN_FILE, OUTCOME_FILE = "run.json", "outcome.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+# Ray's.
+RAY_RESULT_FILE, RAY_PARAMS_FILE, RAY_ERROR_FILE = "result.json", "params.json", "error.txt"
+RAY_ERROR_PICKLE = "error.pkl"
+RAY_CHECKPOINT_PREFIX = "checkpoint_"
+RAY_TUNER_FILE = "tuner.pkl"
+RAY_STATE_PREFIX = "experiment_state-"

@@ -1,0 +1,389 @@
+"""`RunSpec`: what to train, as one typed value. The command line builds it from one argument
+group, `best.toml` and `--config` files are its TOML form, `sweep.json` and `run.json` store its
+dict form, Ray's trials receive it whole, and `--resume` compares two of them field by field.
+
+Design choices:
+- The budget is one choice: `iso_tokens` (default: every run trains the reference run's
+  tokens), `iso_flops` (its training FLOPs), `tokens` (`token_budget` each) or `steps` (each
+  arm's published step count, or `max_steps` each).
+- `overrides` are config fields every run shares (`--set`); `params` are the settings a sweep
+  varies per trial (a search's samples, an lr grid's rates): they are not applied to the
+  reference run that budgets are measured against.
+- `apply_flat` is the one interpreter of flat keys (`--set`, TOML files, search spaces' [fixed]
+  tables): spec fields, the aliases older files use (`iso_tokens = true`, `corpus = ...`) and
+  config fields; anything else is an error naming the closest valid key.
+- Files are TOML only, read with the standard library's `tomllib` (its backport `tomli` on
+  Python 3.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, field_names, field_type, unknown_key_error
+from .presets import ABLATIONS, is_named_corpus
+
+BUDGETS = ("iso_tokens", "iso_flops", "tokens", "steps")
+# Config fields the resolver sets from the spec; a user sets the spec field instead.
+RESOLVED_ONLY = {"tokens": "token_budget", "name": "ablation", "corpus": "data",
+                 "eval_data": "eval_data"}
+
+
+def _flag(name: str, doc: str = "") -> dict[str, str]:
+    return {"flag": name, "doc": doc}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """What to train: an ablation at a preset on some data with a budget and overrides."""
+    ablation: str = field(default="baseline", metadata=_flag("--ablation"))
+    """Reference ablation the run starts from."""
+    preset: str = field(default="cpu", metadata=_flag("--preset"))
+    """Scale: `seed` (published, for a GPU), `cpu` (a 2-core CPU in minutes), `tiny` (tests)."""
+    data: str = field(default="embedded", metadata=_flag("--data"))
+    """Training corpus: embedded | pydoc | stdlib | reference | hf:<dataset>/<config> | an
+    absolute local path."""
+    eval_data: tuple[str, ...] = field(default=(), metadata=_flag("--eval-data"))
+    """Extra evaluation domains (corpora), each scored on text that shares nothing with the
+    training split."""
+    budget: str = field(default="iso_tokens", metadata=_flag(
+        "budget", "--iso-tokens | --iso-flops | --tokens | --published-steps"))
+    """How long every run trains: one of BUDGETS."""
+    max_steps: int | None = field(default=None, metadata=_flag("--max-steps"))
+    """Steps of the reference run (or of every run with budget `steps`); None: the preset's."""
+    token_budget: int | None = field(default=None, metadata=_flag("--tokens"))
+    """Tokens of every run (budget `tokens`)."""
+    head_dim: int | None = field(default=None, metadata=_flag("--set head_dim"))
+    """Derive n_heads = d_model / head_dim (keeps a searched width valid)."""
+    ffn_mult: float | None = field(default=None, metadata=_flag("--set ffn_mult"))
+    """Derive d_ff = ffn_mult x d_model."""
+    match_params: bool = field(default=False, metadata=_flag("--set match_params"))
+    """A gated `ffn=swiglu` gets d_ff x 2/3: the SiLU FFN's parameter count."""
+    overrides: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("--set"))
+    """Config fields every run shares, sorted by key."""
+    params: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("params"))
+    """Config fields this trial of a sweep varies (not applied to the reference run)."""
+    force: bool = field(default=False, metadata=_flag("--force-set"))
+    """Allow overriding a key that an ablation defines (that arm collapses onto the baseline)."""
+    seed: int = field(default=0, metadata=_flag("--seed"))
+    """Seed of initialisation, batch order and text samples."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", _pairs(self.overrides, "--set"))
+        object.__setattr__(self, "params", _pairs(self.params, "params"))
+        object.__setattr__(self, "eval_data", tuple(self.eval_data))
+        _validate(self)
+
+    @property
+    def label(self) -> str:
+        """`<ablation>-s<seed>`, plus the varied settings: a readable trial name."""
+        extra = "".join(f"-{k}{_short(v)}" for k, v in self.params)
+        return f"{self.ablation}-s{self.seed}{extra}"
+
+    def with_params(self, **params: Any) -> RunSpec:
+        return replace(self, params=tuple({**dict(self.params), **params}.items()))
+
+    def settled(self) -> RunSpec:
+        """The params folded into the overrides: a fixed run (what best.toml stores)."""
+        return replace(self, overrides=tuple({**dict(self.overrides), **dict(self.params)
+                                              }.items()), params=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (sweep.json, run.json, Ray): every field, overrides and params as tables."""
+        out = asdict(self)
+        out.update(eval_data=list(self.eval_data), overrides=dict(self.overrides),
+                   params=dict(self.params))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
+        """The inverse of `to_dict`; also reads the flat form (selectors and config fields at
+        the top level), through `apply_flat`."""
+        d = dict(d)
+        tables = {k: dict(d.pop(k) or {}) for k in ("overrides", "params", "config") if k in d}
+        spec, _ = apply_flat(cls(), d)
+        spec, _ = apply_flat(spec, {**tables.get("config", {}), **tables.get("overrides", {})})
+        return replace(spec, params=tuple(tables.get("params", {}).items()))
+
+    def to_toml(self, comment: str = "") -> str:
+        """TOML (`best.toml`, `--config`): scalars at the top, overrides under [config]."""
+        lines = [f"# {c}" for c in comment.splitlines()]
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("overrides", "params") or v is None:
+                continue
+            lines.append(f"{f.name} = {_toml_value(list(v) if isinstance(v, tuple) else v)}")
+        for table, pairs in (("config", self.overrides), ("params", self.params)):
+            if pairs:
+                lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in pairs]
+        return "\n".join(lines) + "\n"
+
+    def to_argv(self, *, single: bool = True) -> list[str]:
+        """Command-line options that build this spec (a trial's reproducing command)."""
+        argv = ["--preset", self.preset, "--data", self.data]
+        if single:
+            argv = ["--ablation", self.ablation, "--seed", str(self.seed), *argv]
+        if self.eval_data:
+            argv += ["--eval-data", ",".join(self.eval_data)]
+        argv += {"iso_tokens": ["--iso-tokens"], "iso_flops": ["--iso-flops"],
+                 "steps": ["--published-steps"],
+                 "tokens": ["--tokens", str(self.token_budget)]}[self.budget]
+        if self.max_steps:
+            argv += ["--max-steps", str(self.max_steps)]
+        sets = [f"{k}={_cli_value(v)}" for k, v in (*self.overrides, *self.params)]
+        sets += [f"{k}={_cli_value(getattr(self, k))}" for k in ("head_dim", "ffn_mult")
+                 if getattr(self, k) is not None]
+        sets += ["match_params=true"] if self.match_params else []
+        argv += ["--set", *sets] if sets else []
+        return argv + (["--force-set"] if self.force else [])
+
+    def diff(self, other: RunSpec) -> list[tuple[str, Any, Any]]:
+        """(field, this value, other value) for every field that differs."""
+        return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    out = dict(tuple(kv) for kv in items)
+    valid = field_names()
+    for key in out:
+        if key in RESOLVED_ONLY:
+            raise ValueError(f"{what} {key}: {key} is set through {RESOLVED_ONLY[key]}"
+                             + (" (--tokens, which also keeps warmup in tokens)"
+                                if key == "tokens" else ""))
+        if key not in valid:
+            raise unknown_key_error(key, valid)
+        if field_type(key) == "str" and isinstance(out[key], (int, float)) and \
+                not isinstance(out[key], bool):
+            out[key] = str(out[key])  # a number given on the command line to a text field
+    return tuple(sorted(out.items()))
+
+
+def _validate(s: RunSpec) -> None:
+    if s.ablation not in ABLATIONS:
+        raise unknown_key_error(str(s.ablation), list(ABLATIONS), what="ablation")
+    if s.preset not in PRESETS:
+        raise ValueError(f"preset={s.preset!r} must be one of {', '.join(PRESETS)}")
+    if s.budget not in BUDGETS:
+        raise ValueError(f"budget={s.budget!r} must be one of {', '.join(BUDGETS)}")
+    if not isinstance(s.data, str) or not s.data:
+        raise ValueError(f"data={s.data!r} must be a corpus name or a path")
+    for name, flag in (("max_steps", "--max-steps"), ("token_budget", "--tokens"),
+                       ("head_dim", "head_dim")):
+        v = getattr(s, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise ValueError(f"{flag}={v!r} must be an integer > 0")
+    if (s.budget == "tokens") != (s.token_budget is not None):
+        raise ValueError(f"token_budget={s.token_budget!r} goes with budget='tokens' (got "
+                         f"budget={s.budget!r}): give --tokens alone")
+    if s.ffn_mult is not None and not (isinstance(s.ffn_mult, (int, float)) and s.ffn_mult > 0):
+        raise ValueError(f"ffn_mult={s.ffn_mult!r} must be a number > 0")
+    for name in ("match_params", "force"):
+        if not isinstance(getattr(s, name), bool):
+            raise ValueError(f"{name}={getattr(s, name)!r} must be true or false")
+    if not isinstance(s.seed, int) or isinstance(s.seed, bool) or s.seed < 0:
+        raise ValueError(f"seed={s.seed!r} must be an integer >= 0")
+
+
+# --- flat keys ---------------------------------------------------------------------------------
+
+SPEC_KEYS = tuple(f.name for f in fields(RunSpec) if f.name not in ("overrides", "params"))
+_BUDGET_ALIASES = ("iso_tokens", "iso_flops", "token_budget")
+
+
+def normalize_data(name: str) -> str:
+    """A corpus name as given; a local path made absolute (trials may run elsewhere)."""
+    return name if is_named_corpus(name) else str(Path(name).expanduser().resolve())
+
+
+def apply_flat(spec: RunSpec, flat: Mapping[str, Any]) -> tuple[RunSpec, set[str]]:
+    """Apply flat keys to a spec: spec fields, aliases and config fields (as overrides).
+    Returns the new spec and the names of the spec fields it set."""
+    explicit = "budget" in flat  # the canonical form: budget (+ token_budget)
+    setters = [k for k in ("iso_tokens", "iso_flops") if flat.get(k) is True]
+    if flat.get("token_budget") is not None and not explicit:
+        setters.append("token_budget")
+    if len(setters) > 1 or (explicit and setters and setters != ["token_budget"]):
+        raise ValueError("iso_tokens, iso_flops and token_budget each set the budget; keep one")
+    changes: dict[str, Any] = {}
+    overrides = dict(spec.overrides)
+    for key, value in flat.items():
+        if key == "iso_tokens" or key == "iso_flops":
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}={value!r} must be true or false")
+            changes["budget"] = key if value else "steps"
+        elif key == "token_budget":
+            changes["token_budget"] = value
+            if value is not None and not explicit:
+                changes["budget"] = "tokens"
+        elif key in ("corpus", "data"):
+            changes["data"] = normalize_data(str(value))
+        elif key == "eval_data":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            changes["eval_data"] = tuple(normalize_data(c.strip()) for c in items if c.strip())
+        elif key in SPEC_KEYS:
+            changes[key] = value
+        elif key in field_names():
+            overrides[key] = value
+        else:
+            raise unknown_key_error(key, [*SPEC_KEYS, *field_names()])
+    if changes.get("budget", spec.budget) != "tokens" and \
+            changes.get("token_budget", spec.token_budget) is not None:
+        changes["token_budget"] = None  # a token count belongs to budget=tokens only
+    given = set(changes) | ({"overrides"} if overrides != dict(spec.overrides) else set())
+    return replace(spec, **changes, overrides=tuple(overrides.items())), given
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: int, float, bool or string, in that order of preference."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """`["lr=1e-3", "ffn=swiglu"]` -> {"lr": 0.001, "ffn": "swiglu"}."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} must look like key=value")
+        if key == "tokens":
+            raise ValueError(f"--set {item!r}: tokens is the resolved budget; use --tokens "
+                             f"{value} (token_budget={value}), which also keeps warmup in tokens")
+        out[key] = parse_value(value)
+    return out
+
+
+def _cli_value(v: Any) -> str:
+    return "true" if v is True else "false" if v is False else repr(v) if isinstance(
+        v, float) else str(v)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    return json.dumps(v)
+
+
+def toml_module():
+    """stdlib `tomllib` (3.11+), else its backport `tomli` (same API)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def spec_from_toml(text: str, source: str) -> tuple[RunSpec, set[str]]:
+    """A TOML run file -> (spec, the spec fields it sets). Top level: spec fields (and the
+    aliases older files use); [config]: overrides; [params]: a trial's varied settings;
+    [meta]: ignored notes."""
+    tomllib = toml_module()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {source!r}: TOML syntax error: {exc}") from None
+    tables = {k: doc.pop(k) for k in ("config", "params", "meta") if k in doc}
+    for key in doc:
+        if key not in (*SPEC_KEYS, *_BUDGET_ALIASES, "corpus"):
+            raise unknown_key_error(key, [*SPEC_KEYS, "config", "params", "meta"],
+                                    what=f"top-level key in {source}")
+    valid = field_names()
+    for key in tables.get("config", {}):
+        if key not in valid and key not in ("corpus", "eval_data"):
+            raise unknown_key_error(key, valid, what=f"config key in {source}")
+    spec, given = apply_flat(RunSpec(), {**doc, **tables.get("config", {})})
+    return replace(spec, params=tuple(tables.get("params", {}).items())), given
+
+
+def load_spec_file(path: str | os.PathLike) -> tuple[RunSpec, set[str]]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ValueError(f"--config {str(path)!r}: no such file") from None
+    return spec_from_toml(text, str(path))
+
+
+# --- the command-line argument group ----------------------------------------------------------
+
+def add_spec_args(ap: argparse.ArgumentParser, *, single: bool) -> None:
+    """The options that make a RunSpec. `single`: one run (`--ablation`, `--seed`). Every
+    default is None, so what the user gave is known (a resumed sweep compares only that)."""
+    g = ap.add_argument_group("what to train")
+    if single:
+        g.add_argument("--ablation", help="reference ablation (default: baseline, or the "
+                       "config file's)")
+        g.add_argument("--seed", type=int, help="seed of initialisation and batch order "
+                       "(default: 0)")
+    g.add_argument("--preset", choices=PRESETS, help="scale (default: the config file's, else "
+                   "seed with a GPU, else cpu)")
+    g.add_argument("--data", help="embedded | pydoc | stdlib | reference | "
+                   "hf:<dataset>/<config> | a local path (default: embedded); beats a config "
+                   "file's corpus")
+    g.add_argument("--config", help="TOML run file, e.g. a search's best.toml (default: none)")
+    g.add_argument("--eval-data", help="extra evaluation domains, comma-separated corpora "
+                   "(e.g. pydoc,stdlib): val_loss@<name> at every evaluation (default: none)")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--iso-tokens", action="store_true", default=None,
+                        help="every run trains the baseline's token count (the default)")
+    budget.add_argument("--iso-flops", action="store_true", default=None,
+                        help="every run trains the baseline's training FLOPs (smaller models "
+                        "see more tokens)")
+    budget.add_argument("--tokens", type=int, help="token budget of every run (default: none; "
+                        "equal tokens come from --iso-tokens)")
+    budget.add_argument("--published-steps", action="store_true", default=None,
+                        help="each arm trains its published step count (unequal tokens, as "
+                        "the reference did)")
+    g.add_argument("--max-steps", type=int, help="steps of the reference run (default: the "
+                   "preset's)")
+    g.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override config fields or spec fields; repeatable (default: none)")
+    g.add_argument("--force-set", action="store_true", default=None,
+                   help="allow overriding a key that an ablation defines (collapses that arm)")
+
+
+def spec_from_args(args: argparse.Namespace, *, default_preset: str
+                   ) -> tuple[RunSpec, set[str]]:
+    """(spec, the spec fields the user gave). Precedence: the config file < `--set` <
+    explicit flags; `--data` beats the file's corpus."""
+    spec, given = load_spec_file(args.config) if args.config else (RunSpec(), set())
+    if "preset" not in given:
+        spec = replace(spec, preset=default_preset)
+    spec, g = apply_flat(spec, parse_sets(args.set))
+    given |= g
+    flags: dict[str, Any] = {}
+    for dest, key in (("preset", "preset"), ("data", "data"), ("eval_data", "eval_data"),
+                      ("ablation", "ablation"), ("seed", "seed"), ("max_steps", "max_steps")):
+        if getattr(args, dest, None) is not None:
+            flags[key] = getattr(args, dest)
+    for flag in ("tokens", "max_steps"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be > 0")
+    if args.tokens is not None:
+        flags["token_budget"] = args.tokens
+    for dest, budget in (("iso_tokens", "iso_tokens"), ("iso_flops", "iso_flops"),
+                         ("published_steps", "steps")):
+        if getattr(args, dest, None):
+            flags["budget"] = budget
+    if args.force_set:
+        flags["force"] = True
+    spec, g = apply_flat(spec, flags)
+    return spec, given | g

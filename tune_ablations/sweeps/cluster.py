@@ -1,0 +1,170 @@
+"""Where a sweep runs: starting or joining Ray, what the cluster has, and the preflight that
+fails before any compute when a trial could never be placed or its results never stored.
+
+Design choices:
+- A local Ray starts with the dashboard off, quiet logs and no third-party noise; `--address`
+  or `$RAY_ADDRESS` joins an existing cluster instead, shipping this package's code to its
+  workers (`runtime_env` py_modules), so every node runs the driver's version.
+- Trials asking for resources a cluster lacks stay PENDING forever in Ray, with no error; the
+  preflight compares the request with `ray.cluster_resources()` and fails first, naming it.
+- On a cluster of several nodes, a local `--storage` folder exists only on the driver's node:
+  Ray fails at a trial's first checkpoint and leaves stray files on the others. The preflight
+  refuses it, naming the fix (a URI, or `--shared-storage` for a folder every node mounts).
+- Ray snapshots the experiment state only every >= 10 s by default; we set 1 s so a sweep killed
+  mid-way resumes its trials from their checkpoints rather than from step 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+from ..training.runtime import local_gpus
+from .options import SweepError
+
+SNAPSHOT_PERIOD_S = "1"
+# Ray and its libraries print these at every start; --verbose shows them again.
+QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0",  # the classic one-line-per-trial table
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+             "RAY_DEDUP_LOGS": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+             "RAY_TQDM": "0", "RAY_ENABLE_RECORD_ACTOR_TASK_LOGGING": "0",
+             "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+
+
+def quiet_third_parties(verbose: bool = False) -> None:
+    """Silence third-party warnings and info logs (errors still show) unless `verbose`."""
+    import warnings
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", module=r"(ray|optuna|torch|transformers|datasets)\b")
+    warnings.filterwarnings("ignore", message=r".*experimental.*")
+    for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None, verbose: bool = False) -> None:
+    import ray
+
+    quiet_third_parties(verbose)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    level = logging.WARNING if verbose else logging.ERROR
+    if address:
+        ray.init(address=address, logging_level=level, log_to_driver=verbose,
+                 runtime_env=job_runtime_env())
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=local_gpus(),
+                 include_dashboard=False, dashboard_host="127.0.0.1", logging_level=level,
+                 log_to_driver=verbose, configure_logging=True)
+
+
+def job_runtime_env() -> dict:
+    """What every worker of a cluster job gets: this package's code (so each node runs the
+    driver's version; dependencies come from the nodes' environment), unless it already runs
+    from code Ray shipped; and the tests' hold point when set."""
+    from pathlib import Path
+
+    from .trainable import HOLD_ENV
+
+    here = Path(__file__).resolve().parent.parent
+    # A submitted job's driver already runs with the job's runtime env (Ray sets this
+    # variable for it): the job shipped the code, and the two may not both name py_modules.
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or "runtime_resources" in here.parts
+    env: dict = {} if in_job else {"py_modules": [str(here)]}
+    if os.environ.get(HOLD_ENV):
+        env["env_vars"] = {HOLD_ENV: os.environ[HOLD_ENV]}
+    return env
+
+
+def available_gpus(address: str | None) -> int:
+    """GPUs that trials can use: the cluster's (connecting to it) with --address or
+    $RAY_ADDRESS, else this machine's. A CPU-only machine submitting to a GPU cluster gets the
+    GPU defaults (preset `seed`, packed GPU shares)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return local_gpus()
+    import ray
+
+    init_ray(address)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def known_gpus() -> int:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return int(ray.cluster_resources().get("GPU", 0))
+    return local_gpus()
+
+
+def default_gpus_per_trial(n_trials: int, n_gpus: int) -> float:
+    """Pack trials onto the GPUs: 1 / ceil(trials / gpus), at most 1, at least 1/8."""
+    if n_gpus <= 0:
+        return 0.0
+    per_gpu = min(8, max(1, math.ceil(n_trials / n_gpus)))
+    return round(1.0 / per_gpu, 4)
+
+
+def check_local_resources(cpus: float, gpus: float, *, address: str | None) -> None:
+    """Reject impossible requests that can be known before Ray starts (local runs only)."""
+    ray = sys.modules.get("ray")
+    if address is None and not os.environ.get("RAY_ADDRESS") and not (
+            ray is not None and ray.is_initialized()):
+        if gpus > 0 and local_gpus() == 0:
+            raise SweepError(f"--gpus-per-trial={gpus} but this machine has no CUDA GPU; use "
+                             "--gpus-per-trial 0 (the default without a GPU) or join a cluster "
+                             "with GPUs via --address")
+        if cpus > (os.cpu_count() or 1):
+            raise SweepError(f"--cpus-per-trial={cpus} exceeds this machine's "
+                             f"{os.cpu_count()} CPUs")
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def preflight(cpus: float, gpus: float, resources: dict[str, float] | None = None, *,
+              local_storage: bool = False, shared: bool = False) -> None:
+    """Fail now if the cluster cannot ever place one trial (Ray would wait forever), or cannot
+    store its results, naming what it lacks."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, amount in (resources or {}).items():
+        if have.get(key, 0) < amount:
+            raise SweepError(f"--trial-resource {key}={amount:g} but the Ray cluster has "
+                             f"{have.get(key, 0):g} of {key!r} (it has: "
+                             f"{', '.join(sorted(have)) or 'nothing'}): trials would stay "
+                             "PENDING forever")
+    if gpus > 0 and have.get("GPU", 0) < gpus:
+        raise SweepError(f"--gpus-per-trial={gpus} but the Ray cluster has "
+                         f"{have.get('GPU', 0):g} GPUs: trials would stay PENDING forever. Use "
+                         "--gpus-per-trial 0 or a cluster with GPUs")
+    if have.get("CPU", 0) < cpus:
+        raise SweepError(f"--cpus-per-trial={cpus} but the Ray cluster has "
+                         f"{have.get('CPU', 0):g} CPUs")
+    nodes = alive_nodes()
+    if local_storage and not shared and nodes > 1:
+        raise SweepError(f"--storage is a local folder but the Ray cluster has {nodes} nodes: "
+                         "trials on the other nodes cannot write there. Use a storage URI "
+                         "every node reaches (s3://bucket/path, gs://...), or --shared-storage "
+                         "if the folder is on a filesystem every node mounts at the same path")
+
+
+def concurrency(cpus: float, gpus: float) -> int:
+    """Trials that run at once on this cluster (or machine)."""
+    if gpus:
+        n = known_gpus()
+        return max(1, int(n / gpus)) if n else 1
+    ray = sys.modules.get("ray")
+    total = ray.cluster_resources().get("CPU", 0) if ray is not None and ray.is_initialized() \
+        else (os.cpu_count() or 1)
+    return max(1, int(total // cpus))

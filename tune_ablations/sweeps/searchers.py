@@ -1,0 +1,315 @@
+"""The searchers that decide which trial runs next: `ArmsSearcher` for grids (seeds shared by
+arms, fixed or decided by the data) and `OptunaSearcher` for searches (Optuna's ask/tell).
+
+Design choices:
+- Both are Ray Tune `Searcher`s, so one Tuner runs the whole sweep and `--resume` restores
+  them with Ray's experiment (their state is saved, as JSON, with every experiment snapshot).
+- `ArmsSearcher` with `seeds="auto"` runs looks: two seeds for every arm, then one more seed for
+  the baseline and the arms whose comparison is still undecided (`results.sequential`), until
+  every arm is decided, `max_seeds` is reached, or the next look would not fit the time budget;
+  it says which arms stayed undecided and why. Within a look the costliest arms start first.
+  Every look is recorded in decisions.json, which the report replays.
+- `OptunaSearcher` tells the sampler the truth: a trial ASHA stopped is PRUNED with its
+  intermediate values keyed by tokens seen (Ray's OptunaSearch reports it COMPLETE with its
+  partial-budget loss), a diverged or failed one FAIL. The study lives in an Optuna storage
+  (SQLite in the experiment, or a shared database such as PostgreSQL), written as trials
+  report, so optuna-dashboard follows a running search. After a driver kill, trials the study
+  holds as RUNNING but Ray never scheduled are handed out again, so no trial is lost or
+  duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ..results.experiment import Experiment
+from ..results.sequential import ALPHA, decide, describe
+from ..spec.names import DECISIONS_FILE, METRIC, MODE, TIME_ATTR, Status
+
+
+def _searcher_base():
+    from ray.tune.search import Searcher
+
+    return Searcher
+
+
+class ArmsSearcher(_searcher_base()):
+    """A grid's arms x seeds, seed by seed."""
+
+    def __init__(self, arms: list[str], *, seeds: int | str, max_seeds: int,
+                 time_budget: float | None, slots: int, experiment: str | None,
+                 alpha: float = ALPHA):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.arms, self.auto, self.alpha = list(arms), seeds == "auto", alpha
+        self.max_seeds = max_seeds if self.auto else int(seeds)
+        self.time_budget, self.slots, self.experiment = time_budget or 0.0, slots, experiment
+        first = 2 if self.auto else int(seeds)
+        self.looks = [first]
+        self.queue: list[tuple[str, int]] = [(a, s) for s in range(first) for a in self.arms]
+        self.live: dict[str, tuple[str, int]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.verdicts: dict[str, str] = {}
+        self.stopped_because, self.finished = "", False
+        self.spent, self.session = 0.0, time.time()
+
+    # --- Ray's Searcher interface ---------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self.queue and not self.live and not self.finished:
+            self._next_look()
+        if self.queue:
+            arm, seed = self.queue.pop(0)
+            self.live[trial_id] = (arm, seed)
+            return {"ablation": arm, "seed": seed}
+        return self.FINISHED if self.finished and not self.live else None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id not in self.live:
+            return
+        arm, seed = self.live.pop(trial_id)
+        result = result or {}
+        status = Status.ERROR.value if error else str(result.get("status", "error"))
+        self.results[f"{arm}/{seed}"] = {"arm": arm, "seed": seed, "status": status,
+                                         "loss": result.get(METRIC),
+                                         "seconds": result.get("time_total_s")}
+
+    _STATE = ("arms", "auto", "alpha", "max_seeds", "time_budget", "slots", "experiment",
+              "looks", "queue", "live", "results", "verdicts", "stopped_because", "finished")
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: getattr(self, k) for k in self._STATE} | {"spent": self.elapsed()}
+        Path(checkpoint_path).write_text(json.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        state["queue"] = [tuple(q) for q in state["queue"]]
+        state["live"] = {k: tuple(v) for k, v in state["live"].items()}
+        self.__dict__.update(state)
+        self.session = time.time()
+
+    # --- the procedure ----------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.spent + time.time() - self.session
+
+    def losses(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for r in self.results.values():
+            if r["status"] == Status.COMPLETED and r["loss"] is not None:
+                out.setdefault(r["arm"], {})[r["seed"]] = float(r["loss"])
+        return out
+
+    def _next_look(self) -> None:
+        others = [a for a in self.arms if a != "baseline"]
+        undecided = others
+        if self.auto:
+            outcome = decide(self.losses(), others, self.looks, max_seeds=self.max_seeds,
+                             alpha=self.alpha)
+            self.verdicts = {a: d.verdict for a, d in outcome.decisions.items()}
+            undecided = outcome.undecided
+        n = self.looks[-1]
+        why = self._stop_reason(undecided, n)
+        if why is not None:
+            self.finished, self.stopped_because = True, why
+        else:
+            self.queue = [(a, n) for a in self.arms if a == "baseline" or a in undecided]
+            self.looks.append(n + 1)
+        self.write_record()
+
+    def _stop_reason(self, undecided: list[str], n: int) -> str | None:
+        if not self.auto:
+            return ""
+        if not undecided:
+            return ""
+        if n >= self.max_seeds:
+            return f"--max-seeds {self.max_seeds} reached"
+        done = [r["seconds"] for r in self.results.values() if r["seconds"]]
+        if self.time_budget and done:
+            trials = len(undecided) + 1
+            estimate = math.ceil(trials / max(1, self.slots)) * (sum(done) / len(done))
+            if self.elapsed() + estimate > self.time_budget:
+                return (f"time budget: another look ({trials} trials, about {estimate:.0f} s) "
+                        f"would end past --time-budget {self.time_budget:g} s")
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """What decisions.json holds (the report replays the procedure from it)."""
+        looks = self.looks if not self.queue else self.looks[:-1]
+        looks = self.looks if self.finished else looks
+        return {"procedure": describe(looks, self.alpha), "auto": self.auto,
+                "looks": looks, "max_seeds": self.max_seeds, "alpha": self.alpha,
+                "arms": self.arms, "verdicts": self.verdicts, "finished": self.finished,
+                "stopped_because": self.stopped_because, "seconds": round(self.elapsed(), 1),
+                "trials": len(self.results) + len(self.live) + len(self.queue)}
+
+    def write_record(self) -> None:
+        if self.experiment:
+            Experiment(self.experiment).write_json(self.record(), DECISIONS_FILE)
+
+
+class OptunaSearcher(_searcher_base()):
+    """Optuna's ask/tell, with honest trial states, in a persistent study."""
+
+    def __init__(self, distributions: dict[str, Any], *, storage: str, study_name: str,
+                 sampler: str, sampler_seed: int, num_samples: int,
+                 first_point: dict[str, Any] | None = None):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.distributions, self.storage, self.study_name = distributions, storage, study_name
+        self.sampler_kind, self.sampler_seed = sampler, sampler_seed
+        self.num_samples, self.first_point = num_samples, first_point
+        self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self.storage_ids: dict[int, int] = {}  # Optuna trial number -> its id in the storage
+        self.asked, self.told = 0, set()
+        self._study = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_study"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._study = None
+
+    @property
+    def study(self):
+        if self._study is None:
+            self._study = open_study(self.storage, self.study_name,
+                                     make_sampler(self.sampler_kind, self.sampler_seed))
+            if not self._study.trials and self.first_point:
+                self._study.enqueue_trial(self.first_point)  # where the reference stood
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        import optuna
+
+        orphan = self._orphan()
+        if orphan is not None:  # asked before a driver kill, never scheduled by Ray
+            self._map(trial_id, orphan.number, orphan._trial_id)
+            return dict(orphan.params)
+        if self.asked >= self.num_samples:
+            return self.FINISHED if len(self.told) >= len(self.numbers) else None
+        with _quiet(optuna):
+            trial = self.study.ask(self.distributions)
+        self.asked += 1
+        # Optuna's public Trial(study, trial_id) needs the storage's id of the trial.
+        self._map(trial_id, trial.number, trial._trial_id)
+        return dict(trial.params)
+
+    def _map(self, trial_id: str, number: int, storage_id: int) -> None:
+        self.numbers[trial_id] = number
+        self.storage_ids[number] = storage_id
+
+    def _trial(self, number: int):
+        import optuna
+
+        return optuna.trial.Trial(self.study, self.storage_ids[number])
+
+    def _orphan(self):
+        from optuna.trial import TrialState
+
+        mapped = set(self.numbers.values())
+        return next((t for t in self.study.get_trials(deepcopy=False, states=(
+            TrialState.RUNNING,)) if t.number not in mapped and t.params), None)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        number, value = self.numbers.get(trial_id), result.get(METRIC)
+        if number is None or number in self.told or value is None or result.get("diverged"):
+            return
+        with _quiet(optuna):
+            self._trial(number).report(float(value), step=int(result.get(TIME_ATTR, 0)))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        number = self.numbers.get(trial_id)
+        if number is None or number in self.told:
+            return
+        if result and not error and result.get("status") in (Status.RUNNING,
+                                                              Status.EARLY_STOPPED):
+            self.on_trial_result(trial_id, result)  # the rung it was stopped at (Ray skips it)
+        self.told.add(number)
+        status = None if error or result is None else result.get("status")
+        state, value = tell_state(status, (result or {}).get(METRIC))
+        trial = self._trial(number)
+        trial.set_user_attr("status", _final_status(status, error))
+        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr(TIME_ATTR, int((result or {}).get(TIME_ATTR) or 0))
+        self.study.tell(number, value, state=state, skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({
+            "numbers": self.numbers, "storage_ids": self.storage_ids, "asked": self.asked,
+            "told": sorted(self.told)}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.numbers, self.asked = state["numbers"], state["asked"]
+        self.storage_ids = {int(k): v for k, v in state["storage_ids"].items()}
+        self.told = set(state["told"])
+
+
+def _final_status(status: str | None, error: bool) -> str:
+    if error or status is None:
+        return Status.ERROR.value
+    return Status.EARLY_STOPPED.value if status == Status.RUNNING else str(status)
+
+
+def tell_state(status: str | None, value: float | None):
+    """(Optuna state, value) for a trial's last status: completed -> COMPLETE with its final
+    loss; stopped by the scheduler (last status still running) or by its caller -> PRUNED;
+    diverged, errored or lost -> FAIL."""
+    from optuna.trial import TrialState
+
+    if status == Status.COMPLETED and value is not None and math.isfinite(value):
+        return TrialState.COMPLETE, float(value)
+    if status in (Status.RUNNING, Status.STOPPED, Status.EARLY_STOPPED):
+        return TrialState.PRUNED, None
+    return TrialState.FAIL, None
+
+
+def make_sampler(kind: str, seed: int):
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+
+
+class _quiet:
+    """Optuna's info logs and experimental warnings off for a block."""
+
+    def __init__(self, optuna):
+        self.optuna = optuna
+
+    def __enter__(self):
+        import warnings
+
+        self.level = self.optuna.logging.get_verbosity()
+        self.optuna.logging.set_verbosity(self.optuna.logging.WARNING)
+        self.catch = warnings.catch_warnings()
+        self.catch.__enter__()
+        warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+
+    def __exit__(self, *exc):
+        self.catch.__exit__(*exc)
+        self.optuna.logging.set_verbosity(self.level)
+
+
+def open_study(storage: str, name: str, sampler=None):
+    """The search's study (created once, then loaded), its metric named."""
+    import optuna
+
+    with _quiet(optuna):
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                    sampler=sampler,
+                                    direction="minimize" if MODE == "min" else "maximize")
+        if not study.metric_names:
+            study.set_metric_names([METRIC])
+    return study

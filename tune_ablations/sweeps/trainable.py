@@ -1,0 +1,239 @@
+"""The only bridge to Ray: a function trainable around `train()`, its resources, and what each
+trial records.
+
+Design choices:
+- Data to the trials, not trials to the data: the driver prepares every corpus once and hands
+  the token arrays, the tokenizer and the extra domains to the trials through Ray's object
+  store (`tune.with_parameters`). A trial on any host reads nothing from the driver's disk and
+  never rebuilds a tokenizer; only data the driver did not prepare is prepared where it runs.
+- A trial receives the sweep's base `RunSpec` whole and only what varies in Ray's config
+  (ablation, seed, a search's samples), so it resolves exactly as the command line did.
+- `report` forwards to `ray.tune.report(metrics, checkpoint=...)`, and a restarted trial resumes
+  from `ray.tune.get_checkpoint()` (in Ray 2.x only the `ray.tune.*` names work inside a Tune
+  function). A checkpoint that fails to load is skipped with a warning and the trial starts
+  from scratch rather than failing on every retry.
+- A trial whose outcome is already in the experiment (the driver died after it finished, before
+  Ray's snapshot said so) reports that outcome again and does not train.
+- Each trial's `run.json` holds what reproduces it: the spec, the resolved config, versions, git
+  SHA, data facts, the node, the user's command line and the one-run command for this trial.
+  It and `outcome.json` are written in the trial's working directory and reach storage through
+  Ray's artifact sync, from whichever node ran the trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..results.experiment import Experiment
+from ..spec.io import redact, write_atomic
+from ..spec.names import OUTCOME_FILE, RUN_FILE, Status
+from ..spec.resolve import resolve
+from ..spec.runspec import RunSpec
+from ..training.data import data_id, prepare_data
+from ..training.domains import with_domains
+from ..training.trainer import train
+
+# Tests only: "<step>:<folder>[:<prefix>]" makes a trial (whose folder starts with <prefix>)
+# report at its first evaluation at or after <step>, then create <folder>/held-<trial> and wait
+# for <folder>/release: a kill test kills on that state, never after a sleep.
+HOLD_ENV = "TUNE_ABLATIONS_TEST_HOLD"
+VARIED = ("ablation", "seed")
+
+
+def git_sha(path: str | os.PathLike | None = None) -> str | None:
+    """The commit of the checkout holding `path` (default: this package), or None."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True, text=True,
+                           timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("tune-ablations", "torch", "ray", "optuna", "numpy", "tokenizers", "datasets",
+                 "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def trial_spec(base: RunSpec, config: dict[str, Any]) -> RunSpec:
+    """The base spec with what Ray's config varies for this trial."""
+    from dataclasses import replace
+
+    spec = replace(base, **{k: config[k] for k in VARIED if k in config})
+    params = {k: v for k, v in config.items() if k not in VARIED}
+    return spec.with_params(**params) if params else spec
+
+
+def _node() -> dict[str, Any]:
+    """The Ray node this trial runs on (a cluster has several)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": None, "node_ip": None}
+    return {"node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address()}
+
+
+_DATA: dict[str, Any] = {}  # per worker process: a reused actor prepares a corpus once
+
+
+def trial_data(cfg, datasets: dict | None, cache_dir: str | None):
+    key = data_id(cfg.data)
+    if datasets and key in datasets:
+        return datasets[key]
+    if key not in _DATA:  # data the driver did not prepare (a search over data settings)
+        cache = Path(cache_dir) if cache_dir else None
+        _DATA[key] = with_domains(prepare_data(cfg.data, cache, log=lambda s: None), cfg.data,
+                                  cache)
+    return _DATA[key]
+
+
+def run_metadata(spec: RunSpec, cfg, data, **extra: Any) -> dict[str, Any]:
+    from ..spec.config import to_flat_dict
+
+    return {"ablation": cfg.name, "seed": cfg.seed, "label": spec.label,
+            "spec": spec.to_dict(), "config": to_flat_dict(cfg), "versions": package_versions(),
+            "data": data.facts(cfg.total_tokens), "host": platform.node(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "reproduce": " ".join(["python -m tune_ablations.train",
+                                   *spec.settled().to_argv()]), **extra}
+
+
+def _finished_outcome(experiment: str | None, trial_name: str) -> dict | None:
+    if not experiment:
+        return None
+    outcome = Experiment(experiment).read_json(trial_name, OUTCOME_FILE)
+    done = (Status.COMPLETED, Status.DIVERGED)
+    return outcome if outcome and outcome.get("status") in done and outcome.get("history") \
+        else None
+
+
+def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = None,
+              threads: int = 1, gpu_fraction: float = 0.0, cache_dir: str | None = None,
+              experiment: str | None = None, sha: str | None = None,
+              argv: list[str] | None = None) -> dict[str, Any]:
+    """Ray Tune function trainable: one training run, reporting at every evaluation."""
+    import torch
+    from ray import tune
+
+    spec = trial_spec(RunSpec.from_dict(base), config)
+    data = trial_data(resolve(spec), datasets, cache_dir)
+    cfg = resolve(spec, vocab_size=data.vocab_size)
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available() and 0 < gpu_fraction < 1:
+        # Several trials share a GPU: cap this process so one cannot starve the others.
+        torch.cuda.set_per_process_memory_fraction(gpu_fraction)
+    context = tune.get_context()
+    trial_dir = Path.cwd()  # Ray's trial working directory, synced to storage at each report
+    name = Path(context.get_trial_dir()).name
+    done = _finished_outcome(experiment, name)
+    if done is not None:  # finished before the driver died: report it again, do not retrain
+        tune.report({k: v for k, v in done["history"][-1].items() if "window" not in k})
+        return {}
+    write_atomic(trial_dir / RUN_FILE, json.dumps(run_metadata(
+        spec, cfg, data, trial_id=context.get_trial_id(), git_sha=sha, threads=threads,
+        gpu_fraction=gpu_fraction, pid=os.getpid(), argv=[redact(a) for a in (argv or [])],
+        **_node()), indent=2, default=str))
+    hold = _hold(name)
+
+    def report(metrics: dict[str, Any], save_checkpoint) -> None:
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+            save_checkpoint(Path(tmp))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        hold(metrics["step"])
+
+    def on_end(result: dict[str, Any]) -> None:
+        write_atomic(trial_dir / OUTCOME_FILE, json.dumps(
+            result | {"trial_id": context.get_trial_id()}, indent=2, default=str))
+
+    resume_dir = _checkpoint_dir(tune.get_checkpoint())
+    try:
+        _train_resuming(cfg, report, data, resume_dir, threads, on_end)
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    return {}
+
+
+def _checkpoint_dir(checkpoint) -> Path | None:
+    if checkpoint is None:
+        return None
+    resume_dir = Path(tempfile.mkdtemp(prefix="resume-"))
+    checkpoint.to_directory(str(resume_dir))
+    return resume_dir
+
+
+def _hold(name: str):
+    """The test-only hold point (see HOLD_ENV); a no-op unless the variable is set."""
+    spec = os.environ.get(HOLD_ENV, "")
+    at, folder, prefix = (spec.split(":", 2) + [""])[:3] if spec else ("", "", "")
+    if not spec or not name.startswith(prefix):
+        return lambda step: None
+    state = {"held": False}
+
+    def hold(step: int) -> None:
+        if state["held"] or step < int(at):
+            return
+        state["held"] = True
+        Path(folder, f"held-{name}").write_text(str(step))
+        while not Path(folder, "release").exists():
+            time.sleep(0.05)
+
+    return hold
+
+
+def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int,
+                    on_end) -> dict[str, Any]:
+    """`train()`, resuming from `resume_dir` when given; a checkpoint that cannot be read
+    (truncated, corrupted) is skipped with a warning and the run starts from scratch."""
+    if resume_dir is not None:
+        try:
+            from ..training.step import load_checkpoint
+
+            load_checkpoint(resume_dir)
+        except Exception as exc:  # any unreadable checkpoint: the trial must still run
+            warnings.warn(f"event=checkpoint_unreadable path={resume_dir} "
+                          f"error={type(exc).__name__} action=restart_from_scratch", stacklevel=2)
+            print(f"event=checkpoint_unreadable error={type(exc).__name__}: {exc} "
+                  "action=restart_from_scratch", file=sys.stderr, flush=True)
+            resume_dir = None
+    return train(cfg, report=report, data=data, resume_from=resume_dir, threads=threads,
+                 log=lambda s: print(s, flush=True), on_end=on_end)
+
+
+def build_trainable(*, base: RunSpec, datasets: dict, cpus: float, gpus: float,
+                    cache_dir: str | None, experiment: str, sha: str | None, argv: list[str],
+                    resources: dict[str, float] | None = None):
+    """`run_trial` with its parameters in the object store and its resources declared (custom
+    resources place trials on chosen nodes of a cluster)."""
+    from ray import tune
+
+    threads = max(1, int(cpus))
+    fn = tune.with_parameters(run_trial, base=base.to_dict(), datasets=datasets,
+                              threads=threads, gpu_fraction=gpus, cache_dir=cache_dir,
+                              experiment=experiment, sha=sha, argv=argv)
+    return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus, **(resources or {})})

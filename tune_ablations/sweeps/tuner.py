@@ -1,0 +1,161 @@
+"""Ray Tune's side of a sweep: the progress table, readable trial folders, the callbacks that
+keep statuses honest, tables live and checkpoints pruned safely, fitting or restoring the
+Tuner, and Ray's final view of each trial.
+
+Design choices:
+- The live table's `run` column is our status; a trial the scheduler stopped is marked
+  `early_stopped` the moment it is stopped, so the live table and the final tables agree.
+- Trial folders are named `<ablation>-s<seed>[-<varied values>]-<id>`.
+- Checkpoints are pruned by us, not by Ray: Ray's `num_to_keep` deletes checkpoints that its
+  last persisted experiment snapshot may still name, and a driver killed then cannot resume
+  that trial. We keep the newest `keep` checkpoints of a trial plus every one the newest
+  persisted snapshot names, so every unfinished trial can resume.
+- run.json / outcome.json live in each trial's working directory and reach storage through
+  `SyncConfig(sync_artifacts=True)`, from whichever node runs the trial.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ..results.experiment import Experiment
+from ..results.frames import load, write_tables
+from ..spec.io import log
+from ..spec.names import METRIC, TIME_ATTR, TRIALS_FILE, Status
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_dirname(trial) -> str:
+    """`baseline-s0-<id>`; a search's trial adds its values (`lr1e-3-batch_size8`)."""
+    cfg = dict(trial.config)
+    head = f"{cfg.pop('ablation', 'trial')}-s{cfg.pop('seed', 0)}"
+    extra = "-".join(f"{k}{_short(v)}" for k, v in sorted(cfg.items()))
+    name = f"{head}-{extra}" if extra else head
+    return re.sub(r"[^\w.=+-]", "_", f"{name}-{trial.trial_id}")[:120]
+
+
+def progress_reporter(parameter_columns: list[str], exp: Experiment):
+    from ray import tune
+
+    class Reporter(tune.CLIReporter):
+        def _progress_str(self, trials, done, *sys_info, **kw):
+            text = super()._progress_str(trials, done, *sys_info, **kw)
+            return "\n".join(f"Results: {exp}" if line.startswith("Result logdir") else line
+                             for line in text.splitlines())
+
+    return Reporter(
+        metric_columns={"step": "step", TIME_ATTR: "tokens", METRIC: METRIC, "val_acc": "acc",
+                        "tokens_per_s": "tok/s", "status": "run"},
+        parameter_columns=parameter_columns, max_report_frequency=15, sort_by_metric=False)
+
+
+def callbacks(exp: Experiment, keep: int, *, live: bool):
+    """Honest statuses, safe checkpoint pruning and (optionally) live result tables."""
+    from ray import tune
+
+    class Statuses(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("done") and result.get("status") == Status.RUNNING:
+                result["status"] = Status.EARLY_STOPPED.value  # stopped by the scheduler
+
+    class Pruner(tune.Callback):
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            try:
+                prune_checkpoints(exp, trial_folder(trial), keep)
+            except OSError as exc:  # pruning must never stop the sweep
+                log(f"event=prune_skipped error={type(exc).__name__}")
+
+    class LiveTables(tune.Callback):
+        def __init__(self):
+            self.last = 0.0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if time.time() - self.last < (5.0 if exp.remote else 2.0):
+                return
+            try:
+                write_tables(load(exp), exp)
+            except Exception as exc:  # a view must never stop the sweep
+                log(f"event=live_view_skipped error={type(exc).__name__}")
+            self.last = time.time()
+
+    return [Statuses(), Pruner(), *([LiveTables()] if live else [])]
+
+
+def trial_folder(trial) -> str:
+    return str(trial.path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def snapshot_checkpoints(exp: Experiment, folder: str) -> list[str]:
+    """Checkpoint folders of trial `folder` that the newest persisted experiment snapshot names,
+    oldest first. Ray stores each trial's checkpoint manager cloudpickled as hex inside the
+    snapshot's JSON; the paths are read out of those bytes (nothing is unpickled). With every
+    checkpoint registered (no `num_to_keep`), the newest one named is what a restore uses."""
+    states = exp.ray_states()
+    if not states:
+        return []
+    text = exp.read_text(states[-1])
+    pattern = re.compile(rf"{re.escape(folder)}/(checkpoint_\d+)")
+    found = set(pattern.findall(text))
+    for blob in re.findall(r"[0-9a-f]{64,}", text):  # the hex blobs, however escaped
+        found |= set(pattern.findall(bytes.fromhex(blob).decode("latin-1")))
+    return sorted(found)
+
+
+def prune_checkpoints(exp: Experiment, folder: str, keep: int) -> list[str]:
+    """Delete a trial's checkpoints except the newest `keep` and the newest one the persisted
+    snapshot names (what a restore after a driver kill would load)."""
+    names = exp.checkpoints(folder)
+    if len(names) <= keep:
+        return []
+    named = snapshot_checkpoints(exp, folder)
+    protected = set(names[-keep:]) | set(named[-1:])
+    gone = [n for n in names if n not in protected]
+    for n in gone:
+        exp.delete(folder, n)
+    return gone
+
+
+def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_failures: int,
+              keep_checkpoints: int, parameter_columns: list[str],
+              param_space: dict | None = None):
+    """Fit a new Tuner, or restore the one in `exp` (errored trials retried)."""
+    from ray import tune
+
+    from .options import SweepError
+
+    storage_path, fs = exp.ray_storage()
+    if resume:
+        if not exp.has_ray_state():
+            raise SweepError(f"--resume: {exp} has no Ray state (tuner.pkl): the sweep was "
+                             "stopped before Ray started; rerun without --resume after removing "
+                             "the folder")
+        tuner = tune.Tuner.restore(exp.root, trainable=trainable,
+                                   resume_errored=True, storage_filesystem=fs)
+    else:
+        run_config = tune.RunConfig(
+            name=exp.name, storage_path=storage_path, storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # we prune (see above)
+            sync_config=tune.SyncConfig(sync_artifacts=True),
+            progress_reporter=progress_reporter(parameter_columns, exp), verbose=1,
+            callbacks=callbacks(exp, keep_checkpoints, live=True), log_to_file=True)
+        tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config,
+                           run_config=run_config)
+    return tuner.fit()
+
+
+def record_states(exp: Experiment, results) -> dict[str, dict]:
+    """Ray's final view of each trial into `trials.json` (analysis needs no Ray after this)."""
+    states: dict[str, dict] = {}
+    for r in results:
+        trial_id = (r.metrics or {}).get("trial_id") or str(r.path).rsplit("/", 1)[-1]
+        states[trial_id] = {
+            "status": "ERROR" if r.error else "TERMINATED", "path": str(r.path),
+            "error": f"{type(r.error).__name__}: {str(r.error)[:500]}" if r.error else None}
+    exp.write_json(states, TRIALS_FILE)
+    return states

@@ -1,0 +1,141 @@
+"""A compact decoder-only Transformer LM: the reference architecture, with RoPE that works.
+
+Design choices:
+- Token embedding scaled by sqrt(d_model); pre-norm blocks with RMSNorm; causal attention through
+  `F.scaled_dot_product_attention(is_causal=True)`; SiLU FFN (or SwiGLU); final RMSNorm; output
+  projection tied to the embedding; every weight initialised normal(0, 0.02), as the reference.
+- RoPE rotates by *position*. The reference indexed (B, H, T, D) tensors as (B, T, H, D) and so
+  rotated by head index, identically for q and k: q.k was unchanged and its model had no
+  positional information. `pos_encoding="none"` reproduces that effective model as an ablation.
+- Rotary helpers are pure functions so the relative-position property is testable directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..spec.config import ModelConfig
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float,
+                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables, each (seq_len, head_dim // 2), float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :D/2], x[..., D/2:]) of x (B, H, T, D) by angle position * freq."""
+    T = x.shape[-2]
+    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)  # (T, D/2), broadcast over B, H
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.rope = cfg.pos_encoding == "rope"
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.ffn == "swiglu"
+        self.up = nn.Linear(cfg.d_model, (2 if self.gated else 1) * cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.gated:
+            a, g = h.chunk(2, dim=-1)
+            return self.down(F.silu(g) * a)
+        return self.down(F.silu(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.ffn = RMSNorm(cfg.d_model), FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)  # on each branch before the residual add
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab_size)."""
+        T = idx.shape[1]
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} must be <= max_seq_len={self.cfg.max_seq_len}")
+        x = self.drop(self.embed(idx) * math.sqrt(self.cfg.d_model))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, self.rope_cos, self.rope_sin)
+        return F.linear(self.norm(x), self.embed.weight)  # tied output projection
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.8,
+                 top_k: int = 50, generator: torch.Generator | None = None,
+                 greedy: bool = False) -> torch.Tensor:
+        """Sample (or, `greedy`, take the most likely) continuations of idx (B, T); returns
+        (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.cfg.max_seq_len:])[:, -1, :].float()
+            if greedy:
+                idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+                continue
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx

@@ -1,0 +1,157 @@
+"""One training step and what it needs: the learning-rate schedule, the optimizer, the model
+under one autocast context, the evaluation cadence and checkpoints. Never imports Ray.
+
+Design choices:
+- AdamW with weight decay on 2-D weights only; linear warmup, then cosine to `min_lr_ratio`
+  of the peak (or linear, constant, wsd): `lr_at` is a pure function, tested at every boundary.
+- `train_step` returns tensors, not floats, so the loop decides when to synchronise; the plan's
+  and the probes' step-time estimates (`probes.py`) time this same function.
+- Precision and compilation are decided before the step is built (`probes.py`) and passed in.
+- Checkpoints are written to a temp name and renamed, and loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..spec.config import RunConfig
+from ..spec.names import CHECKPOINT_FILE
+from .model import TransformerLM
+from .runtime import autocast
+
+
+def decay(progress: float, shape: str) -> float:
+    """Fraction of the way from the peak (1) to the floor (0) left at `progress` in [0, 1]."""
+    p = min(1.0, max(0.0, progress))
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if shape == "sqrt":
+        return 1.0 - math.sqrt(p)
+    return 1.0 - p  # linear
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based) of a run of `cfg.steps` steps."""
+    o = cfg.optim
+    peak, warm, total = o.lr, o.warmup_steps, cfg.steps
+    floor = peak * o.min_lr_ratio
+    if step < warm:  # linear warmup, every schedule: peak/warm at step 0, peak at step warm
+        return peak * (step + 1) / warm
+    if step >= total:  # past the end: the floor (the peak for `constant`)
+        return peak if o.schedule == "constant" else floor
+    if o.schedule == "constant":
+        return peak
+    if o.schedule == "wsd":  # stable at the peak, then decay over the last decay_fraction
+        start = max(warm, total - round(o.decay_fraction * total))
+        if step < start:
+            return peak
+        return floor + (peak - floor) * decay((step - start) / max(1, total - start),
+                                              o.decay_shape)
+    progress = (step - warm) / max(1, total - warm)  # from the peak (0) to the floor (1)
+    return floor + (peak - floor) * decay(progress, "linear" if o.schedule == "linear"
+                                          else "cosine")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    try:  # fused kernels exist for CUDA and, in recent torch, CPU
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=betas)
+
+
+@dataclass
+class Step:
+    """What one optimizer step needs, built once per run."""
+    cfg: RunConfig
+    model: TransformerLM
+    forward: Any
+    opt: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: torch.dtype | None
+    ctx: Any
+    precision_reason: str = ""
+    compile_reason: str = ""
+
+
+def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
+               amp: torch.dtype | None, compiled: bool = False, log=lambda s: None) -> Step:
+    """Model (seeded by `cfg.seed`), optimizer, grad scaler and autocast context for `cfg` on
+    `device`, in the given autocast dtype, compiled if asked (eager if compilation fails)."""
+    torch.manual_seed(cfg.seed)
+    model = TransformerLM(cfg.model, vocab_size).to(device)
+    opt = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    step = Step(cfg, model, model, opt, scaler, device, amp, autocast(device, amp))
+    step.forward = _maybe_compile(step, vocab_size, log) if compiled else model
+    return step
+
+
+def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on inputs/targets (B, T); returns (loss, grad norm) as tensors, so
+    the caller decides when to sync."""
+    for group in s.opt.param_groups:
+        group["lr"] = lr
+    with s.ctx:
+        logits = s.forward(x)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    s.scaler.scale(loss).backward()
+    s.scaler.unscale_(s.opt)
+    gnorm = torch.zeros((), device=s.device)
+    if s.cfg.optim.grad_clip > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.optim.grad_clip)
+    s.scaler.step(s.opt)
+    s.scaler.update()
+    s.opt.zero_grad(set_to_none=True)
+    return loss.detach(), gnorm
+
+
+def _maybe_compile(s: Step, vocab_size: int, log) -> Any:
+    try:
+        compiled = torch.compile(s.model)
+        # Compile forward and backward now, outside the training clock, at the training shape;
+        # a failure falls back before training starts. No optimizer step: weights unchanged.
+        x = torch.randint(0, vocab_size, (s.cfg.data.batch_size, s.cfg.data.seq_len),
+                          device=s.device)
+        with s.ctx:
+            F.cross_entropy(compiled(x).float().flatten(0, 1), x.flatten()).backward()
+        s.model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as exc:  # no compiler toolchain, unsupported platform, ...
+        log(f"event=compile_failed error={type(exc).__name__} fallback=eager")
+        return s.model
+
+
+def eval_due(cfg: RunConfig, step: int) -> bool:
+    """Whether step `step` (1-based count of steps done) ends with an evaluation."""
+    if step >= cfg.steps:
+        return True
+    every = cfg.eval.eval_every_tokens
+    if every:  # crossed a token milestone during this step
+        tps = cfg.tokens_per_step
+        return step * tps // every > (step - 1) * tps // every
+    return step % cfg.eval.eval_every == 0
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path / CHECKPOINT_FILE)  # never a half-written checkpoint under its name
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
