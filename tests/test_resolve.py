@@ -107,8 +107,12 @@ def test_every_corner_of_every_space_trains_the_same_tokens(path, preset):
 def test_rungs_fall_on_a_report_of_every_trial():
     """Every ASHA rung (grace x eta^k, grace = the first milestone) is within one step after a
     report of every trial of the largest shipped space."""
+    from tune_ablations.search import _derive
+    from tune_ablations.sweeps.options import SearchOptions
+
     space = load_space(SHIPPED / "lr_batch_seq_dim.toml")
-    configs = [resolve(c) for c in space.corners(space.base_spec(RunSpec(preset="cpu")))]
+    base, _ = _derive(space, space.base_spec(RunSpec(preset="cpu")), SearchOptions())
+    configs = [resolve(c) for c in space.corners(base)]  # planned as the search plans them
     milestone = {c.eval.eval_every_tokens for c in configs}
     assert len(milestone) == 1
     grace, eta, max_t = milestone.pop(), 3, max(c.total_tokens for c in configs)
