@@ -75,8 +75,10 @@ def parser() -> argparse.ArgumentParser:
 def _out_folder(exp, out: str | None) -> Path:
     if out:
         return Path(out).expanduser()
+    from .spec.names import REPORT_DIR
+
     if exp.local_dir is not None:
-        return exp.local_dir / "report"
+        return Path(exp.path(REPORT_DIR))
     return Path.cwd() / f"{exp.name}-report"
 
 

@@ -27,14 +27,14 @@ def planned_tokens(sweep: dict[str, Any], decisions: dict | None) -> int:
     bound for a search with ASHA; grows with each look of a grid with --seeds auto)."""
     from dataclasses import replace
 
+    from .spec.presets import ABLATIONS
     from .spec.resolve import resolve
     from .spec.runspec import RunSpec
 
     if sweep.get("kind") == "grid":
         spec = RunSpec.from_dict(sweep["spec"])
         grid = sweep.get("grid", {})
-        arms = grid.get("ablations") or ["baseline", "high_lr", "low_lr", "large_batch",
-                                         "short_seq", "small_model"]
+        arms = grid.get("ablations") or list(ABLATIONS)
         seeds = (decisions or {}).get("looks", [None])[-1] or (
             grid.get("seeds") if isinstance(grid.get("seeds"), int) else 2)
         return seeds * sum(resolve(replace(spec, ablation=a)).total_tokens for a in arms)

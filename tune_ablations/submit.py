@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -127,11 +126,12 @@ def _check_sweep(kind: str, rest: list[str]) -> tuple[str, str]:
     """Validate the sweep's own options as the command would; returns (name, storage)."""
     import importlib
 
+    from .results.experiment import has_credentials
     from .sweeps.options import ResourceOptions, SweepError, options_from_args
 
     module = importlib.import_module(f"tune_ablations.{kind}")
     args = module.parser().parse_args(rest)
-    if re.match(r"^[a-z0-9]+://[^/@]+:[^/@]+@", args.storage or ""):
+    if has_credentials(args.storage or ""):
         raise ValueError("--storage holds credentials, which would be stored in the job's "
                          "entrypoint; give the cluster AWS_ACCESS_KEY_ID / "
                          "AWS_SECRET_ACCESS_KEY in its environment instead")

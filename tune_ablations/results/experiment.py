@@ -66,6 +66,11 @@ def join(storage: str | os.PathLike, name: str) -> str:
 _INLINE = re.compile(r"^(?P<scheme>s3://)(?P<key>[^/@:]+):(?P<secret>[^/@]+)@(?P<rest>.+)$")
 
 
+def has_credentials(location: str) -> bool:
+    """Whether a storage URI carries credentials inline (`s3://KEY:SECRET@bucket`)."""
+    return _INLINE.match(str(location)) is not None
+
+
 def strip_credentials(location: str) -> str:
     """`s3://KEY:SECRET@bucket/x` -> `s3://bucket/x`, the credentials moved into this process's
     environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), where pyarrow, Ray's workers

@@ -200,6 +200,8 @@ def _validate(s: RunSpec) -> None:
 
 SPEC_KEYS = tuple(f.name for f in fields(RunSpec) if f.name not in ("overrides", "params"))
 _BUDGET_ALIASES = ("iso_tokens", "iso_flops", "token_budget")
+FLAT_SPEC_KEYS = (*SPEC_KEYS, "iso_tokens", "iso_flops", "corpus")
+"""Every flat key `apply_flat` reads as a spec field (besides config fields)."""
 
 
 def normalize_data(name: str) -> str:

@@ -31,10 +31,7 @@ from typing import Any
 from ..spec.config import PRESETS, field_names, field_type, to_flat_dict, unknown_key_error
 from ..spec.presets import ABLATIONS
 from ..spec.resolve import resolve
-from ..spec.runspec import SPEC_KEYS, RunSpec, apply_flat, toml_module
-
-_FIXED_SPEC_KEYS = ("budget", "max_steps", "token_budget", "iso_tokens", "iso_flops", "data",
-                    "corpus", "eval_data", "match_params", "head_dim", "ffn_mult")
+from ..spec.runspec import FLAT_SPEC_KEYS, RunSpec, apply_flat, toml_module
 
 SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -223,9 +220,7 @@ def parse_space(text: str, path: Path) -> SearchSpace:
         if num_samples < 1:
             raise _err(path, f"num_samples={num_samples} must be >= 1")
     fixed = doc.get("fixed", {})
-    valid_fixed = field_names() + [k for k in _FIXED_SPEC_KEYS if k in (*SPEC_KEYS, "corpus",
-                                                                       "iso_tokens",
-                                                                       "iso_flops")]
+    valid_fixed = field_names() + [k for k in FLAT_SPEC_KEYS if k not in ("ablation", "preset")]
     for k in fixed:
         if k not in valid_fixed:
             raise _err(path, str(unknown_key_error(k, valid_fixed, what="key in [fixed]")))

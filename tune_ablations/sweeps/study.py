@@ -44,7 +44,7 @@ def study_location(exp: Experiment, url: str | None) -> tuple[str, Path | None]:
         return url, None
     if exp.local_dir is not None:
         exp.local_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{exp.local_dir / STUDY_FILE}", None
+        return f"sqlite:///{exp.path(STUDY_FILE)}", None
     import hashlib
 
     from ..training.runtime import cache_root

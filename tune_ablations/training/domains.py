@@ -15,14 +15,15 @@ Design choices:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..spec.config import HUB_PREFIX, DataConfig
+from ..spec.io import write_atomic
 from .corpus import CorpusError, load_documents, shingles, split_documents
 from .data import Domain, TokenData, load_tokenizer
 from .runtime import cache_root
@@ -80,11 +81,10 @@ def build_domain(cfg: DataConfig, data: TokenData, label: str, corpus: str,
         ids.append(data.eos_id)
     arr = np.asarray(ids, dtype=data.train.dtype)
     facts = {"documents": len(docs), "dropped": total - len(docs), "total": total}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-    meta.write_text(json.dumps(facts))
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    write_atomic(path, buf.getvalue())
+    write_atomic(meta, json.dumps(facts))
     return Domain(label, corpus, arr, **facts)
 
 

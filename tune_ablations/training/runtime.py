@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from ..spec.io import write_atomic
+
 # Dense bf16/fp16 tensor-core peaks from vendor data sheets, FLOP/s; first match of the name.
 GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
                   ("A10", 125e12), ("L4", 121e12), ("V100", 125e12), ("T4", 65e12),
@@ -84,11 +86,7 @@ def read_cache_file(name: str) -> dict:
 
 
 def write_cache_file(name: str, data: dict) -> None:
-    path = cache_root() / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_atomic(cache_root() / name, json.dumps(data, indent=1))
 
 
 def precision_name(amp: torch.dtype | None) -> str:

@@ -12,8 +12,8 @@ Design choices:
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..spec.config import RunConfig
+from ..spec.io import write_atomic
 from ..spec.names import CHECKPOINT_FILE
 from .model import TransformerLM
 from .runtime import autocast
@@ -147,10 +148,9 @@ def eval_due(cfg: RunConfig, step: int) -> bool:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT_FILE)  # never a half-written checkpoint under its name
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(Path(path) / CHECKPOINT_FILE, buf.getvalue())  # never half a checkpoint
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
