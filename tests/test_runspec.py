@@ -22,6 +22,7 @@ SAMPLES = {
     "token_budget": [99_000],
     "head_dim": [32],
     "ffn_mult": [3.0, 2.5],
+    "lr_width": [128],
     "match_params": [True],
     "overrides": [{"lr": 0.002}, {"ffn": "swiglu", "weight_decay": 0.0, "compile": True}],
     "params": [{"batch_size": 4}],
@@ -60,7 +61,7 @@ def test_cli_toml_and_sweep_json_round_trip(spec):
 
 OTHER = {"ablation": "low_lr", "preset": "cpu", "data": "stdlib", "eval_data": ("stdlib",),
          "budget": "iso_tokens", "max_steps": 77, "token_budget": 12_345, "head_dim": 16,
-         "ffn_mult": 4.0, "match_params": False, "overrides": {"lr": 0.005}, "force": False,
+         "ffn_mult": 4.0, "lr_width": 64, "match_params": False, "overrides": {"lr": 0.005}, "force": False,
          "seed": 9}
 
 

@@ -26,7 +26,18 @@ def test_chinchilla_form_recovers_known_parameters():
     lo, hi = fit["alpha_ci95"]
     assert lo <= fit["alpha"] <= hi and hi - lo < 0.1
     assert lo - 0.01 <= TRUE["alpha"] <= hi + 0.01
-    assert "compute-optimal frontier" in fit["summary"] and fit["predicted_loss"] > TRUE["E"]
+    assert fit["identified"] and "compute-optimal frontier" in fit["summary"]
+    assert fit["predicted_loss"] > TRUE["E"]
+
+
+def test_an_unidentified_fit_reports_no_extrapolation():
+    """Sizes and budgets too close together for E: the fit says so and extrapolates nothing."""
+    rng = np.random.default_rng(2)
+    n, d = np.meshgrid(np.geomspace(1e5, 2e5, 4), np.geomspace(1e6, 2e6, 4))
+    n, d = n.ravel(), d.ravel()
+    loss = chinchilla_loss(TRUE, n, d) * np.exp(rng.normal(0, 0.02, len(n)))
+    fit = fit_runs(n, d, loss, n_boot=20)
+    assert not fit["identified"] and "no extrapolation along compute" in fit["summary"]
 
 
 def test_one_token_budget_is_a_law_in_size_that_is_not_extrapolated():

@@ -277,3 +277,38 @@ def test_a_pruned_trial_reaches_the_sampler_as_pruned(tmp_path):
     searcher.on_trial_complete("t1", {METRIC: 4.0, "tokens_seen": 9000, "status": "completed"})
     assert searcher.study.trials[1].state == optuna.trial.TrialState.COMPLETE
     assert searcher.study.trials[1].value == 4.0
+
+
+@pytest.mark.parametrize("seq_len, expect", [(32, "gap"), (512, "skipped")])
+def test_the_holdout_check_uses_other_documents_or_refuses(corpus_dir, tmp_path, seq_len,
+                                                           expect):
+    """The best trial is re-scored on validation documents no evaluation scored; a split whose
+    held-out documents hold too few windows is refused, not silently reused."""
+    from tune_ablations.results.experiment import Experiment
+    from tune_ablations.results.frames import load
+    from tune_ablations.spec.resolve import resolve
+    from tune_ablations.spec.runspec import RunSpec
+    from tune_ablations.sweeps.study import holdout_check
+    from tune_ablations.sweeps.trainable import run_metadata
+    from tune_ablations.training.data import data_id, prepare_data
+    from tune_ablations.training.trainer import train
+
+    spec = RunSpec(preset="tiny", data=str(corpus_dir), budget="steps", overrides={
+        "vocab_size": 300, "seq_len": seq_len, "max_steps": 4, "eval_every": 4,
+        "eval_tokens": 16 * seq_len, "text_samples": 0, "warmup_steps": 1})
+    cfg = resolve(spec)
+    data = prepare_data(cfg.data, log=lambda s: None)
+    exp = Experiment(tmp_path / "e")
+
+    def report(m, save):
+        save(Path(exp.path("t", "checkpoint_000000")))
+
+    result = train(cfg, data=data, report=report)
+    exp.write_json(run_metadata(spec, cfg, data, trial_id="t"), "t", "run.json")
+    exp.write_json(result | {"trial_id": "t"}, "t", "outcome.json")
+    hold = holdout_check(exp, load(exp).trials, {data_id(cfg.data): data})
+    assert expect in hold, hold
+    if expect == "gap":
+        assert hold["holdout_windows"] == hold["select_windows"] == 16
+    else:
+        assert "too small for a held-out check" in hold["skipped"]

@@ -98,3 +98,48 @@ def test_pareto_front():
     x = [1.0, 2.0, 3.0, 4.0, 2.5]
     y = [5.0, 4.0, 4.5, 3.0, 3.9]
     assert pareto_front(x, y) == [0, 1, 4, 3]
+
+
+def _domain_results(rng, arms, main_means, dom_means, seeds=3, windows=40, noise=0.05):
+    rows, outcomes = [], {}
+    for arm, m, d in zip(arms, main_means, dom_means):
+        for s in range(seeds):
+            tid = f"{arm}-{s}"
+            rows.append((arm, s, "completed", m, 1000, 10))
+            outcomes[tid] = {"window_losses": list(m + rng.normal(0, noise, windows)),
+                             "domain_window_losses": {"pydoc": list(d + rng.normal(
+                                 0, noise, windows))},
+                             "domains": {"pydoc": {"corpus": "pydoc", "documents": 30,
+                                                   "dropped": 7, "total": 37}}}
+    df = _df(rows)
+    df["trial_id"] = [f"{a}-{s}" for a, s in zip(df["ablation"], df["seed"])]
+    return df, outcomes
+
+
+def test_rank_agreement_has_a_bootstrap_interval():
+    from tune_ablations.results.stats import rank_agreement
+
+    rng = np.random.default_rng(0)
+    arms = ["baseline", "a", "b", "c", "d"]
+    df, outcomes = _domain_results(rng, arms, [3.0, 3.2, 3.4, 3.6, 3.8],
+                                   [4.0, 4.2, 4.4, 4.6, 4.8])
+    same = rank_agreement(df, outcomes, "pydoc", n_boot=300)
+    assert same["rho"] == pytest.approx(1.0) and same["low"] > 0.8 and same["arms"] == 5
+    df, outcomes = _domain_results(rng, arms, [3.0, 3.01, 3.02, 3.03, 3.04],
+                                   [4.02, 4.0, 4.03, 4.01, 4.04], noise=0.2)
+    noisy = rank_agreement(df, outcomes, "pydoc", n_boot=300)
+    assert noisy["low"] < 0 < noisy["high"]  # five close arms: the rank order is not known
+    few = rank_agreement(df[df["ablation"].isin(["a", "b"])], outcomes, "pydoc")
+    assert math.isnan(few["rho"]) and "3 or more arms" in few["note"]
+
+
+def test_the_report_says_what_each_domain_lost_and_how_sure_its_ranking_is():
+    from tune_ablations.results.report import domains_section
+
+    rng = np.random.default_rng(1)
+    df, outcomes = _domain_results(rng, ["baseline", "a", "b"], [3.0, 3.2, 3.4],
+                                   [4.0, 4.2, 4.4])
+    df["val_loss@pydoc"] = df["val_loss"] + 1.0
+    text = "\n".join(domains_section(df, outcomes))
+    assert "pydoc (pydoc): 30 of 37 documents scored; 7 left out" in text
+    assert "Spearman 1.00 (95% bootstrap interval" in text and "over 9 runs" in text

@@ -197,7 +197,8 @@ def write_report(res: Results, exp: Experiment, out: Path, *, plots: bool = True
     if not searched:
         lines += _grid_tables(df, summary, res)
     lines += _lr_sections(df, history)
-    lines += domains_section(df) + search_section(exp, df, searched) + status_section(df)
+    lines += domains_section(df, res.outcomes) + search_section(exp, df, searched)
+    lines += status_section(df)
     lines += scaling_section(out)
     lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(df, ans)] + [""]
     if plots:
@@ -227,22 +228,37 @@ def _lr_sections(df, history) -> list[str]:
     return lines
 
 
-def domains_section(df) -> list[str]:
+def domains_section(df, outcomes: dict) -> list[str]:
     """Extra evaluation domains: each arm's mean loss per domain next to the domain's own
-    unigram reference, and whether the ranking of arms agrees with the main validation set."""
+    unigram reference, how many documents the no-shared-text rule removed, and whether arms
+    rank the same as on the main validation set (Spearman with a bootstrap interval)."""
+    from .stats import rank_agreement
+
     cols = [c for c in df.columns if c.startswith("val_loss@")]
     if not cols:
         return []
     done = df[df["status"].astype(str) == Status.COMPLETED]
-    means = done.groupby("ablation", observed=True)[[METRIC, *cols]].mean()
-    lines = ["## Evaluation domains (text that shares no document or 12-word passage with "
-             "training)", "", md_table(means.reset_index()), ""]
+    uni = [c for c in df.columns if c.startswith("unigram_val_loss@")]
+    means = done.groupby("ablation", observed=True)[[METRIC, *cols, *uni]].mean()
+    lines = ["## Evaluation domains (documents sharing no document and no 12-word passage "
+             "with the training split)", "", md_table(means.reset_index()), ""]
+    facts = next((o.get("domains") for o in outcomes.values() if o.get("domains")), {}) or {}
     for c in cols:
-        rho = means[METRIC].rank().corr(means[c].rank()) if len(means) >= 3 else math.nan
-        verdict = "agrees" if rho >= 0.8 else "does not clearly agree" if rho == rho else \
-            "needs 3 or more arms"
-        lines.append(f"- ranking of arms on {c.split('@', 1)[1]} vs the main validation set: "
-                     f"Spearman {fmt(rho, '.2f')} over {len(means)} arms ({verdict}).")
+        label = c.split("@", 1)[1]
+        f = facts.get(label, {})
+        if f:
+            lines.append(f"- {label} ({f['corpus']}): {f['documents']} of {f['total']} documents "
+                         f"scored; {f['dropped']} left out because they are, or share a 12-word "
+                         "passage with, training documents.")
+        r = rank_agreement(df, outcomes, label)
+        if math.isfinite(r["rho"]):
+            verdict = "agrees" if r["low"] > 0 else "agreement not supported"
+            lines.append(f"- ranking of {r['arms']} arms on {label} vs the main validation set: "
+                         f"Spearman {r['rho']:.2f} (95% bootstrap interval {r['low']:.2f} to "
+                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and eval windows): "
+                         f"{verdict}.")
+        else:
+            lines.append(f"- ranking on {label}: {r['note']}.")
     return lines + [""]
 
 

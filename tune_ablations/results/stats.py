@@ -232,6 +232,48 @@ def rung_agreement(history, rungs: list[float] | None = None, metric: str = METR
     return pd.DataFrame(rows, columns=["rung_tokens", "n_trials", "spearman"])
 
 
+def rank_agreement(df, outcomes: dict, label: str, *, n_boot: int = 1000, seed: int = 0
+                   ) -> dict[str, Any]:
+    """Whether arms rank the same on extra domain `label` as on the main validation set:
+    Spearman's rho between the arms' mean losses on the two, with a bootstrap 95% interval
+    that resamples each arm's seeds and each set's eval windows (windows of one text are not
+    independent draws of the language, and three to six arms give a coarse rho)."""
+    from scipy.stats import spearmanr
+
+    done = df[df["status"].astype(str) == Status.COMPLETED]
+    arms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for row in done.itertuples():
+        o = outcomes.get(row.trial_id) or {}
+        main, dom = o.get("window_losses"), (o.get("domain_window_losses") or {}).get(label)
+        if main and dom:
+            arms.setdefault(str(row.ablation), []).append((np.asarray(main), np.asarray(dom)))
+    out: dict[str, Any] = {"label": label, "arms": len(arms), "n_boot": n_boot,
+                           "seeds": sum(len(v) for v in arms.values())}
+    if len(arms) < 3:
+        return {**out, "rho": math.nan, "low": math.nan, "high": math.nan,
+                "note": "needs 3 or more arms with per-window losses"}
+
+    def rho(sample) -> float:
+        means = [(np.mean([m.mean() for m, _ in runs]), np.mean([d.mean() for _, d in runs]))
+                 for runs in sample]
+        return float(spearmanr(*zip(*means)).statistic)
+
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        sample = []
+        for runs in arms.values():
+            picked = [runs[i] for i in rng.integers(0, len(runs), len(runs))]
+            sample.append([(m[rng.integers(0, len(m), len(m))], d[rng.integers(0, len(d),
+                                                                               len(d))])
+                           for m, d in picked])
+        boots.append(rho(sample))
+    boots = [b for b in boots if math.isfinite(b)]
+    return {**out, "rho": rho(list(arms.values())),
+            "low": float(np.percentile(boots, 2.5)) if boots else math.nan,
+            "high": float(np.percentile(boots, 97.5)) if boots else math.nan}
+
+
 def pareto_front(x, y) -> list[int]:
     """Indices of the points no other point beats on both x (cost) and y (loss), by x."""
     order = np.argsort(np.asarray(x, dtype=float), kind="stable")

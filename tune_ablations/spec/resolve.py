@@ -99,6 +99,8 @@ def _build(ablation: str, spec: RunSpec, flat: dict[str, Any]) -> RunConfig:
     cfg = with_overrides(base, _derive(dict(flat), base, spec))
     if spec.match_params and cfg.model.ffn == "swiglu":  # three matrices: d_ff x 2/3
         cfg = with_overrides(cfg, {"d_ff": max(1, round(cfg.model.d_ff * 2 / 3))})
+    if spec.lr_width:  # muP for Adam: hidden-layer rates scale as 1/width
+        cfg = with_overrides(cfg, {"lr": cfg.optim.lr * spec.lr_width / cfg.model.d_model})
     return cfg
 
 

@@ -63,6 +63,9 @@ class RunSpec:
     """Derive n_heads = d_model / head_dim (keeps a searched width valid)."""
     ffn_mult: float | None = field(default=None, metadata=_flag("--set ffn_mult"))
     """Derive d_ff = ffn_mult x d_model."""
+    lr_width: int | None = field(default=None, metadata=_flag("--set lr_width"))
+    """Scale the learning rate by lr_width / d_model (muP for Adam: a model half as wide
+    takes twice the rate), so runs of several widths each train near their own optimum."""
     match_params: bool = field(default=False, metadata=_flag("--set match_params"))
     """A gated `ffn=swiglu` gets d_ff x 2/3: the SiLU FFN's parameter count."""
     overrides: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("--set"))
@@ -137,7 +140,8 @@ class RunSpec:
         if self.max_steps:
             argv += ["--max-steps", str(self.max_steps)]
         sets = [f"{k}={_cli_value(v)}" for k, v in (*self.overrides, *self.params)]
-        sets += [f"{k}={_cli_value(getattr(self, k))}" for k in ("head_dim", "ffn_mult")
+        sets += [f"{k}={_cli_value(getattr(self, k))}" for k in ("head_dim", "ffn_mult",
+                                                                  "lr_width")
                  if getattr(self, k) is not None]
         sets += ["match_params=true"] if self.match_params else []
         argv += ["--set", *sets] if sets else []
@@ -180,7 +184,7 @@ def _validate(s: RunSpec) -> None:
     if not isinstance(s.data, str) or not s.data:
         raise ValueError(f"data={s.data!r} must be a corpus name or a path")
     for name, flag in (("max_steps", "--max-steps"), ("token_budget", "--tokens"),
-                       ("head_dim", "head_dim")):
+                       ("head_dim", "head_dim"), ("lr_width", "lr_width")):
         v = getattr(s, name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             raise ValueError(f"{flag}={v!r} must be an integer > 0")

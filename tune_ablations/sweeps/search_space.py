@@ -38,7 +38,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _TOP_KEYS = ("description", "ablation", "preset", "num_samples", "fixed", "params", "derive")
 _PARAM_KEYS = ("distribution", "low", "high", "values", "log")
-_DERIVE_KEYS = ("head_dim", "ffn_mult")
+_DERIVE_KEYS = ("head_dim", "ffn_mult", "lr_width")
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def parse_space(text: str, path: Path) -> SearchSpace:
     for k, v in derive.items():
         if k not in _DERIVE_KEYS:
             raise _err(path, str(unknown_key_error(k, list(_DERIVE_KEYS), what="key in [derive]")))
-        _number(path, "[derive]", k, v, integer=k == "head_dim")
+        _number(path, "[derive]", k, v, integer=k in ("head_dim", "lr_width"))
         if v <= 0:
             raise _err(path, f"[derive].{k}={v} must be > 0")
     space = SearchSpace(path=path, description=doc.get("description", ""), ablation=ablation,

@@ -79,6 +79,8 @@ class TrainState:
     resumed_from: list = field(default_factory=list)
     window_losses: list = field(default_factory=list)
     """Loss per eval window at the latest evaluation (paired eval noise between arms)."""
+    domain_window_losses: dict = field(default_factory=dict)
+    """The same for each extra evaluation domain (rank agreement's bootstrap)."""
 
 
 def divergence(cfg: RunConfig, st: TrainState, train_loss: float, metrics: dict | None
@@ -204,7 +206,9 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "MFU came out above 1: the peak FLOP/s denominator is wrong (set peak_flops)",
         "diverged_because": st.diverged_because, "initial_loss": st.initial_loss,
         "probes": st.probes, "probe_time_s": st.probe_time,
-        "window_losses": st.window_losses,
+        "window_losses": st.window_losses, "domain_window_losses": st.domain_window_losses,
+        "domains": {label: {"corpus": d.corpus, "documents": d.documents, "dropped": d.dropped,
+                            "total": d.total} for label, d in r.data.domains.items()},
         "probe_tokens_trained": st.probe_tokens_trained,
         "flops_per_token": r.fpt, "device": str(r.step.device),
         "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
@@ -233,6 +237,7 @@ def _evaluate(r: Run, st: TrainState, train_loss: float, lr: float, gnorm: float
             m.update({f"val_loss@{label}": d["val_loss"], f"val_bpb@{label}": d["val_bpb"],
                       f"val_loss_se@{label}": d["val_loss_se"],
                       f"unigram_val_loss@{label}": unigram})
+            st.domain_window_losses[label] = d["window_losses"]
         why = divergence(cfg, st, train_loss, m)
     if why is not None or st.status == Status.DIVERGED.value:
         st.status, st.diverged_because = Status.DIVERGED.value, why or st.diverged_because
