@@ -61,8 +61,8 @@ def test_cli_toml_and_sweep_json_round_trip(spec):
 
 OTHER = {"ablation": "low_lr", "preset": "cpu", "data": "stdlib", "eval_data": ("stdlib",),
          "budget": "iso_tokens", "max_steps": 77, "token_budget": 12_345, "head_dim": 16,
-         "ffn_mult": 4.0, "lr_width": 64, "match_params": False, "overrides": {"lr": 0.005}, "force": False,
-         "seed": 9}
+         "ffn_mult": 4.0, "lr_width": 64, "match_params": False, "overrides": {"lr": 0.005},
+         "force": False, "seed": 9}
 
 
 def _field_cases():
