@@ -182,16 +182,16 @@ def test_export_reloads_identical_logits(real_grid, tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in
                                                                         out.iterdir()}
     model = load_pretrained(out)
-    meta = json.loads((out / "config.json").read_text())
-    trial = Path(meta["trial"])
+    meta = json.loads((out / "config.json").read_text())["tune_ablations"]
+    trial = real_grid / meta["trial"]
     ckpt = sorted(trial.glob("checkpoint_*"))[-1]
     from tune_ablations.spec.config import from_flat_dict
     from tune_ablations.training.model import TransformerLM
 
-    ref = TransformerLM(from_flat_dict(meta["config"]).model, meta["vocab_size"])
+    ref = TransformerLM(from_flat_dict(meta["config"]).model, model.vocab_size)
     ref.load_state_dict(load_checkpoint(ckpt)["model"])
     ref.eval()
-    x = torch.randint(0, meta["vocab_size"], (2, 16))
+    x = torch.randint(0, model.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
     from transformers import AutoTokenizer

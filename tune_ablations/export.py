@@ -65,10 +65,25 @@ def _smoke(out: str | None) -> int:
     ref.load_state_dict(load_checkpoint(exp.fetch_checkpoint(trial))["model"])
     x = torch.randint(0, model.vocab_size, (2, 16))
     with torch.no_grad():
-        same = torch.equal(model(x), ref(x))
+        same = torch.equal(model(x), ref(x)) and _hf_logits_match(target, ref, x)
     say(f"event=exported path={target} identical_logits={same}")
     return 0 if same else 1
 
+
+def _hf_logits_match(target: Path, ref, x) -> bool:
+    """The exported folder loads through `transformers.AutoModelForCausalLM` (our remote code,
+    or Llama) and gives the trained model's logits; True when transformers is not installed."""
+    import torch
+
+    try:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return True
+    hf_logging.disable_progress_bar()
+    hf = AutoModelForCausalLM.from_pretrained(str(target), trust_remote_code=True).eval()
+    with torch.no_grad():
+        return torch.allclose(hf(x).logits.float(), ref(x), atol=1e-4, rtol=1e-4)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,29 +1,34 @@
-"""`python -m tune_ablations.export <experiment or trial> --out DIR`: a trained model as a folder
-of safetensors weights, its config and its tokenizer; `load_pretrained(DIR)` reloads it.
+"""`python -m tune_ablations.export <experiment or trial> --out DIR`: a trained model as the
+Hugging Face ecosystem's own format, from a local experiment or a URI.
 
 Design choices:
-- From an experiment, the best completed trial by the sweep's metric; from a trial folder, that
-  trial. Its latest checkpoint is read with `torch.load(..., weights_only=True)`.
-- `model.safetensors` holds the weights (the output projection is tied to the embedding, which
-  is stored once); `config.json` holds the resolved config and vocabulary size;
-  the tokenizer is saved with a pad token and the `model_max_length` the model was trained at,
-  so `AutoTokenizer.from_pretrained(DIR)` loads it (transformers 4.x and 5.x).
-- No transformers model class matches exactly: `ffn=swiglu` with RoPE and RMSNorm is
-  Llama-shaped, but this model scales the embedding by sqrt(d_model) and uses no biases in the
-  same places; see README ("Export") for what a Llama conversion would take.
+- From an experiment, its best completed trial by the sweep's metric (`frames.best_completed`,
+  the one definition); from a trial folder, that trial. The checkpoint is read with
+  `torch.load(..., weights_only=True)`, fetched on demand from remote storage.
+- The format is picked by `hf_formats`: a stock `LlamaForCausalLM` when one computes exactly
+  what our model computes (`ffn=swiglu`), else a self-contained modeling file with `auto_map`.
+  Both get `generation_config.json` (greedy, the tokenizer's end-of-text token) and a model card.
+- The tokenizer is the one stored with the experiment (`tokenizers/<data key>/`), so export works
+  from any machine; experiments made before tokenizers were stored fall back to the token cache.
+- `load_pretrained(DIR)` rebuilds our `TransformerLM` from either format, weights identical.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..spec.config import from_flat_dict
-from ..spec.names import RUN_FILE, TOKENIZER_DIR
+from ..spec.io import write_atomic
+from ..spec.names import OUTCOME_FILE, RUN_FILE, TOKENIZER_DIR
+from . import hf_formats
 from .experiment import Experiment, ExperimentError
 from .frames import best_completed, load_results
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+GENERATION_FILE, CARD_FILE = "generation_config.json", "README.md"
+EOS = "<|endoftext|>"
 
 
 class ExportError(ValueError):
@@ -51,11 +56,8 @@ def locate_trial(source: str | Path) -> tuple[Experiment, str]:
 def tokenizer_json(exp: Experiment, run: dict, cache_dir: Path | None) -> str:
     """The trial's tokenizer: stored with the experiment, else from the token cache here."""
     key = (run.get("data") or {}).get("key")
-    stored = exp.read_json(TOKENIZER_DIR, str(key), "tokenizer.json")
-    if stored is not None:
-        import json
-
-        return json.dumps(stored)
+    if key and exp.exists(TOKENIZER_DIR, str(key), "tokenizer.json"):
+        return exp.read_text(TOKENIZER_DIR, str(key), "tokenizer.json")
     from ..training.runtime import cache_root
 
     folder = (cache_dir or cache_root()) / str(key) / "tokenizer"
@@ -66,9 +68,9 @@ def tokenizer_json(exp: Experiment, run: dict, cache_dir: Path | None) -> str:
 
 
 def export(source: str | Path, out: str | Path, *, cache_dir: Path | None = None) -> Path:
-    """Write weights, config and tokenizer of the best (or given) trial into `out`."""
+    """Write weights, config, generation config, tokenizer and a model card of the best (or
+    given) trial into `out`."""
     from safetensors.torch import save_file
-    from transformers import PreTrainedTokenizerFast
 
     from ..training.step import load_checkpoint
 
@@ -78,34 +80,95 @@ def export(source: str | Path, out: str | Path, *, cache_dir: Path | None = None
         state = load_checkpoint(exp.fetch_checkpoint(trial))["model"]
     except ExperimentError as exc:
         raise ExportError(str(exc)) from None
-    state = {k: v.contiguous() for k, v in state.items()}
+    cfg = from_flat_dict(run["config"])
+    tok_text = tokenizer_json(exp, run, cache_dir)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    eos = _save_tokenizer(tok_text, out, cfg.data.seq_len)
     vocab = int(state["embed.weight"].shape[0])
-    cfg = run["config"]
-    (out / CONFIG_FILE).write_text(json.dumps({
-        "model_type": "tune_ablations", "vocab_size": vocab, "config": cfg,
-        "trial": exp.path(trial), "ablation": run.get("ablation"), "seed": run.get("seed")},
-        indent=2))
-    tok_file = out / "tokenizer.json"
-    tok_file.write_text(tokenizer_json(exp, run, cache_dir))
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file),
-                                  eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                  model_max_length=int(cfg["seq_len"]))
-    tok.save_pretrained(str(out))
+    meta = {"config": run["config"], "ablation": run.get("ablation"), "seed": run.get("seed"),
+            "trial": exp.path(trial), "experiment": str(exp), "spec": run.get("spec"),
+            "reproduce": run.get("reproduce")}
+    config = hf_formats.hf_config(cfg.model, vocab, cfg.data.seq_len, eos, meta)
+    save_file(hf_formats.to_hf(state, cfg.model), str(out / WEIGHTS_FILE),
+              metadata={"format": "pt"})
+    write_atomic(out / CONFIG_FILE, json.dumps(config, indent=2))
+    if config["model_type"] == hf_formats.REMOTE:
+        hf_formats.write_remote_code(out)
+    write_atomic(out / GENERATION_FILE, json.dumps(_generation_config(eos), indent=2))
+    outcome = exp.read_json(trial, OUTCOME_FILE) or {}
+    write_atomic(out / CARD_FILE, model_card(config, run, outcome, out.name))
     return out
 
 
+def _save_tokenizer(text: str, out: Path, seq_len: int) -> int | None:
+    """tokenizer.json plus transformers' tokenizer files; returns the end-of-text id (or None
+    for a tokenizer without one)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    eos = Tokenizer.from_str(text).token_to_id(EOS)
+    special = {"eos_token": EOS, "pad_token": EOS} if eos is not None else {}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text),
+                                  model_max_length=seq_len, **special)
+    tok.save_pretrained(str(out))
+    return eos
+
+
+def _generation_config(eos: int | None) -> dict[str, Any]:
+    """Greedy by default (what `TransformerLM.generate(greedy=True)` computes); the trained
+    context is the tokenizer's `model_max_length`."""
+    return {"do_sample": False, "bos_token_id": eos,
+            "eos_token_id": eos, "pad_token_id": eos}
+
+
+def model_card(config: dict, run: dict, outcome: dict, name: str) -> str:
+    """README.md: what the model is, what it was trained on, how well, where it came from."""
+    meta, final = config["tune_ablations"], outcome.get("final") or {}
+    data = run.get("data") or {}
+    remote = config["model_type"] == hf_formats.REMOTE
+    load = ("AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)" if remote
+            else "AutoModelForCausalLM.from_pretrained(path)")
+    rows = [("ablation", meta["ablation"]), ("seed", meta["seed"]),
+            ("architecture", config["architectures"][0]),
+            ("parameters (non-embedding)", outcome.get("non_embedding_params", "not recorded")),
+            ("corpus", data.get("corpus", meta["config"].get("corpus"))),
+            ("tokens trained", outcome.get("tokens_seen", "not recorded")),
+            ("final validation loss (nats/token)", _num(final.get("val_loss"))),
+            ("final validation bits per byte", _num(final.get("val_bpb"))),
+            ("unigram reference loss", _num(outcome.get("unigram_val_loss"))),
+            ("status", outcome.get("status", "not recorded")),
+            ("trial", meta["trial"]), ("experiment", meta["experiment"])]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(meta["config"].items()))
+    return "\n".join([
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:",
+        "- tune_ablations", "---", "", f"# {name}", "",
+        "A small decoder-only Transformer trained by tune_ablations as one arm of a "
+        "pretraining ablation. It is a research artifact for comparing training choices, "
+        "not a general-purpose language model.", "",
+        "| | |", "|---|---|", table, "",
+        "## Load", "", "```python", "from transformers import AutoModelForCausalLM, "
+        "AutoTokenizer", f"model = {load}", "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "```", "", "## Reproduce", "", f"`{meta.get('reproduce') or 'not recorded'}`", "",
+        "## Training configuration", "", "| key | value |", "|---|---|", settings, ""])
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else "not recorded"
+
+
 def load_pretrained(path: str | Path, device: str = "cpu"):
-    """The model saved by `export`, in eval mode, with identical weights."""
+    """Our TransformerLM from a folder `export` wrote (either format), in eval mode, with
+    identical weights."""
     from safetensors.torch import load_file
 
     from ..training.model import TransformerLM
 
     path = Path(path).expanduser()
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    cfg = from_flat_dict(meta["config"])
-    model = TransformerLM(cfg.model, meta["vocab_size"])
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device="cpu"))
+    config = json.loads((path / CONFIG_FILE).read_text())
+    cfg = from_flat_dict(config["tune_ablations"]["config"])
+    model = TransformerLM(cfg.model, config["vocab_size"])
+    state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+    model.load_state_dict(hf_formats.to_ours(state, config["model_type"], cfg.model))
     return model.to(device).eval()
