@@ -184,3 +184,29 @@ def test_every_new_entry_point_has_a_smoke_test(module, capsys):
     expect = {export: "identical_logits=True", status: "completed=4", cache: "bad=-",
               submit: "event=would_submit"}[module]
     assert expect in out
+
+
+NOISE = ("Result logdir", "token authentication", "RAY_AUTH_MODE", "ExperimentalWarning",
+         "A new study created", "Traceback", "driver_artifacts")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["grid", "search"])
+def test_a_smoke_sweep_is_quiet_and_writes_only_to_a_temporary_folder(command, tmp_path):
+    """What a user sees: no third-party noise, one results folder named, nothing in ./results,
+    trial folders named by arm and seed, and run.json holding the user's command line."""
+    r = subprocess.run([sys.executable, "-m", f"tune_ablations.{command}", "--smoke-test"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert not [n for n in NOISE if n in out], out[-3000:]
+    named = [line.split(None, 1)[1] for line in r.stdout.splitlines()
+             if line.startswith("results:")]
+    assert len(named) == 1 and not (tmp_path / "results").exists(), out[-2000:]
+    exp = Path(named[0])
+    assert exp.is_dir() and not exp.is_relative_to(tmp_path)
+    trials = sorted(p.name for p in exp.iterdir() if (p / "run.json").exists())
+    assert trials and all(n.startswith(("baseline-s", "high_lr-s", "low_lr-s", "trial-"))
+                          for n in trials), trials
+    run = json.loads((exp / trials[0] / "run.json").read_text())
+    assert run["argv"][:3] == ["python", "-m", f"tune_ablations.{command}"], run["argv"]

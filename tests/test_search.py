@@ -91,6 +91,20 @@ def test_the_study_holds_every_trial_with_its_true_state(searched):
     assert imp["skipped"].startswith("insufficient")  # 6 trials: no top quantile of 5
 
 
+def test_the_report_shows_optunas_own_views(searched, tmp_path):
+    """Optuna's matplotlib views sit next to ours; a view Optuna says means nothing (importances
+    from 6 trials "will be equal") is named with the reason instead of drawn."""
+    from tune_ablations import analysis
+
+    assert analysis.main([str(searched), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    for view in ("optimization_history", "intermediate_values", "parallel_coordinate", "slice"):
+        assert f"![optuna_{view}.png](optuna_{view}.png)" in text, view
+        assert (tmp_path / f"optuna_{view}.png").stat().st_size > 5000
+    assert "Optuna param_importances: not drawn (The number of trials is too small" in text
+    assert not (tmp_path / "optuna_param_importances.png").exists()
+
+
 def test_best_config_file_reruns(searched, tmp_path, corpus_dir):
     from tune_ablations.spec.runspec import load_spec_file
     from tune_ablations.train import main

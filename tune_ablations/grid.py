@@ -116,11 +116,41 @@ def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOption
                             time_budget=budget, slots=slots, experiment=location)
 
     max_trials = len(arms) * (opts.max_seeds if opts.seeds == "auto" else first)
-    return SweepPlan(
+    plan = SweepPlan(
         kind="grid", name=name, base=spec, trials=trials, planned=max_trials,
         searcher=searcher, record={"spec": spec.to_dict(), "grid": stored(opts)},
         resources=resources, gpus=gpus, parameter_columns=["ablation", "seed"],
         forced=forced, after=print_answer)
+    return with_lr_tuning(plan, opts, by_cost, budget) if opts.tune_lr else plan
+
+
+def with_lr_tuning(plan: SweepPlan, opts: GridOptions, arms: list[str], budget: float
+                   ) -> SweepPlan:
+    """`--tune-lr K`: the lr sweep first (K lrs per arm, early stopping within each arm), then
+    the seeds at each arm's chosen lr (`sweeps.lr_tuning`)."""
+    from .results.lr_curves import lr_grid
+    from .spec.names import LR_SWEEP_SEED
+
+    spec = plan.base
+    centres = {a: resolve(replace(spec, ablation=a)).optim.lr for a in arms}
+    ref = resolve(replace(spec, ablation="baseline"))
+    sweep = [replace(spec, ablation=a, seed=LR_SWEEP_SEED).with_params(lr=lr)
+             for a in arms for lr in lr_grid(centres[a], opts.tune_lr, opts.lr_span)]
+
+    def searcher(location: str, slots: int):
+        from .sweeps.lr_tuning import TuneLrSearcher
+
+        return TuneLrSearcher(arms, centres=centres, k=opts.tune_lr, span=opts.lr_span,
+                              seeds=opts.seeds, max_seeds=opts.max_seeds, time_budget=budget,
+                              slots=slots, experiment=location)
+
+    def scheduler():
+        from .sweeps.lr_tuning import per_arm_scheduler
+
+        return per_arm_scheduler(ref.eval.eval_every_tokens, ref.total_tokens, 3, centres)
+
+    return replace(plan, trials=sweep, planned=plan.planned + len(sweep), searcher=searcher,
+                   scheduler=scheduler, parameter_columns=["ablation", "seed", "lr"])
 
 
 def print_answer(exp, res, datasets) -> None:
@@ -128,13 +158,25 @@ def print_answer(exp, res, datasets) -> None:
     from .results.answer import answer, answer_lines
     from .spec.names import DECISIONS_FILE
 
-    ans = answer(res, exp.read_json(DECISIONS_FILE))
+    decisions = exp.read_json(DECISIONS_FILE) or {}
+    ans = answer(res, decisions)
     if ans is None:
         return
+    tuned = decisions.get("tune_lr")
     say("")
-    say("Answer (each arm's final val_loss minus the baseline's; negative is better):")
+    say("Answer (each arm's final val_loss minus the baseline's; negative is better"
+        + (", every arm at its own chosen lr" if tuned else "") + "):")
     for line in answer_lines(ans):
         say(f"  {line}")
+    if tuned:
+        from .results.lr_curves import fixed_lr
+        from .results.lr_report import changed_section
+
+        say("  chosen lr: " + ", ".join(f"{a} {lr:.3g}" for a, lr in tuned["chosen"].items()))
+        fixed = fixed_lr(res.trials, tuned["centres"], ans.pooled_sd, ans.pooled_df)
+        for line in changed_section(fixed, ans)[4:]:
+            if line:
+                say(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,12 @@ Design choices:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..spec.names import METRIC, Status
+from .lr_curves import seeding_trials
 from .sequential import ALPHA, adjusted_p, decide, describe
 
 BASELINE = "baseline"
@@ -60,6 +61,8 @@ class Answer:
     pooled_sd: float
     """SD of a paired difference across seeds, pooled over arms (the seed noise tested)."""
     stopped_because: str = ""
+    pooled_df: int = 0
+    """Degrees of freedom of `pooled_sd`."""
 
 
 def final_losses(df) -> dict[str, dict[int, float]]:
@@ -132,7 +135,9 @@ def confounds(df, arm: str) -> list[str]:
 
 
 def answer(res, record: dict | None = None, alpha: float = ALPHA) -> Answer | None:
-    """Every arm against the baseline; None when the sweep has no baseline to compare with."""
+    """Every arm against the baseline; None when the sweep has no baseline to compare with.
+    The lr sweep of `grid --tune-lr` is left out: its runs chose the lrs, the seeds answer."""
+    res = replace(res, trials=seeding_trials(res.trials)) if len(res.trials) else res
     df = res.trials
     if df.empty or BASELINE not in set(df["ablation"].dropna().astype(str)):
         return None
@@ -149,10 +154,10 @@ def answer(res, record: dict | None = None, alpha: float = ALPHA) -> Answer | No
     base = _mean(losses[BASELINE])
     rows = [_arm_line(res, a, outcome, losses, tested, looks, max_seeds, base) for a in arms]
     final = outcome.tests[-1] if outcome.tests else {}
-    pooled = next((t.se * math.sqrt(t.n) for t in final.values()
-                   if t.n and math.isfinite(t.se)), math.nan)
+    test = next((t for t in final.values() if t.n and math.isfinite(t.se)), None)
+    pooled = test.se * math.sqrt(test.n) if test else math.nan
     return Answer(rows, describe(looks, alpha), base, pooled,
-                  (record or {}).get("stopped_because", ""))
+                  (record or {}).get("stopped_because", ""), test.df if test else 0)
 
 
 def _mean(d: dict | None) -> float:

@@ -142,3 +142,85 @@ def make_plots(df, history, summary, out: Path, searched: list[str], importances
         ax.set_title("Optuna parameter importance (full-budget trials)")
         made.append(save(fig, out / "importances.png"))
     return made
+
+
+OPTUNA_VIEWS = ("optimization_history", "intermediate_values", "parallel_coordinate", "slice",
+                "param_importances")
+
+
+def optuna_views(exp, out: Path) -> tuple[list[str], list[str]]:
+    """Optuna's own matplotlib views of a search's study (read from the experiment's
+    `study.db`, local or remote): (files written, one line per view that could not be drawn)."""
+    import tempfile
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as views
+
+    from ..spec.names import STUDY_FILE
+
+    if not exp.exists(STUDY_FILE):
+        return [], [f"Optuna views: no {STUDY_FILE} in the experiment (a study in an external "
+                    "database: open it with optuna-dashboard)"]
+    made, skipped = [], []
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        db = Path(tmp) / STUDY_FILE
+        db.write_bytes(exp.read_bytes(STUDY_FILE))
+        storage = f"sqlite:///{db}"
+        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0],
+                                  storage=storage)
+        for view in OPTUNA_VIEWS:
+            fig, why = _optuna_view(getattr(views, f"plot_{view}"), study)
+            if why:  # e.g. importances "will be equal" with too few trials: not a finding
+                skipped.append(f"Optuna {view}: not drawn ({why})")
+            else:
+                made.append(save(fig, out / f"optuna_{view}.png"))
+    return made, skipped
+
+
+def _optuna_view(plot, study):
+    """(figure, None), or (None, why) when Optuna raised or warned that the view means nothing."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            fig = np.asarray(plot(study)).flat[0].figure
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            return None, str(exc)
+    if caught:
+        plt.close(fig)
+        return None, str(caught[0].message)
+    return fig, None
+
+
+def lr_curves_plot(df, found: dict, out: Path) -> str:
+    """`grid --tune-lr`: final loss against lr for every arm on one log-lr axis (the lr sweep's
+    full-budget points, the fitted parabola, and the seeds at the chosen lr: mean ± SD)."""
+    import matplotlib.pyplot as plt
+
+    from .lr_curves import seeding_trials
+
+    seeds = seeding_trials(df)
+    seeds = seeds[seeds["status"].astype(str) == Status.COMPLETED]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (arm, f) in enumerate(found.items()):
+        color = f"C{i % 10}"
+        ax.plot(f.lrs, f.losses, "o", color=color, label=arm)
+        if f.coef:
+            x = np.linspace(math.log(min(f.lrs)), math.log(max(f.lrs)), 100)
+            ax.plot(np.exp(x), np.polyval(f.coef, x), "-", color=color, alpha=0.6)
+        g = seeds[seeds["ablation"].astype(str) == arm][METRIC].astype(float)
+        if len(g) > 1:
+            ax.errorbar([f.chosen], [g.mean()], yerr=[g.std(ddof=1)], fmt="s", color=color,
+                        capsize=4, markerfacecolor="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"final {METRIC}")
+    ax.set_title("Each arm's lr sweep (dots, fit) and its seeds at the chosen lr (mean ± SD)")
+    ax.legend(fontsize=7)
+    return save(fig, out / "lr_curves.png")

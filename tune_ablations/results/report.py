@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from ..spec.config import field_names
 from ..spec.names import (
@@ -29,21 +28,10 @@ from ..spec.names import (
 from .answer import Answer, answer, answer_lines
 from .experiment import Experiment
 from .frames import Results, probes_frame
+from .lr_curves import seeding_trials
+from .lr_report import lr_tuning_section
+from .markdown import fmt, md_table
 from .stats import equal_budgets, lr_sensitivity, rung_agreement, summarize
-
-
-def fmt(v: Any, spec: str = ".4g") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:{spec}}" if isinstance(v, float) else str(v)
-
-
-def md_table(frame, columns: list[str] | None = None, spec: str = ".4g") -> str:
-    cols = columns or list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(fmt(row.get(c), spec) for c in cols) + " |")
-    return "\n".join(lines)
 
 
 def _pm(row, m: str, spec: str = ".4f") -> str:
@@ -191,22 +179,35 @@ def write_report(res: Results, exp: Experiment, out: Path, *, plots: bool = True
         return out / "report.md"
     sweep = exp.read_json("sweep.json", default={}) or {}
     searched = list(sweep.get("searched", []))
-    ans = None if searched else answer(res, exp.read_json(DECISIONS_FILE))
-    lines += answer_section(ans)
-    summary = summarize(df)
+    decisions = exp.read_json(DECISIONS_FILE) or {}
+    ans = None if searched else answer(res, decisions)
+    lines += answer_section(ans) + lr_tuning_section(df, decisions, ans)
+    seeded = seeding_trials(df)  # a --tune-lr grid's lr sweep has its own section
+    summary = summarize(seeded)
     if not searched:
-        lines += _grid_tables(df, summary, res)
+        lines += _grid_tables(seeded, summary, res)
     lines += _lr_sections(df, history)
     lines += domains_section(df, res.outcomes) + search_section(exp, df, searched)
     lines += status_section(df)
     lines += scaling_section(out)
-    lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(df, ans)] + [""]
+    lines += ["## What the data supports", ""] + [f"- {s}" for s in statements(seeded, ans)] + [""]
     if plots:
         from .plots import make_plots
 
         made = make_plots(df, history, summary, out, searched, exp.read_json(
             IMPORTANCES_FILE, default={}) or {}, ans)
+        if decisions.get("tune_lr"):
+            from .lr_curves import fits
+            from .plots import lr_curves_plot
+
+            made.append(lr_curves_plot(df, fits(df), out))
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in made] + [""]
+        if searched:
+            from .plots import optuna_views
+
+            views, skipped = optuna_views(exp, out)
+            lines += ["Optuna's own views of the study:", ""] + [f"![{p}]({p})" for p in views]
+            lines += [""] + [f"- {s}" for s in skipped] + [""]
     lines += samples_section(res.outcomes)
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"

@@ -98,6 +98,9 @@ SPACE_FILE, BEST_FILE = "space.toml", "best.toml"
 STUDY_FILE, IMPORTANCES_FILE, HOLDOUT_FILE = "study.db", "importances.json", "holdout.json"
 DECISIONS_FILE = "decisions.json"
 """The seeds procedure's looks and verdicts (grids with --seeds auto)."""
+LR_SWEEP_SEED = 1000
+"""`grid --tune-lr`: the seed of every lr-sweep trial. The seeding phase then runs seeds 0, 1, ...
+at each arm's chosen lr, independent of the runs that chose it (no winner's curse)."""
 TOKENIZER_DIR = "tokenizer"
 """The tokenizer, stored with the experiment so export works from any machine."""
 REPORT_DIR = "report"

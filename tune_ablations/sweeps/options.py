@@ -153,11 +153,12 @@ class GridOptions:
     max_seeds: int = option(5, "--max-seeds", "with --seeds auto: the most seeds an arm gets",
                             type=int)
     time_budget: float = option(None, "--time-budget", "with --seeds auto: seconds the sweep "
-                                "may spend before it stops adding seeds (0: none)", type=float,
+                                "may spend before it stops adding seeds (0: none; with "
+                                "--tune-lr, counted from the seeding phase)", type=float,
                                 shown="300 at the cpu preset, else none")
-    tune_lr: int = option(0, "--tune-lr", "each arm trains at K learning rates around its own "
-                          "(per-arm early stopping), then its best one runs with seeds "
-                          "(0: off)", type=int)
+    tune_lr: int = option(0, "--tune-lr", "each arm trains at K (odd) learning rates around "
+                          "its own, evenly in log scale, with early stopping within the arm; "
+                          "then its best lr runs with seeds (0: off)", type=int)
     lr_span: float = option(4.0, "--lr-span", "with --tune-lr: the factor each way around an "
                             "arm's configured lr", type=float)
 
@@ -170,8 +171,10 @@ class GridOptions:
             raise ValueError(f"--max-seeds={self.max_seeds} must be >= 2")
         if self.time_budget is not None and self.time_budget < 0:
             raise ValueError(f"--time-budget={self.time_budget} must be >= 0 (0: none)")
-        if self.tune_lr < 0 or self.tune_lr == 1:
-            raise ValueError(f"--tune-lr={self.tune_lr} must be 0 (off) or >= 2 learning rates")
+        if self.tune_lr != 0 and (self.tune_lr < 3 or self.tune_lr % 2 == 0):
+            raise ValueError(f"--tune-lr={self.tune_lr} must be 0 (off) or an odd number >= 3 "
+                             "(each arm's configured lr sits at the centre, so the fixed-lr "
+                             "comparison is measured, not interpolated)")
         if self.lr_span <= 1:
             raise ValueError(f"--lr-span={self.lr_span} must be > 1 (a factor each way)")
 
