@@ -210,3 +210,26 @@ def test_a_smoke_sweep_is_quiet_and_writes_only_to_a_temporary_folder(command, t
                           for n in trials), trials
     run = json.loads((exp / trials[0] / "run.json").read_text())
     assert run["argv"][:3] == ["python", "-m", f"tune_ablations.{command}"], run["argv"]
+
+
+def test_resume_takes_a_redacted_url_again_and_asks_for_it():
+    """sweep.json keeps `--study-storage` with its credentials redacted: the same URL given
+    with --resume is accepted (and used), a missing one is asked for, another one refused."""
+    from tune_ablations.spec.io import redact
+    from tune_ablations.sweeps.options import (
+        SearchOptions,
+        SweepError,
+        refuse_changes,
+        with_secrets,
+    )
+
+    url = "postgresql+psycopg://user:pw@10.0.0.1:5432/optuna"
+    stored = SearchOptions(space="lr", study_storage=redact(url))
+    given = SearchOptions(space="lr", study_storage=url)
+    refuse_changes(stored, given, {"study_storage"}, what="the search's settings")
+    assert with_secrets(stored, given, {"study_storage"}).study_storage == url
+    with pytest.raises(SweepError, match="redacted .* give --study-storage again"):
+        with_secrets(stored, SearchOptions(space="lr"), set())
+    other = SearchOptions(space="lr", study_storage=url.replace("10.0.0.1", "10.0.0.2"))
+    with pytest.raises(SweepError, match="differs from the stored"):
+        refuse_changes(stored, other, {"study_storage"}, what="the search's settings")

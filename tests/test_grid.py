@@ -243,3 +243,23 @@ def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path
         assert path.stat().st_mtime_ns == mtime
     outcome = json.loads((held / "outcome.json").read_text())
     assert outcome["resumed_from"] == [100, 200] and outcome["steps"] == 300
+
+
+@pytest.mark.slow
+def test_resume_where_the_corpus_file_is_gone(ray_session, corpus_dir, tmp_path, capsys):
+    """A corpus read from a local path travels with the experiment (its token data), so the
+    sweep resumes on a machine (here: after the folder is deleted) that lacks the file."""
+    import shutil
+
+    from tune_ablations.spec.names import DATA_DIR
+
+    corpus = shutil.copytree(corpus_dir, tmp_path / "corpus")
+    args = ["--preset", "tiny", "--data", str(corpus), "--set", "vocab_size=300",
+            "text_samples=0", "--ablations", "baseline", "--seeds", "1", "--storage",
+            str(tmp_path / "r"), "--name", "g"]
+    assert grid.main(args) == 0
+    assert list((tmp_path / "r" / "g" / DATA_DIR).glob("*/train.npy"))
+    shutil.rmtree(corpus)
+    capsys.readouterr()
+    assert grid.main([*args, "--resume"]) == 0
+    assert "event=data_from_experiment" in capsys.readouterr().err

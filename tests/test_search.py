@@ -98,9 +98,13 @@ def test_the_report_shows_optunas_own_views(searched, tmp_path):
 
     assert analysis.main([str(searched), "--out", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
-    for view in ("optimization_history", "intermediate_values", "parallel_coordinate", "slice"):
+    for view in ("optimization_history", "intermediate_values"):  # every trial counts
         assert f"![optuna_{view}.png](optuna_{view}.png)" in text, view
         assert (tmp_path / f"optuna_{view}.png").stat().st_size > 5000
+    for view in ("parallel_coordinate", "slice"):  # completed trials only: drawn or said why
+        drawn = (tmp_path / f"optuna_{view}.png").exists()
+        assert drawn == (f"![optuna_{view}.png]" in text)
+        assert drawn or f"Optuna {view}: not drawn (" in text, view
     assert "Optuna param_importances: not drawn (The number of trials is too small" in text
     assert not (tmp_path / "optuna_param_importances.png").exists()
 

@@ -157,3 +157,30 @@ def synthetic_exp(tmp_path):
     first = json.loads(lines[0]) | {"val_loss": 1.0}  # lower than any completed trial's
     (running / "result.json").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     return exp
+
+
+def test_credentials_in_the_uri_are_written_nowhere(s3_server, corpus_dir, tmp_path):
+    """`s3://KEY:SECRET@bucket/...` works (pyarrow reads the credentials from the URI) and the
+    secret reaches no object in the bucket, no log line and no output."""
+    import boto3
+
+    secret = "Sec" + "ret" + "9f3a1c"  # never a literal that could match this file's own text
+    env = {k: v for k, v in s3_server.items() if k not in ("AWS_ACCESS_KEY_ID",
+                                                            "AWS_SECRET_ACCESS_KEY")}
+    uri = f"s3://KEYID123:{secret}@sweeps/secrets"
+    r = _run([*_sweep_args("grid", corpus_dir), "--seeds", "2", "--storage", uri, "--name",
+              "g"], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert secret not in r.stdout + r.stderr
+    rep = _run(["tune_ablations.status", "g", "--storage", uri, "--json"], env)
+    assert rep.returncode == 0 and secret not in rep.stdout + rep.stderr
+    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket="sweeps", Prefix="secrets/") for o in page.get("Contents", [])]
+    assert any(k.endswith("sweep.json") for k in keys) and len(keys) > 10
+    for key in keys:
+        body = s3.get_object(Bucket="sweeps", Key=key)["Body"].read()
+        assert secret.encode() not in body, key
+    sweep = json.loads(s3.get_object(Bucket="sweeps", Key="secrets/g/sweep.json")["Body"].read())
+    assert "s3://***@sweeps/secrets" in " ".join(sweep["argv"])

@@ -39,6 +39,7 @@ from .sweeps.options import (
     refuse_spec_changes,
     restore,
     stored,
+    with_secrets,
 )
 from .sweeps.plan import SweepPlan
 from .sweeps.search_space import SearchSpace, find_space, load_space, parse_space
@@ -115,6 +116,7 @@ def _stored(args, record: dict, text: str):
     refuse_spec_changes(base, given_spec, names - set(record.get("derived_keys", [])))
     given_opts, names = options_from_args(SearchOptions, args)
     refuse_changes(opts, given_opts, names, what="the search's settings")
+    opts = with_secrets(opts, given_opts, names)
     return space, base, opts, record.get("derived_keys", []), text
 
 

@@ -21,9 +21,13 @@ from typing import Any
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*)(:[^/@\s]*)?@")
 
 
+REDACTED = "***@"
+"""What `redact` leaves in place of a URL's user and password."""
+
+
 def redact(text: str) -> str:
     """`s3://KEY:SECRET@bucket/x` -> `s3://***@bucket/x`; other text unchanged."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}", str(text))
 
 
 def log(msg: str) -> None:

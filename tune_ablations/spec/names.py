@@ -101,6 +101,9 @@ DECISIONS_FILE = "decisions.json"
 LR_SWEEP_SEED = 1000
 """`grid --tune-lr`: the seed of every lr-sweep trial. The seeding phase then runs seeds 0, 1, ...
 at each arm's chosen lr, independent of the runs that chose it (no winner's curse)."""
+DATA_DIR = "data"
+"""Token data of a corpus read from a local path, stored with the experiment (by data id), so a
+sweep resumes on a machine that lacks the corpus file."""
 TOKENIZER_DIR = "tokenizer"
 """The tokenizer, stored with the experiment so export works from any machine."""
 REPORT_DIR = "report"

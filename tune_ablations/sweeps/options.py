@@ -14,10 +14,10 @@ Design choices:
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..spec.io import redact
+from ..spec.io import REDACTED, redact
 from ..spec.runspec import RunSpec
 
 
@@ -62,14 +62,15 @@ def _show(v: Any) -> str:
 
 
 def refuse_changes(stored: Any, given: Any, names: set[str], *, what: str) -> None:
-    """With --resume: refuse every given option whose value differs from the stored one."""
+    """With --resume: refuse every given option whose value differs from the stored one (a
+    value stored with its credentials redacted matches the given one it redacts to)."""
     for f in fields(stored):
         if f.name not in names:
             continue
         old, new = getattr(stored, f.name), getattr(given, f.name)
         if f.name == "overrides":
             _refuse_overrides(dict(old), dict(new))
-        elif old != new:
+        elif old != new and not (isinstance(new, str) and redact(new) == old):
             raise SweepError(f"--resume: {_flag(f)} {_show(new)} differs from the stored "
                              f"sweep's {_show(old)} ({what}); a resumed sweep keeps its own "
                              f"settings (see sweep.json): drop {_flag(f)}, or start a new "
@@ -211,6 +212,21 @@ class SearchOptions:
                 raise ValueError(f"--{name.replace('_', '-')}={v} must be "
                                  + (f"an integer >= {low}" if name == "reduction_factor"
                                     else f">= {low}"))
+
+
+def with_secrets(stored: Any, given: Any, names: set[str]) -> Any:
+    """The stored options with the values sweep.json keeps redacted (a URL with credentials)
+    taken from the command line, which must give them again on --resume."""
+    fixes = {}
+    for f in fields(stored):
+        old = getattr(stored, f.name)
+        if not (isinstance(old, str) and REDACTED in old):
+            continue
+        if f.name not in names:
+            raise SweepError(f"--resume: {_flag(f)} was stored with its credentials redacted "
+                             f"({old}); give {_flag(f)} again")
+        fixes[f.name] = getattr(given, f.name)
+    return replace(stored, **fixes) if fixes else stored
 
 
 def stored(options: Any) -> dict[str, Any]:

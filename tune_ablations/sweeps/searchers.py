@@ -190,6 +190,7 @@ class OptunaSearcher(_searcher_base()):
         if orphan is not None:  # asked before a driver kill, never scheduled by Ray
             self._map(trial_id, orphan.number, orphan._trial_id)
             return dict(orphan.params)
+        self.asked = max(self.asked, self._asked_in_study())
         if self.asked >= self.num_samples:
             return self.FINISHED if len(self.told) >= len(self.numbers) else None
         with _quiet(optuna):
@@ -215,11 +216,29 @@ class OptunaSearcher(_searcher_base()):
         return next((t for t in self.study.get_trials(deepcopy=False, states=(
             TrialState.RUNNING,)) if t.number not in mapped and t.params), None)
 
+    def _asked_in_study(self) -> int:
+        """Samples the study has handed out (all but an enqueued, not yet asked point): after
+        a driver kill the study knows trials asked after Ray's last snapshot."""
+        from optuna.trial import TrialState
+
+        return sum(t.state != TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+
+    def _finished_in_study(self, number: int) -> bool:
+        """True when the study already holds the trial's end (told before a driver kill that
+        Ray's last snapshot predates): it is not told twice."""
+        trial = self.study.get_trials(deepcopy=False)[number]
+        if trial.state.is_finished():
+            self.told.add(number)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
 
         number, value = self.numbers.get(trial_id), result.get(METRIC)
         if number is None or number in self.told or value is None or result.get("diverged"):
+            return
+        if self._finished_in_study(number):
             return
         with _quiet(optuna):
             self._trial(number).report(float(value), step=int(result.get(TIME_ATTR, 0)))
@@ -227,7 +246,7 @@ class OptunaSearcher(_searcher_base()):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         number = self.numbers.get(trial_id)
-        if number is None or number in self.told:
+        if number is None or number in self.told or self._finished_in_study(number):
             return
         if result and not error and result.get("status") in (Status.RUNNING,
                                                               Status.EARLY_STOPPED):

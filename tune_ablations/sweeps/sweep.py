@@ -22,7 +22,7 @@ from ..results.experiment import Experiment, new_experiment, open_experiment
 from ..results.frames import Results, load, write_tables
 from ..spec.config import check_paths
 from ..spec.io import fail, log, redact, say, user_command
-from ..spec.names import METRIC, MODE, SWEEP_FILE, TOKENIZER_DIR, TRIALS_FILE, Status
+from ..spec.names import DATA_DIR, METRIC, MODE, SWEEP_FILE, TOKENIZER_DIR, TRIALS_FILE, Status
 from ..spec.resolve import resolve
 from .cluster import (
     available_gpus,
@@ -84,21 +84,58 @@ def sweep_main(args, kind: str, build_plan) -> int:
     return run_sweep(plan, exp, args, started=started)
 
 
-def prepare_all(configs, cache_dir: str | None) -> dict[str, Any]:
+def prepare_all(configs, cache_dir: str | None, stored: Experiment | None = None
+                ) -> dict[str, Any]:
     """Tokenize and cache every corpus the trials read (here, before Ray), with their extra
-    domains; check that every trial's window fits."""
+    domains; check that every trial's window fits. Resuming (`stored`), a corpus file missing
+    here is read from the token data the experiment stored when it started."""
     from ..training.data import check_fits, data_id, prepare_data
     from ..training.domains import with_domains
 
     out: dict[str, Any] = {}
     cache = Path(cache_dir) if cache_dir else None
     for c in configs:
-        check_paths(c.data)
         key = data_id(c.data)
         if key not in out:
-            out[key] = with_domains(prepare_data(c.data, cache, log=log), c.data, cache)
+            data = stored_data(stored, c.data, key, cache)
+            if data is None:
+                check_paths(c.data)
+                data = prepare_data(c.data, cache, log=log)
+            out[key] = with_domains(data, c.data, cache)
         check_fits(out[key], c.data.seq_len)
     return out
+
+
+def stored_data(exp: Experiment | None, cfg, key: str, cache: Path | None):
+    """The experiment's stored token data of a local corpus that is missing here, fetched into
+    this machine's cache folder; None when not needed or not stored."""
+    from ..spec.config import is_local_path
+    from ..training.data import STORED_FILES, load_folder
+    from ..training.runtime import cache_root
+
+    missing = is_local_path(cfg.corpus) and not os.path.exists(os.path.expanduser(cfg.corpus))
+    if exp is None or not missing or not exp.exists(DATA_DIR, key, "manifest.json"):
+        return None
+    folder = (cache or cache_root()) / f"stored-{key}"
+    for name in STORED_FILES:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(exp.read_bytes(DATA_DIR, key, *name.split("/")))
+    log(f"event=data_from_experiment corpus={cfg.corpus!r} key={key} (the file is not on this "
+        "machine; the experiment stored its tokens)")
+    return load_folder(folder)
+
+
+def store_data(exp: Experiment, datasets: dict) -> None:
+    """Store the token data of every corpus read from a local path with the experiment (the
+    embedded and Hub corpora can be rebuilt on any machine)."""
+    from ..spec.config import is_local_path
+    from ..training.data import STORED_FILES
+
+    for key, data in datasets.items():
+        if data.path is not None and is_local_path(data.manifest["corpus"]):
+            for name in STORED_FILES:
+                exp.write_bytes((data.path / name).read_bytes(), DATA_DIR, key, *name.split("/"))
 
 
 def _configs(plan: SweepPlan, datasets: dict | None = None):
@@ -115,7 +152,7 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     """Run (or restore, or dry-run) a planned sweep; returns the exit code."""
     try:
         check_local_resources(plan.cpus, plan.gpus, address=args.address)
-        datasets = prepare_all(_configs(plan), args.cache_dir)
+        datasets = prepare_all(_configs(plan), args.cache_dir, exp if args.resume else None)
         configs = _configs(plan, datasets)
     except (ValueError, SweepError) as exc:
         return fail(exc)
@@ -162,6 +199,7 @@ def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict) -> None
         exp.write_bytes(text, name)
     for data in datasets.values():
         exp.write_bytes(data.tokenizer_json, TOKENIZER_DIR, data.key, "tokenizer.json")
+    store_data(exp, datasets)
     exp.write_json({**plan.record, "kind": plan.kind, "name": exp.name,
                     "resources": stored_options(plan.resources), "gpus_per_trial": plan.gpus,
                     "forced_overrides": plan.forced, "planned_trials": plan.planned,

@@ -45,7 +45,8 @@ from ..training.trainer import train
 
 # Tests only: "<step>:<folder>[:<prefix>]" makes a trial (whose folder starts with <prefix>)
 # report at its first evaluation at or after <step>, then create <folder>/held-<trial> and wait
-# for <folder>/release: a kill test kills on that state, never after a sleep.
+# for <folder>/release (all trials) or <folder>/release-<trial>: a kill test kills on that state,
+# never after a sleep.
 HOLD_ENV = "TUNE_ABLATIONS_TEST_HOLD"
 VARIED = ("ablation", "seed")
 
@@ -200,7 +201,7 @@ def _hold(name: str):
             return
         state["held"] = True
         Path(folder, f"held-{name}").write_text(str(step))
-        while not Path(folder, "release").exists():
+        while not (Path(folder, "release").exists() or Path(folder, f"release-{name}").exists()):
             time.sleep(0.05)
 
     return hold

@@ -300,6 +300,19 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, *, log=print) -
         log(f"event=data_cached key={key} corpus={cfg.corpus} "
             f"train_tokens={manifest['train_tokens']} val_tokens={manifest['val_tokens']} "
             f"seconds={time.perf_counter() - t0:.1f}")
+    return load_folder(folder, manifest)
+
+
+STORED_FILES = (*_FILES, "manifest.json")
+"""What a token cache folder holds: what an experiment stores to be resumed anywhere."""
+
+
+def load_folder(folder: Path, manifest: dict | None = None) -> TokenData:
+    """The token data of a valid cache folder (a cache entry, or one fetched from an
+    experiment)."""
+    manifest = manifest or valid_cache(folder)
+    if manifest is None:
+        raise CorpusError(f"token data in {folder} does not match its manifest")
     return TokenData(
         train=np.load(folder / "train.npy", mmap_mode="r"),
         val=np.load(folder / "val.npy", mmap_mode="r"),

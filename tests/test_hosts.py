@@ -1,0 +1,315 @@
+"""Two hosts that share nothing but a network (`hosts.py`): S3 (moto's server), the Ray head, its
+job server and PostgreSQL on host A; a Ray worker on host B; the corpus file on host A only. The
+commands run as a user runs them on each machine. Kill tests kill on a state (a trial that holds
+at a step on host B until the test has acted), never after a sleep.
+
+Run with `python -m pytest -m hosts` (root; skipped with the reason where namespaces are not
+available). The README's "Running on a cluster" recipe is this module's fixture, command for
+command."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import WORDS
+from hosts import Bed, host_env, unavailable
+
+pytestmark = [pytest.mark.hosts, pytest.mark.slow]
+WHY = unavailable()
+if WHY:
+    pytestmark.append(pytest.mark.skip(reason=WHY))
+
+HOLD_STEP = 200
+HELD_CHECKPOINT = "checkpoint_000001"  # evaluations (and checkpoints) at steps 100, 200, ...
+BUCKET = "s3://sweeps/hosts"
+CORPUS = "/tmp/corpus/docs.jsonl"  # on host A only
+PG = "/usr/lib/postgresql/15/bin"
+
+
+def _corpus() -> str:
+    rng = random.Random(0)
+    weights = [1 / (i + 1) for i in range(len(WORDS))]
+    return "".join(json.dumps({"text": f"Document {i}. " + " ".join(
+        rng.choices(WORDS, weights=weights, k=300)) + "."}) + "\n" for i in range(60))
+
+
+def _wait(what: str, check, timeout: float = 240, every: float = 0.5):
+    deadline = time.time() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+class Cluster:
+    """The bed with its services; `env` is what a user exports on both machines."""
+
+    def __init__(self):
+        self.bed = Bed()
+        self.a, self.b = self.bed.a, self.bed.b
+        self.hold = self.bed.control / "hold"
+        self.hold.mkdir()
+        (self.hold / "release").touch()  # no holds until a test removes this
+        self.s3 = f"http://{self.a.ip}:5000"
+        self.env = host_env(
+            AWS_ENDPOINT_URL=self.s3, AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        self.address = f"{self.a.ip}:6379"
+        self.jobs = f"http://{self.a.ip}:8265"
+        self.a.popen(["moto_server", "-H", self.a.ip, "-p", "5000"], self.env,
+                     stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+        self.py("import boto3, time\nfor _ in range(200):\n    try:\n"
+                "        boto3.client('s3').create_bucket(Bucket='sweeps'); break\n"
+                "    except Exception: time.sleep(0.1)")
+        self.a.write(CORPUS, _corpus(), self.env)
+        # Node death seen in about 2 s instead of 30 (Ray's health check of each raylet).
+        fast = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
+                "RAY_health_check_failure_threshold": "4"}
+        self.ok(self.a, ["ray", "start", "--head", f"--node-ip-address={self.a.ip}",
+                         "--port=6379", "--num-cpus=1", "--include-dashboard=true",
+                         f"--dashboard-host={self.a.ip}", "--dashboard-port=8265",
+                         "--disable-usage-stats"], env=self.env | fast)
+        self.start_worker()
+
+    def start_worker(self) -> None:
+        """Host B's Ray worker (2 CPUs, custom resource host_b); its trials hold at HOLD_STEP
+        unless `release` (or `release-<trial>`) exists in the control folder."""
+        self.ok(self.b, ["ray", "start", f"--address={self.address}",
+                         f"--node-ip-address={self.b.ip}", "--num-cpus=2",
+                         '--resources={"host_b": 2}', "--disable-usage-stats"],
+                env=self.env | {"TUNE_ABLATIONS_TEST_HOLD": f"{HOLD_STEP}:{self.hold}"})
+
+    def ok(self, host, cmd, env=None, timeout=600):
+        r = host.run(cmd, env or self.env, timeout=timeout)
+        assert r.returncode == 0, f"{cmd[:4]} on {host.name}:\n{r.stdout[-3000:]}\n" \
+                                  f"{r.stderr[-3000:]}"
+        return r
+
+    def py(self, code: str, host=None) -> str:
+        return self.ok(host or self.a, [sys.executable, "-c", code]).stdout
+
+    def cli(self, host, *args, **kw):
+        return host.run([sys.executable, "-m", *args], self.env, **kw)
+
+    def read_json(self, exp: str, *parts: str, host=None):
+        return json.loads(self.py(
+            "import json; from tune_ablations.results.experiment import Experiment\n"
+            f"print(json.dumps(Experiment({exp!r}).read_json(*{list(parts)!r})))", host))
+
+    def trials(self, exp: str, host=None) -> list[str]:
+        return json.loads(self.py(
+            "import json; from tune_ablations.results.experiment import Experiment\n"
+            f"print(json.dumps(Experiment({exp!r}).trials()))", host))
+
+    def held(self) -> list[str]:
+        return sorted(p.name[len("held-"):] for p in self.hold.glob("held-*"))
+
+    def hold_trials(self) -> None:
+        (self.hold / "release").unlink(missing_ok=True)
+        for p in self.hold.glob("*-*"):
+            p.unlink()
+
+    def release(self, trial: str | None = None) -> None:
+        (self.hold / (f"release-{trial}" if trial else "release")).touch()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster.__new__(Cluster)
+    try:
+        c.__init__()
+        yield c
+    finally:
+        if hasattr(c, "bed"):
+            c.bed.close()
+
+
+def grid_args(c: Cluster, name: str, *extra: str, address: bool = True) -> list[str]:
+    return ["tune_ablations.grid", "--preset", "tiny", "--data", CORPUS, "--set",
+            "vocab_size=300", "text_samples=0", "max_steps=600", "eval_every=100",
+            *(["--address", c.address] if address else []), "--storage", BUCKET, "--name",
+            name, *extra]
+
+
+def test_a_grid_trains_on_host_b_from_data_that_only_host_a_has(cluster):
+    c = cluster
+    r = c.cli(c.a, *grid_args(c, "onb", "--ablations", "baseline", "high_lr", "--seeds", "1",
+                              "--trial-resource", "host_b=1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = f"{BUCKET}/onb"
+    for trial in c.trials(exp):
+        run = c.read_json(exp, trial, "run.json")
+        assert run["node_ip"] == c.b.ip
+        assert c.read_json(exp, trial, "outcome.json")["status"] == "completed"
+    cached = c.ok(c.b, ["find", "/root/.cache", "-type", "f"]).stdout.split()
+    # host B built no token cache and trained no BPE: it measured only its own hardware
+    assert {Path(f).name for f in cached} <= {"peaks.json", "precision_probes.json"}, cached
+    status = c.cli(c.b, "tune_ablations.status", "onb", "--storage", BUCKET, "--json")
+    s = json.loads(status.stdout.strip().splitlines()[-1])
+    assert s["finished"] and s["statuses"] == {"completed": 2}, status.stdout
+    rep = c.cli(c.b, "tune_ablations.analysis", exp, "--out", "/tmp/report")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    export = c.cli(c.b, "tune_ablations.export", exp, "--out", "/tmp/model")
+    assert export.returncode == 0, export.stderr[-2000:]
+
+
+def test_local_storage_is_refused_on_the_two_host_cluster(cluster):
+    c = cluster
+    r = c.cli(c.a, "tune_ablations.grid", "--preset", "tiny", "--data", CORPUS, "--address",
+              c.address, "--storage", "/tmp/results", "--name", "local")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "s3://" in r.stderr.strip().splitlines()[-1]  # the fix is named
+    assert "local" not in c.ok(c.b, ["ls", "-A", "/tmp"]).stdout
+
+
+def test_status_and_stop_of_a_submitted_sweep_from_host_b(cluster):
+    c = cluster
+    c.hold_trials()
+    try:
+        sub = c.cli(c.a, "tune_ablations.submit", "grid", "--job-address", c.jobs, "--python",
+                    sys.executable, *grid_args(c, "job", "--ablations", "baseline", "--seeds",
+                                               "1", "--trial-resource", "host_b=1",
+                                               address=False)[1:])
+        assert sub.returncode == 0, sub.stderr[-3000:]
+        _wait("the job's trial to hold on host B", c.held)
+        st = c.cli(c.b, "tune_ablations.status", "job", "--storage", BUCKET, "--json",
+                   "--job-address", c.jobs)
+        s = json.loads(st.stdout.strip().splitlines()[-1])
+        assert s["job"] == "RUNNING" and not s["finished"], st.stdout
+        stop = c.cli(c.b, "tune_ablations.submit", "stop", "job", "--job-address", c.jobs)
+        assert stop.returncode == 0 and "state=STOPPED" in stop.stdout, stop.stderr[-2000:]
+        st = c.cli(c.a, "tune_ablations.status", "job", "--storage", BUCKET, "--json",
+                   "--job-address", c.jobs)
+        assert json.loads(st.stdout.strip().splitlines()[-1])["job"] == "STOPPED"
+    finally:
+        c.release()
+
+
+def _snapshot_names(c: Cluster, exp: str, trial: str) -> list[str]:
+    return json.loads(c.py(
+        "import json\nfrom tune_ablations.results.experiment import Experiment\n"
+        "from tune_ablations.sweeps.tuner import snapshot_checkpoints\n"
+        f"print(json.dumps(snapshot_checkpoints(Experiment({exp!r}), {trial!r})))"))
+
+
+def test_driver_killed_on_host_a_resumes_from_host_b(cluster):
+    """One trial finished, one holding on host B with a checkpoint that Ray's last snapshot
+    names: the driver dies; `--resume` typed on host B finishes the sweep, the finished trial
+    untouched, the other continued from its checkpoint."""
+    c = cluster
+    c.hold_trials()
+    args = grid_args(c, "kd", "--ablations", "baseline", "high_lr", "--seeds", "1",
+                     "--trial-resource", "host_b=1")
+    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=open(os.devnull, "w"),
+                       stderr=open(os.devnull, "w"))
+    exp = f"{BUCKET}/kd"
+    try:
+        held = _wait("both trials to hold on host B", lambda: len(c.held()) == 2 and c.held())
+        done, waiting = held
+        c.release(done)
+        _wait("one trial to finish", lambda: c.read_json(exp, done, "outcome.json"))
+        _wait("the snapshot to name the held trial's checkpoint",
+              lambda: _snapshot_names(c, exp, waiting)[-1:] == [HELD_CHECKPOINT], every=1)
+        finished = c.read_json(exp, done, "outcome.json")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        c.release()
+    r = c.cli(c.b, *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert c.read_json(exp, done, "outcome.json") == finished  # not trained again
+    resumed = c.read_json(exp, waiting, "outcome.json")
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == [HOLD_STEP]
+    assert sorted(c.trials(exp)) == sorted([done, waiting])
+
+
+def test_a_search_writes_a_shared_postgres_study_live_and_resumes_consistently(cluster):
+    """optuna-dashboard's view: the study in PostgreSQL on host A, read from host B while the
+    search runs (a trial holding mid-way has its intermediate values there); the driver killed
+    and the search resumed from host B leave exactly the trials Ray ran, none twice."""
+    c = cluster
+    url = _postgres(c)
+    c.hold_trials()
+    args = ["tune_ablations.search", "--space", "lr", "--preset", "tiny", "--data", CORPUS,
+            "--set", "vocab_size=300", "text_samples=0", "max_steps=600", "--num-samples", "4",
+            "--max-concurrent", "2", "--trial-resource", "host_b=1", "--address", c.address,
+            "--storage", BUCKET, "--name", "pg", "--study-storage", url]
+    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=open(os.devnull, "w"),
+                       stderr=open(os.devnull, "w"))
+    read = ("import json, optuna\noptuna.logging.set_verbosity(optuna.logging.WARNING)\n"
+            f"s = optuna.load_study(study_name='pg', storage={url!r})\n"
+            "print(json.dumps([[t.state.name, len(t.intermediate_values),"
+            " t.user_attrs.get('ray_trial_id'), t.params] for t in s.trials]))")
+    try:
+        _wait("a trial to hold on host B", c.held)
+        live = _wait("the held trial's values in the study", lambda: [
+            t for t in json.loads(c.py(read, c.b)) if t[0] == "RUNNING" and t[1] > 0], every=1)
+        assert live
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        c.release()
+    r = c.cli(c.b, *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = json.loads(c.py(read, c.b))
+    ran = c.py("import pandas as pd\nfrom tune_ablations.results.frames import load\n"
+               f"df = load({BUCKET + '/pg'!r}).trials\n"
+               "print(df[['trial_id', 'status', 'lr', 'tokens_seen']].to_string())", c.b)
+    assert len(trials) == 4, (trials, ran)
+    assert {t[0] for t in trials} <= {"COMPLETE", "PRUNED"}, trials
+    ids = [t[2] for t in trials]
+    assert len(set(ids)) == 4 and None not in ids
+
+
+def _postgres(c: Cluster) -> str:
+    """PostgreSQL from Debian's packages on host A, reachable from host B."""
+    net = c.a.ip.rsplit(".", 1)[0] + ".0/24"
+    c.ok(c.a, ["sh", "-c", f"mkdir -p /tmp/pg && chown postgres /tmp/pg && su postgres -c "
+                           f"'{PG}/initdb -D /tmp/pg -A trust -U postgres' >/dev/null && "
+                           f"echo 'host all all {net} trust' >> /tmp/pg/pg_hba.conf"])
+    c.a.popen(["su", "postgres", "-c", f"{PG}/postgres -D /tmp/pg -k /tmp -c "
+               f"listen_addresses={c.a.ip}"], c.env, stdout=open(os.devnull, "w"),
+              stderr=open(os.devnull, "w"))
+    _wait("PostgreSQL", lambda: c.a.run(["pg_isready", "-h", c.a.ip], c.env).returncode == 0)
+    c.ok(c.a, ["su", "postgres", "-c", f"createdb -h {c.a.ip} optuna"])
+    return f"postgresql+psycopg://postgres@{c.a.ip}:5432/optuna"
+
+
+def test_every_process_of_host_b_killed_mid_trial(cluster):
+    """Host B loses power while its trials hold mid-way: the sweep completes, each of those
+    trials resumed on host A from its last checkpoint in the bucket, nothing finished lost."""
+    c = cluster
+    c.hold_trials()
+    args = grid_args(c, "kb", "--ablations", "baseline", "--seeds", "2")
+    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=open(os.devnull, "w"),
+                       stderr=open(os.devnull, "w"))
+    exp = f"{BUCKET}/kb"
+    try:
+        held = _wait("a trial to hold on host B", c.held)
+        for trial in held:  # the driver has the held step's checkpoint (its snapshot names it)
+            _wait("the snapshot to name the held checkpoint", lambda t=trial: _snapshot_names(
+                c, exp, t)[-1:] == [HELD_CHECKPOINT], every=1)
+        c.b.kill_all()
+        assert driver.wait(timeout=420) == 0
+    finally:
+        c.release()
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    for trial in c.trials(exp):
+        outcome = c.read_json(exp, trial, "outcome.json")
+        assert outcome["status"] == "completed", (trial, outcome.get("status"))
+        if trial in held:
+            assert outcome["resumed_from"] == [HOLD_STEP]
+            assert c.read_json(exp, trial, "run.json")["node_ip"] == c.a.ip
