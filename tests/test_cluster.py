@@ -46,6 +46,7 @@ def _grid(address, corpus_dir, storage, name, *extra, wait=True, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.extended  # the hosts bed covers a driver kill resumed on another host
 def test_grid_runs_on_the_worker_node_and_resumes(cluster, corpus_dir, tmp_path):
     """Trials forced onto the worker node; the driver killed when one trial has finished and
     another holds at a step that Ray's persisted snapshot names (a state, not a sleep);

@@ -71,6 +71,7 @@ def test_checkpoints_keep_only_the_latest(ray_session, corpus_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # two full sweeps side by side
 def test_two_sweeps_at_once_do_not_interfere(corpus_dir, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "tune_ablations.grid",
                                *_args(corpus_dir, tmp_path, name, "--ablations", "baseline",

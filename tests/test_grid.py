@@ -212,6 +212,7 @@ def _run_until_held(argv, exp: Path, hold: Path, spec: str, extra_state=lambda: 
         (hold / "release").write_text("")
 
 
+@pytest.mark.extended  # the hosts bed and test_search cover kill and resume
 def test_killed_sweep_resumes_from_checkpoints(ray_session, corpus_dir, tmp_path, capfd):
     """SIGKILL the driver (and its local Ray) twice, each time when a trial holds at a step
     and Ray's persisted snapshot names that step's checkpoint (a state, not a sleep), the first

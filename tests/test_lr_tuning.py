@@ -12,7 +12,7 @@ import pytest
 from tune_ablations.results.answer import answer
 from tune_ablations.results.frames import Results
 from tune_ablations.results.lr_curves import fit_lr_curve, fits, fixed_lr, lr_grid
-from tune_ablations.results.lr_report import lr_tuning_section
+from tune_ablations.results.report import lr_tuning_section
 from tune_ablations.spec.names import LR_SWEEP_SEED
 from tune_ablations.sweeps.lr_tuning import ArmHalving, TuneLrSearcher
 

@@ -96,6 +96,7 @@ def test_bad_input_is_refused_before_submitting(head, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.extended  # the hosts bed covers stop and resume across hosts
 def test_stop_then_resume_on_two_nodes_with_s3(head, corpus_dir, tmp_path):
     """The whole service path: submitted to a two-node cluster with results on S3, followed
     with status, stopped, resumed, finished, and reported from the bucket."""

@@ -31,7 +31,7 @@ def where(s3_server, tmp_path_factory):
 
 def _sweep_args(kind: str, corpus) -> list[str]:
     common = ["--preset", "tiny", "--data", str(corpus), "--set", "vocab_size=300",
-              "text_samples=0"]
+              "text_samples=0", "max_steps=40", "eval_every=20"]
     if kind == "grid":
         return ["tune_ablations.grid", *common, "--ablations", "baseline", "high_lr",
                 "--seeds", "1"]

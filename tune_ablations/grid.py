@@ -170,7 +170,7 @@ def print_answer(exp, res, datasets) -> None:
         say(f"  {line}")
     if tuned:
         from .results.lr_curves import fixed_lr
-        from .results.lr_report import changed_section
+        from .results.report import changed_section
 
         say("  chosen lr: " + ", ".join(f"{a} {lr:.3g}" for a, lr in tuned["chosen"].items()))
         fixed = fixed_lr(res.trials, tuned["centres"], ans.pooled_sd, ans.pooled_df)
