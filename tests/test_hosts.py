@@ -14,8 +14,10 @@ import os
 import random
 import secrets
 import signal
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,7 +70,7 @@ class Cluster:
         self.address = f"{self.a.ip}:6379"
         self.jobs = f"http://{self.a.ip}:8265"
         self.a.popen(["moto_server", "-H", self.a.ip, "-p", "5000"], self.env,
-                     stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.py("import boto3, time\nfor _ in range(200):\n    try:\n"
                 "        boto3.client('s3').create_bucket(Bucket='sweeps'); break\n"
                 "    except Exception: time.sleep(0.1)")
@@ -133,6 +135,21 @@ def cluster():
     finally:
         if hasattr(c, "bed"):
             c.bed.close()
+
+
+@contextmanager
+def driver_on_a(c: Cluster, args: list[str]):
+    """A sweep's driver on host A, killed (every process of it) if still running at the end;
+    holds are released either way."""
+    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    try:
+        yield driver
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        c.release()
 
 
 def grid_args(c: Cluster, name: str, *extra: str, address: bool = True) -> list[str]:
@@ -211,10 +228,8 @@ def test_driver_killed_on_host_a_resumes_from_host_b(cluster):
     c.hold_trials()
     args = grid_args(c, "kd", "--ablations", "baseline", "high_lr", "--seeds", "1",
                      "--trial-resource", "host_b=1")
-    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=open(os.devnull, "w"),
-                       stderr=open(os.devnull, "w"))
     exp = f"{BUCKET}/kd"
-    try:
+    with driver_on_a(c, args):  # killed on leaving: a finished trial and a snapshotted one
         held = _wait("both trials to hold on host B", lambda: len(c.held()) == 2 and c.held())
         done, waiting = held
         c.release(done)
@@ -222,10 +237,6 @@ def test_driver_killed_on_host_a_resumes_from_host_b(cluster):
         _wait("the snapshot to name the held trial's checkpoint",
               lambda: _snapshot_names(c, exp, waiting)[-1:] == [HELD_CHECKPOINT], every=1)
         finished = c.read_json(exp, done, "outcome.json")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-        c.release()
     r = c.cli(c.b, *args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
@@ -246,21 +257,15 @@ def test_a_search_writes_a_shared_postgres_study_live_and_resumes_consistently(c
             "--set", "vocab_size=300", "text_samples=0", "max_steps=600", "--num-samples", "4",
             "--max-concurrent", "2", "--trial-resource", "host_b=1", "--address", c.address,
             "--storage", BUCKET, "--name", "pg", "--study-storage", url]
-    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=open(os.devnull, "w"),
-                       stderr=open(os.devnull, "w"))
     read = ("import json, optuna\noptuna.logging.set_verbosity(optuna.logging.WARNING)\n"
             f"s = optuna.load_study(study_name='pg', storage={url!r})\n"
             "print(json.dumps([[t.state.name, len(t.intermediate_values),"
             " t.user_attrs.get('ray_trial_id'), t.params] for t in s.trials]))")
-    try:
+    with driver_on_a(c, args):  # killed on leaving, with a trial holding mid-way
         _wait("a trial to hold on host B", c.held)
         live = _wait("the held trial's values in the study", lambda: [
             t for t in json.loads(c.py(read, c.b)) if t[0] == "RUNNING" and t[1] > 0], every=1)
         assert live
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-        c.release()
     r = c.cli(c.b, *args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     trials = json.loads(c.py(read, c.b))
@@ -283,8 +288,8 @@ def _postgres(c: Cluster) -> str:
                            f"'{PG}/initdb -D /tmp/pg -A trust -U postgres' >/dev/null && "
                            f"echo 'host all all {net} trust' >> /tmp/pg/pg_hba.conf"])
     c.a.popen(["su", "postgres", "-c", f"{PG}/postgres -D /tmp/pg -k /tmp -c "
-               f"listen_addresses={c.a.ip}"], c.env, stdout=open(os.devnull, "w"),
-              stderr=open(os.devnull, "w"))
+               f"listen_addresses={c.a.ip}"], c.env, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
     _wait("PostgreSQL", lambda: c.a.run(["pg_isready", "-h", c.a.ip], c.env).returncode == 0)
     c.ok(c.a, ["su", "postgres", "-c", f"createdb -h {c.a.ip} optuna"])
     return f"postgresql+psycopg://postgres@{c.a.ip}:5432/optuna"
@@ -296,20 +301,14 @@ def test_every_process_of_host_b_killed_mid_trial(cluster):
     c = cluster
     c.hold_trials()
     args = grid_args(c, "kb", "--ablations", "baseline", "--seeds", "2")
-    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=open(os.devnull, "w"),
-                       stderr=open(os.devnull, "w"))
     exp = f"{BUCKET}/kb"
-    try:
+    with driver_on_a(c, args) as driver:
         held = _wait("a trial to hold on host B", c.held)
         for trial in held:  # the driver has the held step's checkpoint (its snapshot names it)
             _wait("the snapshot to name the held checkpoint", lambda t=trial: _snapshot_names(
                 c, exp, t)[-1:] == [HELD_CHECKPOINT], every=1)
         c.b.kill_all()
         assert driver.wait(timeout=420) == 0
-    finally:
-        c.release()
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
     for trial in c.trials(exp):
         outcome = c.read_json(exp, trial, "outcome.json")
         assert outcome["status"] == "completed", (trial, outcome.get("status"))
