@@ -103,16 +103,25 @@ def _loss(arm, lr, seed, tokens, rng):
     return parabola(lr, opt, floor) + 2.0 * (900 / tokens - 1) + rng.normal(0, SIGMA)
 
 
-def simulate(seed=0):
-    """The real searcher and per-arm halving, one trial at a time, on synthetic losses."""
-    rng = np.random.default_rng(seed)
+def _searcher():
     arms = list(WORLD)
-    searcher = TuneLrSearcher(arms, centres={a: WORLD[a][0] for a in arms}, k=5, span=4.0,
-                              seeds="auto", max_seeds=5, time_budget=0, slots=1,
-                              experiment=None)
+    return TuneLrSearcher(arms, centres={a: WORLD[a][0] for a in arms}, k=5, span=4.0,
+                          seeds="auto", max_seeds=5, time_budget=0, slots=1, experiment=None)
+
+
+def simulate(seed=0, restart_at=None, tmp=None):
+    """The real searcher and per-arm halving, one trial at a time, on synthetic losses;
+    `restart_at`: save the searcher there and go on with a fresh one restored from it (what a
+    driver kill and --resume do)."""
+    rng = np.random.default_rng(seed)
+    searcher = _searcher()
     halving = ArmHalving(milestone=100, max_t=900, eta=3)
     rows = []
     for i in range(200):
+        if i == restart_at:
+            searcher.save(str(tmp / "searcher.json"))
+            searcher = _searcher()
+            searcher.restore(str(tmp / "searcher.json"))
         cfg = searcher.suggest(f"t{i}")
         if cfg == searcher.FINISHED:
             break
@@ -150,6 +159,13 @@ def test_the_sweep_stops_within_arms_and_seeds_each_arm_at_its_chosen_lr(world):
     seeded = df[df["seed"] != LR_SWEEP_SEED]
     for arm, g in seeded.groupby("ablation"):
         assert np.allclose(g["lr"], record["tune_lr"]["chosen"][arm]) and len(g) >= 2
+
+
+@pytest.mark.parametrize("restart_at", [7, 15, 22])  # in the lr sweep, at its end, seeding
+def test_a_restored_searcher_goes_on_where_it_stopped(world, restart_at, tmp_path):
+    df, record = simulate(restart_at=restart_at, tmp=tmp_path)
+    assert df.drop(columns="trial_id").equals(world[0].drop(columns="trial_id"))
+    assert record["tune_lr"]["chosen"] == world[1]["tune_lr"]["chosen"]
 
 
 def test_the_fit_recovers_each_arms_optimum(world):
