@@ -43,6 +43,24 @@ def unavailable() -> str | None:
     return None
 
 
+def _installed() -> list[str]:
+    """The project and its environment (what both machines have installed), where they lie
+    under a folder the hosts make private (a checkout in /tmp): kept visible on each host."""
+    paths = {str(Path(__file__).resolve().parent.parent), sys.prefix}
+    return sorted(p for p in paths if any(p == d or p.startswith(d + "/") for d in PRIVATE))
+
+
+def _mount_script() -> str:
+    """Private tmpfs over PRIVATE; the installed paths under them moved back into place."""
+    keep = _installed()
+    steps = [f"k{i}=$(mktemp -d -p /var/tmp) && mount --bind {p} $k{i}"
+             for i, p in enumerate(keep)]
+    steps += [f"mkdir -p {p} && mount -t tmpfs -o mode=1777 tmpfs {p}" for p in PRIVATE]
+    steps += [f"mkdir -p {p} && mount --move $k{i} {p} && rmdir $k{i}"
+              for i, p in enumerate(keep)]
+    return " && ".join(steps)
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
@@ -52,11 +70,10 @@ class Host:
 
     def __init__(self, name: str, netns: str, ip: str):
         self.name, self.netns, self.ip = name, netns, ip
-        mounts = " && ".join(f"mkdir -p {p} && mount -t tmpfs -o mode=1777 tmpfs {p}"
-                             for p in PRIVATE)
         self._unshare = subprocess.Popen(
             ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
-             "--pid", "--fork", "--mount-proc", "sh", "-c", f"{mounts} && exec sleep infinity"],
+             "--pid", "--fork", "--mount-proc", "sh", "-c",
+             f"{_mount_script()} && exec sleep infinity"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.init = self._wait_for_init()
 
