@@ -213,3 +213,19 @@ def test_tune_lr_runs_through_ray_and_reports(ray_session, corpus_dir, tmp_path)
     text = (tmp_path / "r" / "report.md").read_text()
     assert "## Every arm at its own best learning rate" in text
     assert "### Conclusions that change" in text and (tmp_path / "r" / "lr_curves.png").exists()
+
+
+def test_the_dry_run_lists_the_lr_sweep_and_says_what_follows(corpus_dir, tmp_path, capsys):
+    from tune_ablations import grid
+
+    assert grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+                      "--ablations", "baseline", "large_batch", "--tune-lr", "3", "--storage",
+                      str(tmp_path), "--dry-run", "--json"]) == 0
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert {r["seed"] for r in rows} == {LR_SWEEP_SEED}
+    for arm, centre in (("baseline", 3e-3), ("large_batch", 5e-3)):
+        assert np.allclose(sorted(r["lr"] for r in rows if r["ablation"] == arm),
+                           lr_grid(centre, 3, 4.0))
+    assert "then: each arm's chosen lr with seeds 0.." in out.err
+    assert len({r["tokens"] for r in rows}) == 1  # equal tokens across arms and lrs

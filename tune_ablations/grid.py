@@ -149,8 +149,10 @@ def with_lr_tuning(plan: SweepPlan, opts: GridOptions, arms: list[str], budget: 
 
         return per_arm_scheduler(ref.eval.eval_every_tokens, ref.total_tokens, 3, centres)
 
+    seeds = "2, then more for undecided arms" if opts.seeds == "auto" else str(opts.seeds)
     return replace(plan, trials=sweep, planned=plan.planned + len(sweep), searcher=searcher,
-                   scheduler=scheduler, parameter_columns=["ablation", "seed", "lr"])
+                   scheduler=scheduler, parameter_columns=["ablation", "seed", "lr"],
+                   later=f"each arm's chosen lr with seeds 0.. ({seeds})")
 
 
 def print_answer(exp, res, datasets) -> None:

@@ -59,6 +59,8 @@ class SweepPlan:
     """Overrides the user forced onto arms that define them (key -> arms)."""
     max_concurrent: int | None = None
     """Trials at once (None: what the resources allow)."""
+    later: str = ""
+    """What the sweep decides to run after the listed trials (`--dry-run` says it)."""
 
     @property
     def cpus(self) -> float:

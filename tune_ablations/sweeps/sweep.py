@@ -163,6 +163,8 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     _epochs(rows, configs[0].data.corpus)
     if args.dry_run:
         print_plan(rows, concurrency(plan.cpus, plan.gpus), as_json=args.json)
+        if plan.later:
+            log(f"then: {plan.later} (up to {plan.planned} trials in all)")
         return 0
     if not plan.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
         warm_measurements(configs, datasets, plan.cpus)
