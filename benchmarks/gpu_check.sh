@@ -32,7 +32,7 @@ timeout 360 python -m tune_ablations.grid --preset seed --set max_steps=300 eval
 echo "grid_wall_s=$(( $(date +%s) - start ))"
 python - "$out/results/seed-grid" <<'PY'
 import sys
-from tune_ablations.analysis import load_results
+from tune_ablations.results.frames import load_results
 df = load_results(sys.argv[1])
 for _, r in df.iterrows():
     print(f"trial ablation={r['ablation']} status={r['status']} tokens_per_s={r['tokens_per_s']:.0f} "
