@@ -61,6 +61,8 @@ class SweepPlan:
     """Trials at once (None: what the resources allow)."""
     later: str = ""
     """What the sweep decides to run after the listed trials (`--dry-run` says it)."""
+    tracker: Any = None
+    """The experiment tracker (`sweeps.trackers.TrackerOptions`); set by `sweep_main`."""
 
     @property
     def cpus(self) -> float:

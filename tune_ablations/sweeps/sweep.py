@@ -34,6 +34,7 @@ from .cluster import (
 from .options import ResourceOptions, SweepError, options_from_args, refuse_changes, restore
 from .options import stored as stored_options
 from .plan import SweepPlan, epoch_rows, epoch_warnings, print_plan, trial_rows, warm_measurements
+from .trackers import TrackerOptions, open_tracker, tracker_from_args
 
 
 def add_sweep_args(ap, kind: str) -> None:
@@ -59,6 +60,7 @@ def add_sweep_args(ap, kind: str) -> None:
     g.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs "
                    "and warnings")
     add_options(ap, ResourceOptions, "resources")
+    add_options(ap, TrackerOptions, "experiment tracker (MLflow, Weights & Biases)")
 
 
 def sweep_main(args, kind: str, build_plan) -> int:
@@ -77,8 +79,10 @@ def sweep_main(args, kind: str, build_plan) -> int:
             resources = restore(ResourceOptions, record["resources"])
             plan = build_plan(args, record, 0, resources)
         else:
+            record = None
             plan = build_plan(args, None, available_gpus(args.address), resources)
             exp = new_experiment(args.storage, plan.name)
+        plan.tracker = tracker_from_args(args, record)
     except (ValueError, SweepError) as exc:
         return fail(exc)
     return run_sweep(plan, exp, args, started=started)
@@ -152,6 +156,8 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     """Run (or restore, or dry-run) a planned sweep; returns the exit code."""
     try:
         check_local_resources(plan.cpus, plan.gpus, address=args.address)
+        if not args.dry_run:  # the tracker's store opens before any data is prepared
+            plan.tracker = open_tracker(plan.tracker, exp.name)
         datasets = prepare_all(_configs(plan), args.cache_dir, exp if args.resume else None)
         configs = _configs(plan, datasets)
     except (ValueError, SweepError) as exc:
@@ -205,7 +211,7 @@ def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict) -> None
     exp.write_json({**plan.record, "kind": plan.kind, "name": exp.name,
                     "resources": stored_options(plan.resources), "gpus_per_trial": plan.gpus,
                     "forced_overrides": plan.forced, "planned_trials": plan.planned,
-                    "shared_storage": args.shared_storage,
+                    "shared_storage": args.shared_storage, "tracker": stored_options(plan.tracker),
                     "argv": user_command(), "storage": redact(args.storage),
                     "git_sha": git_sha(), "versions": package_versions(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, SWEEP_FILE)
@@ -228,6 +234,7 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float)
         cache_dir=args.cache_dir, experiment=exp.location, sha=git_sha(),
         argv=exp.read_sweep().get("argv", []), resources=plan.resources.trial_resources)
     slots = concurrency(plan.cpus, plan.gpus)
+    tracker = None if args.resume else _tracker(plan, exp, datasets)  # resume: Ray restores it
     scheduler = plan.scheduler() if plan.scheduler else None
     tune_config = tune.TuneConfig(  # a scheduler names its own metric (ASHA may rank by probes)
         metric=None if scheduler else METRIC, mode=None if scheduler else MODE,
@@ -238,7 +245,8 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float)
         results = run_tuner(trainable, exp=exp, resume=args.resume, tune_config=tune_config,
                             max_failures=plan.resources.max_failures,
                             keep_checkpoints=plan.resources.keep_checkpoints,
-                            parameter_columns=plan.parameter_columns)
+                            parameter_columns=plan.parameter_columns,
+                            extra_callbacks=[tracker] if tracker else [])
     except SweepError as exc:
         return fail(exc)
     record_states(exp, results)
@@ -246,6 +254,17 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float)
     for folder in res.trials.get("folder", []):  # the final snapshot names each latest one
         prune_checkpoints(exp, str(folder), plan.resources.keep_checkpoints)
     return finish(plan, exp, res, datasets, started)
+
+
+def _tracker(plan: SweepPlan, exp: Experiment, datasets: dict):
+    """The `--tracker` callback of a new sweep (None without one)."""
+    from .trackers import build_tracker
+
+    t = plan.tracker or TrackerOptions()
+    return build_tracker(t.tracker, uri=t.tracker_uri, project=t.tracker_project,
+                         sweep=exp.name, kind=plan.kind, base=plan.base.to_dict(),
+                         vocab={k: d.vocab_size for k, d in datasets.items()},
+                         results=str(exp))
 
 
 def finish(plan: SweepPlan, exp: Experiment, res: Results, datasets: dict,

@@ -122,8 +122,9 @@ def prune_checkpoints(exp: Experiment, folder: str, keep: int) -> list[str]:
 
 def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_failures: int,
               keep_checkpoints: int, parameter_columns: list[str],
-              param_space: dict | None = None):
-    """Fit a new Tuner, or restore the one in `exp` (errored trials retried)."""
+              param_space: dict | None = None, extra_callbacks: list | None = None):
+    """Fit a new Tuner, or restore the one in `exp` (errored trials retried; its callbacks,
+    `extra_callbacks` such as a tracker's included, come back from Ray's tuner.pkl)."""
     from ray import tune
 
     from .options import SweepError
@@ -143,7 +144,8 @@ def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_fail
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # we prune (see above)
             sync_config=tune.SyncConfig(sync_artifacts=True),
             progress_reporter=progress_reporter(parameter_columns, exp), verbose=1,
-            callbacks=callbacks(exp, keep_checkpoints, live=True), log_to_file=True)
+            callbacks=[*callbacks(exp, keep_checkpoints, live=True), *(extra_callbacks or [])],
+            log_to_file=True)
         tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config,
                            run_config=run_config)
     return tuner.fit()
