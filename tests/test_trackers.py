@@ -33,6 +33,8 @@ def offline(monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     for key in ("MLFLOW_TRACKING_URI", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_BASE_URL"):
         monkeypatch.delenv(key, raising=False)
+    for name in ("wandb-dir", "wandb-config", "wandb-cache"):  # else wandb writes under cwd
+        (tmp_path / name).mkdir()
 
 
 def _args(corpus, storage, name, *extra):
