@@ -396,29 +396,39 @@ def test_grid_logs_every_trial_to_wandb_offline(ray_session, corpus_dir, tmp_pat
         assert got["summary"]["status"] == "completed"
 
 
-@pytest.mark.extended  # a driver killed and resumed: test_grid covers the kill itself
-def test_a_resumed_sweep_continues_its_mlflow_runs(ray_session, corpus_dir, tmp_path, offline):
-    """SIGKILL the driver while the trial holds at step 40 (Ray's snapshot naming that step's
-    checkpoint), then `--resume`: Ray restores the callback, which finds the trial's MLflow run
-    again and continues it to the end; the run's history equals the experiment's, each
-    evaluation once (repeats after a checkpoint: the synthetic test above)."""
-    pytest.importorskip("mlflow")
-    from mlflow.tracking import MlflowClient
+def _kill_while_held(corpus_dir, tmp_path, *tracker) -> Path:
+    """A one-trial grid whose driver (and local Ray) is SIGKILLed while the trial holds at step
+    40 of 60 and Ray's persisted snapshot names that step's checkpoint; returns its folder."""
     from test_grid import _run_until_held, _snapshot_names
 
-    store = (tmp_path / "mlruns").as_uri()
     exp = tmp_path / "killed"
     argv = _args(corpus_dir, tmp_path, "killed", "--ablations", "baseline", "--seeds", "1",
-                 "--set", "max_steps=60", "eval_every=20", "--tracker", "mlflow",
-                 "--tracker-uri", store)
+                 "--set", "max_steps=60", "eval_every=20", *tracker)
     hold = tmp_path / "hold"
     _run_until_held(argv, exp, hold, f"40:{hold}:baseline",
                     lambda: _snapshot_names(exp, "baseline-s0", "checkpoint_000001"))
+    return exp
+
+
+def _resume(tmp_path) -> None:
+    assert grid.main(["--storage", str(tmp_path), "--name", "killed", "--resume"]) == 0
+
+
+@pytest.mark.extended  # a driver killed and resumed: test_grid covers the kill itself
+def test_a_resumed_sweep_continues_its_mlflow_runs(ray_session, corpus_dir, tmp_path, offline):
+    """After a driver kill, `--resume`: Ray restores the callback, which finds the trial's
+    MLflow run again and continues it to the end; the run's history equals the experiment's,
+    each evaluation once (repeats after a checkpoint: the synthetic test above)."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    store = (tmp_path / "mlruns").as_uri()
+    exp = _kill_while_held(corpus_dir, tmp_path, "--tracker", "mlflow", "--tracker-uri", store)
     client = MlflowClient(store)
     experiment_id = client.get_experiment_by_name("killed").experiment_id
     before = client.search_runs([experiment_id])
     assert len(before) == 1 and before[0].info.status == "RUNNING"
-    assert grid.main(["--storage", str(tmp_path), "--name", "killed", "--resume"]) == 0
+    _resume(tmp_path)
     runs = client.search_runs([experiment_id])
     assert [r.info.run_id for r in runs] == [before[0].info.run_id]  # the same run, continued
     run, trials = runs[0], load(exp).trials
@@ -429,3 +439,28 @@ def test_a_resumed_sweep_continues_its_mlflow_runs(ray_session, corpus_dir, tmp_
     for key in ("val_loss", "train_loss", "step"):
         assert _history(client, run.info.run_id, key) == [
             (int(t), float(v)) for t, v in zip(hist["tokens_seen"], hist[key])], key
+
+
+@pytest.mark.extended
+def test_a_resumed_sweep_continues_its_wandb_runs(ray_session, corpus_dir, tmp_path, offline):
+    """After a driver kill, `--resume` with W&B offline: a second offline folder with the same
+    run id, sent first what Ray had recorded (the killed driver took W&B's unflushed records
+    with it), then the rest to the end: between the two folders every evaluation of the
+    experiment's history, each equal to its row."""
+    pytest.importorskip("wandb")
+    exp = _kill_while_held(corpus_dir, tmp_path, "--tracker", "wandb")
+    _resume(tmp_path)
+    trial_id = load(exp).trials["trial_id"].iloc[0]
+    folders = sorted(glob.glob(str(tmp_path / "wandb-dir" / "wandb" / f"*-{trial_id}")))
+    assert len(folders) == 2, folders
+    first, second = (read_wandb_run(Path(f)) for f in folders)
+    assert second["run"].run_id == trial_id and second["summary"]["status"] == "completed"
+    hist = _history_by_trial(exp, trial_id)
+    by_tokens = {int(r["tokens_seen"]): r for r in hist.to_dict("records")}
+    tokens = [int(r["tokens_seen"]) for r in second["history"]]
+    assert tokens == sorted(set(tokens)) and tokens[-1] == max(by_tokens)  # once each, to the end
+    rows = first["history"] + second["history"]
+    assert {int(r["tokens_seen"]) for r in rows} == set(by_tokens)
+    for r in rows:
+        assert {k: r[k] for k in hist.columns} == {
+            k: float(v) for k, v in by_tokens[int(r["tokens_seen"])].items()}

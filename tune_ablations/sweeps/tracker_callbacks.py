@@ -19,8 +19,11 @@ Design choices:
 - Resume: Ray restores these callbacks from `tuner.pkl`. The MLflow run of a trial is found again
   by its trial id and continued (tag `resumed`); the evaluations a resumed trial repeats after
   its checkpoint are not logged twice (the last tokens_seen logged is read back from MLflow).
-  W&B: the same run id with `resume="allow"`; the evaluations Ray had recorded before the stop
-  are not sent again.
+  W&B: the same run id with `resume="allow"`. A killed driver takes W&B's unflushed records with
+  it (offline, the killed run's folder can be empty), so a restored trial's run is first sent
+  the evaluations Ray recorded before the stop (its result.json in the experiment), then the
+  new ones; an evaluation W&B had already flushed then appears twice, at the same tokens_seen
+  with the same values.
 - A tracker must never cost the sweep: an error while logging is one line on stderr (the first
   per trial) and the sweep goes on.
 """
@@ -42,7 +45,7 @@ from ..spec.io import log, redact
 from ..spec.names import REPORT_KEYS, TIME_ATTR, Status
 from ..spec.resolve import resolve
 from ..spec.runspec import RunSpec
-from .tuner import trial_dirname
+from .tuner import trial_dirname, trial_folder
 
 STATUS_ITEM = "status"
 """A W&B logging actor's queue item: the trial's status (Ray's own items are `_QueueItem`s)."""
@@ -61,6 +64,9 @@ class TrialContext:
     """data id -> the real vocabulary size of each corpus the driver prepared."""
     results: str
     """The experiment's location, credentials redacted."""
+    location: str | None = None
+    """The experiment's location to read from (None when it holds credentials, which are never
+    kept here: this object is stored in Ray's tuner.pkl)."""
 
     def config(self, trial_config: dict[str, Any]) -> dict[str, Any]:
         """The trial's resolved config, flat, as its run.json records it (strings redacted)."""
@@ -257,8 +263,7 @@ class WandbTracker(_Guarded, WandbLoggerCallback):
         if trial in self._trial_logging_futures:  # a retried trial keeps its actor
             return
         config = self.context.config(trial.config)
-        # A restored trial: what Ray recorded before the stop was logged then.
-        self._tokens[trial] = int((trial.last_result or {}).get(TIME_ATTR) or -1)
+        restored = dict(trial.last_result or {})  # a restored trial: Ray's last record of it
         env = {k: v for k, v in (("WANDB_MODE", os.environ.get("WANDB_MODE")),
                                  ("WANDB_BASE_URL", self.base_url)) if v}
         folder = os.path.abspath(os.environ.get("WANDB_DIR") or ".")
@@ -271,6 +276,25 @@ class WandbTracker(_Guarded, WandbLoggerCallback):
             config={**config, "ablation": config["name"], "trial_id": trial.trial_id,
                     "sweep": self.context.sweep, "kind": self.context.kind,
                     "results": self.context.results})
+        if restored.get(TIME_ATTR) is not None:
+            for row in [*self._recorded(trial, int(restored[TIME_ATTR])), restored]:
+                self._result(trial, row)
+
+    def _recorded(self, trial, until: int) -> list[dict]:
+        """The reports Ray recorded of a restored trial (up to `until` tokens), from its
+        result.json in the experiment; none when the location cannot be read here."""
+        from ..results.experiment import Experiment
+        from ..results.frames import parse_reports
+        from ..spec.names import RAY_RESULT_FILE
+
+        if self.context.location is None:
+            return []
+        try:
+            text = Experiment(self.context.location).read_text(trial_folder(trial),
+                                                               RAY_RESULT_FILE)
+        except FileNotFoundError:
+            return []
+        return [r for r in parse_reports(text) if int(r.get(TIME_ATTR, until + 1)) <= until]
 
     def _result(self, trial, result: dict) -> None:
         if trial not in self._trial_logging_actors:

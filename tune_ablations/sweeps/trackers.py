@@ -181,7 +181,8 @@ def build_tracker(tracker: str | None, *, uri: str | None, project: str | None, 
     from .tracker_callbacks import MLflowTracker, TrialContext, WandbTracker
 
     context = TrialContext(sweep=sweep, kind=kind, base=base, vocab=dict(vocab),
-                           results=redact(results))
+                           results=redact(results),
+                           location=results if redact(results) == results else None)
     if tracker == "mlflow":
         return MLflowTracker(tracking_uri=uri, experiment_name=project or sweep, context=context)
     return WandbTracker(project=project or WANDB_PROJECT, base_url=uri, context=context)
