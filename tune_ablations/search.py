@@ -93,8 +93,16 @@ def _derive(space: SearchSpace, base: RunSpec, opts: SearchOptions) -> tuple[Run
     return base, derived
 
 
+def _options(args) -> tuple[SearchOptions, set[str]]:
+    """The search's options as given, `--study-storage`'s password moved out of its URL."""
+    from .sweeps.study import study_url
+
+    opts, given = options_from_args(SearchOptions, args)
+    return replace(opts, study_storage=study_url(opts.study_storage)), given
+
+
 def _new(args, n_gpus: int) -> tuple[SearchSpace, RunSpec, SearchOptions, list, str]:
-    opts, _ = options_from_args(SearchOptions, args)
+    opts, _ = _options(args)
     if not opts.space:
         raise SweepError("--space is required: a shipped space (lr, lr_batch, "
                          "lr_batch_seq_dim, ...) or a TOML file")
@@ -114,7 +122,7 @@ def _stored(args, record: dict, text: str):
     base, opts = RunSpec.from_dict(record["spec"]), restore(SearchOptions, record["search"])
     given_spec, names = spec_from_args(args, default_preset=base.preset)
     refuse_spec_changes(base, given_spec, names - set(record.get("derived_keys", [])))
-    given_opts, names = options_from_args(SearchOptions, args)
+    given_opts, names = _options(args)
     refuse_changes(opts, given_opts, names, what="the search's settings")
     opts = with_secrets(opts, given_opts, names)
     return space, base, opts, record.get("derived_keys", []), text

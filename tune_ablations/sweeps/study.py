@@ -20,6 +20,8 @@ Design choices:
 from __future__ import annotations
 
 import math
+import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import numpy as np
 
 from ..results.experiment import Experiment
 from ..results.frames import best_completed
-from ..spec.io import redact, say
+from ..spec.io import redact, register_secret, say
 from ..spec.names import BEST_FILE, METRIC, RUN_FILE, STUDY_FILE
 from ..spec.runspec import RunSpec
 
@@ -36,6 +38,30 @@ MIN_TOP = 5  # trials in PED-ANOVA's top quantile
 TARGET_QUANTILE = 0.1  # PED-ANOVA's default
 N_BOOT = 30
 MIN_HOLDOUT_WINDOWS = 8
+
+
+_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^/@:]*):(?P<password>.*)@(?P<rest>[^@]*)$")
+
+
+def study_url(url: str | None) -> str | None:
+    """`--study-storage` without its password. A PostgreSQL password moves into this process's
+    `PGPASSWORD`, which libpq reads (as it reads `~/.pgpass`), so the URL that the searcher
+    keeps, Ray pickles into the experiment (tuner.pkl, searcher state) and sweep.json stores
+    holds none. Another database's inline password is refused, naming where it belongs."""
+    from urllib.parse import unquote
+
+    m = _PASSWORD.match(url or "")
+    if not m:
+        return url
+    if not m["head"].startswith(("postgresql", "postgres")):
+        raise ValueError(f"--study-storage {redact(url)!r} holds a password, which would be "
+                         "stored with the experiment: give it to the database client in its "
+                         "own configuration (MySQL: ~/.my.cnf with ?read_default_file=...)")
+    password = unquote(m["password"])
+    os.environ["PGPASSWORD"] = password
+    register_secret(password)
+    register_secret(m["password"])
+    return f"{m['head']}@{m['rest']}"
 
 
 def study_location(exp: Experiment, url: str | None) -> tuple[str, Path | None]:
