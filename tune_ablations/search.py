@@ -164,13 +164,12 @@ def _searcher(space: SearchSpace, base: RunSpec, opts: SearchOptions, samples: i
     def make(location: str, slots: int):
         from .results.experiment import Experiment
         from .sweeps.searchers import OptunaSearcher
-        from .sweeps.study import study_location
 
         exp = Experiment(location)
-        url, _ = study_location(exp, opts.study_storage)
-        return OptunaSearcher(space.distributions(), storage=url, study_name=exp.name,
-                              sampler=opts.sampler, sampler_seed=opts.sampler_seed,
-                              num_samples=samples, first_point=space.baseline_point(base))
+        return OptunaSearcher(space.distributions(), storage=opts.study_storage,
+                              study_name=exp.name, sampler=opts.sampler,
+                              sampler_seed=opts.sampler_seed, num_samples=samples,
+                              first_point=space.baseline_point(base), experiment=location)
 
     return make
 

@@ -16,6 +16,13 @@ Design choices:
   report, so optuna-dashboard follows a running search. After a driver kill, trials the study
   holds as RUNNING but Ray never scheduled are handed out again, so no trial is lost or
   duplicated.
+- Resuming from any host: the searcher's state, saved by Ray with every experiment snapshot,
+  holds each trial's record (params, reports, end) as told to the study. A restored searcher
+  checks the study it finds against those records: a study that is ahead (a shared database,
+  or this host's own file, written after the snapshot) is kept; one that is behind or holds
+  other trials (another host's local file, or none) is rebuilt from the records, so the study
+  and Ray's trials agree whichever host resumes. The default SQLite file is found on the host
+  that runs the driver, not at the path of the host that started the search.
 """
 
 from __future__ import annotations
@@ -155,17 +162,20 @@ class ArmsSearcher(_searcher_base()):
 class OptunaSearcher(_searcher_base()):
     """Optuna's ask/tell, with honest trial states, in a persistent study."""
 
-    def __init__(self, distributions: dict[str, Any], *, storage: str, study_name: str,
+    def __init__(self, distributions: dict[str, Any], *, storage: str | None, study_name: str,
                  sampler: str, sampler_seed: int, num_samples: int,
-                 first_point: dict[str, Any] | None = None):
+                 first_point: dict[str, Any] | None = None, experiment: str | None = None):
         super().__init__(metric=METRIC, mode=MODE)
+        # storage None: the experiment's default study, located on the host running the driver
         self.distributions, self.storage, self.study_name = distributions, storage, study_name
         self.sampler_kind, self.sampler_seed = sampler, sampler_seed
         self.num_samples, self.first_point = num_samples, first_point
+        self.experiment = experiment
         self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self.storage_ids: dict[int, int] = {}  # Optuna trial number -> its id in the storage
+        self.records: dict[int, dict[str, Any]] = {}  # number -> what the study was told
         self.asked, self.told = 0, set()
-        self._study = None
+        self._study, self._check = None, False
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_study"}
@@ -175,10 +185,22 @@ class OptunaSearcher(_searcher_base()):
         self._study = None
 
     @property
+    def storage_url(self) -> str:
+        """The study's storage as seen from this host."""
+        if self.storage is not None:
+            return self.storage
+        from .study import study_location
+
+        return study_location(Experiment(self.experiment), None)[0]
+
+    @property
     def study(self):
         if self._study is None:
-            self._study = open_study(self.storage, self.study_name,
+            self._study = open_study(self.storage_url, self.study_name,
                                      make_sampler(self.sampler_kind, self.sampler_seed))
+            if self._check:
+                self._check = False
+                self._reconcile()
             if not self._study.trials and self.first_point:
                 self._study.enqueue_trial(self.first_point)  # where the reference stood
         return self._study
@@ -203,6 +225,9 @@ class OptunaSearcher(_searcher_base()):
     def _map(self, trial_id: str, number: int, storage_id: int) -> None:
         self.numbers[trial_id] = number
         self.storage_ids[number] = storage_id
+        params = self.study.get_trials(deepcopy=False)[number].params
+        self.records.setdefault(number, {"params": dict(params), "state": "RUNNING",
+                                         "value": None, "intermediate": {}, "attrs": {}})
 
     def _trial(self, number: int):
         import optuna
@@ -240,8 +265,11 @@ class OptunaSearcher(_searcher_base()):
             return
         if self._finished_in_study(number):
             return
+        step = int(result.get(TIME_ATTR, 0))
         with _quiet(optuna):
-            self._trial(number).report(float(value), step=int(result.get(TIME_ATTR, 0)))
+            self._trial(number).report(float(value), step=step)
+        if number in self.records:  # (a sweep started before records were kept has none)
+            self.records[number]["intermediate"].setdefault(step, float(value))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -255,21 +283,69 @@ class OptunaSearcher(_searcher_base()):
         status = None if error or result is None else result.get("status")
         state, value = tell_state(status, (result or {}).get(METRIC))
         trial = self._trial(number)
-        trial.set_user_attr("status", _final_status(status, error))
-        trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr(TIME_ATTR, int((result or {}).get(TIME_ATTR) or 0))
+        attrs = {"status": _final_status(status, error), "ray_trial_id": trial_id,
+                 TIME_ATTR: int((result or {}).get(TIME_ATTR) or 0)}
+        for key, v in attrs.items():
+            trial.set_user_attr(key, v)
         self.study.tell(number, value, state=state, skip_if_finished=True)
+        if number in self.records:
+            self.records[number].update(state=state.name, value=value, attrs=attrs)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps({
             "numbers": self.numbers, "storage_ids": self.storage_ids, "asked": self.asked,
-            "told": sorted(self.told)}))
+            "told": sorted(self.told), "records": self.records}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers, self.asked = state["numbers"], state["asked"]
         self.storage_ids = {int(k): v for k, v in state["storage_ids"].items()}
         self.told = set(state["told"])
+        self.records = {int(n): r | {"intermediate": {int(k): v for k, v in
+                                                     r["intermediate"].items()}}
+                        for n, r in state.get("records", {}).items()}
+        self._study, self._check = None, True  # checked against the records at first use
+
+    def _reconcile(self) -> None:
+        """After a restore: keep a study that holds every recorded trial at least as far as
+        the records go; else rebuild it from the records (see the module's design notes)."""
+        import optuna
+
+        trials = self._study.get_trials(deepcopy=False)
+        if all(n < len(trials) and _covers(trials[n], r) for n, r in self.records.items()):
+            return
+        optuna.delete_study(study_name=self.study_name, storage=self.storage_url)
+        self._study = open_study(self.storage_url, self.study_name,
+                                 make_sampler(self.sampler_kind, self.sampler_seed))
+        with _quiet(optuna):
+            for n in sorted(self.records):
+                self._study.add_trial(_from_record(self.records[n], self.distributions))
+        self.storage_ids = {t.number: t._trial_id for t in self._study.get_trials(
+            deepcopy=False)}
+        from ..spec.io import log
+
+        log(f"event=study_rebuilt trials={len(self.records)} storage={self.storage_url} (it "
+            "lagged behind the restored search)")
+
+
+def _covers(trial, record: dict[str, Any]) -> bool:
+    """The study's trial is the recorded one, at least as far along."""
+    if trial.params != record["params"]:
+        return False
+    if trial.state.is_finished():
+        return True
+    return record["state"] == "RUNNING" and \
+        set(record["intermediate"]) <= set(trial.intermediate_values)
+
+
+def _from_record(record: dict[str, Any], distributions: dict[str, Any]):
+    """A trial as the searcher told it to the study."""
+    from optuna.trial import TrialState, create_trial
+
+    return create_trial(state=TrialState[record["state"]], value=record["value"],
+                        params=record["params"], distributions=distributions,
+                        intermediate_values=record["intermediate"],
+                        user_attrs=record["attrs"])
 
 
 def _final_status(status: str | None, error: bool) -> str:

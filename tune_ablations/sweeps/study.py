@@ -212,7 +212,9 @@ def finish_search(exp: Experiment, res, base: RunSpec, params: list[str], storag
             f"{k}={v:.3f}" for k, v in imp["importances"].items()))
     else:
         say(f"importances: {imp.get('skipped', imp.get('note'))}")
-    if local_db is not None:
+    if local_db is not None:  # optuna-dashboard reads no URI: the copy on this machine
         exp.write_bytes(local_db.read_bytes(), STUDY_FILE)
-    shown = f"sqlite:///{exp.where(STUDY_FILE)}" if storage.startswith("sqlite") else storage
-    say(f"study: optuna-dashboard {redact(shown)}")
+        say(f"study: optuna-dashboard sqlite:///{local_db} (this machine's copy; the "
+            f"experiment keeps {exp.where(STUDY_FILE)})")
+    else:
+        say(f"study: optuna-dashboard {redact(storage)}")
