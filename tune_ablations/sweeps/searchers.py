@@ -35,7 +35,7 @@ from typing import Any
 
 from ..results.experiment import Experiment
 from ..results.sequential import ALPHA, decide, describe
-from ..spec.names import DECISIONS_FILE, METRIC, MODE, TIME_ATTR, Status
+from ..spec.names import DECISIONS_FILE, METRIC, MODE, STUDY_FILE, TIME_ATTR, Status
 
 
 def _searcher_base():
@@ -189,8 +189,6 @@ class OptunaSearcher(_searcher_base()):
         """The study's storage as seen from this host."""
         if self.storage is not None:
             return self.storage
-        from .study import study_location
-
         return study_location(Experiment(self.experiment), None)[0]
 
     @property
@@ -395,6 +393,25 @@ class _quiet:
     def __exit__(self, *exc):
         self.catch.__exit__(*exc)
         self.optuna.logging.set_verbosity(self.level)
+
+
+def study_location(exp: Experiment, url: str | None) -> tuple[str, Path | None]:
+    """(Optuna storage URL, local SQLite file to upload at the end, if any)."""
+    if url:
+        return url, None
+    if exp.local_dir is not None:
+        exp.local_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{exp.path(STUDY_FILE)}", None
+    import hashlib
+
+    from ..training.runtime import cache_root
+
+    digest = hashlib.sha256(str(exp).encode()).hexdigest()[:12]
+    local = cache_root() / "studies" / f"{exp.name}-{digest}.db"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if not local.exists() and exp.exists(STUDY_FILE):  # resuming from another machine
+        local.write_bytes(exp.read_bytes(STUDY_FILE))
+    return f"sqlite:///{local}", local
 
 
 def open_study(storage: str, name: str, sampler=None):

@@ -64,25 +64,6 @@ def study_url(url: str | None) -> str | None:
     return f"{m['head']}@{m['rest']}"
 
 
-def study_location(exp: Experiment, url: str | None) -> tuple[str, Path | None]:
-    """(Optuna storage URL, local SQLite file to upload at the end, if any)."""
-    if url:
-        return url, None
-    if exp.local_dir is not None:
-        exp.local_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{exp.path(STUDY_FILE)}", None
-    import hashlib
-
-    from ..training.runtime import cache_root
-
-    digest = hashlib.sha256(str(exp).encode()).hexdigest()[:12]
-    local = cache_root() / "studies" / f"{exp.name}-{digest}.db"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    if not local.exists() and exp.exists(STUDY_FILE):  # resuming from another machine
-        local.write_bytes(exp.read_bytes(STUDY_FILE))
-    return f"sqlite:///{local}", local
-
-
 def importances(study, params: list[str], *, n_boot: int = N_BOOT, seed: int = 0
                 ) -> dict[str, Any]:
     """PED-ANOVA importances over full-budget COMPLETE trials with their bootstrap spread, or
