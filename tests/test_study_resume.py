@@ -97,3 +97,26 @@ def test_resumed_on_the_same_host_the_study_ahead_is_kept(tmp_path, capsys):
     assert len(trials) == 4 and [t.params for t in trials[:2]] == first
     assert trials[1].value == 4.5  # told once, before the kill
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+
+
+def test_after_the_last_trial_the_saved_records_rebuild_the_study(tmp_path):
+    """Resumed on another host after every trial ended, Ray never asks the searcher again; the
+    search's end reads the newest searcher state Ray saved with the experiment instead."""
+    from tune_ablations.results.experiment import Experiment
+    from tune_ablations.sweeps.searchers import consistent_study, saved_records
+
+    a = _searcher(tmp_path / "a.db")
+    for i in range(2):
+        a.suggest(f"t{i}")
+        a.on_trial_complete(f"t{i}", {METRIC: 4.0 + i, "tokens_seen": 300,
+                                      "status": "completed"})
+    exp = Experiment(tmp_path / "exp")
+    (tmp_path / "exp").mkdir()
+    a.save(str(tmp_path / "exp" / "searcher-state-2026-01-01_00-00-00.pkl"))
+    (tmp_path / "exp" / "searcher-state-2025-12-31_00-00-00.pkl").write_text("{}")  # older
+    records = saved_records(exp)
+    assert sorted(records) == [0, 1]
+    study, rebuilt = consistent_study(f"sqlite:///{tmp_path / 'b.db'}", "s", records, DISTS)
+    assert rebuilt and [t.value for t in study.trials] == [4.0, 5.0]
+    again, rebuilt = consistent_study(f"sqlite:///{tmp_path / 'b.db'}", "s", records, DISTS)
+    assert not rebuilt and len(again.trials) == 2

@@ -226,7 +226,7 @@ def _after(base: RunSpec, space: SearchSpace, opts: SearchOptions, derived: list
         url, local_db = study_location(exp, opts.study_storage)
         keep = tuple((k, v) for k, v in base.overrides if k not in derived)
         finish_search(exp, res, replace(base, overrides=keep), list(space.params), url,
-                      local_db, datasets)
+                      local_db, datasets, space.distributions())
 
     return after
 

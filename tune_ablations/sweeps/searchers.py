@@ -299,31 +299,62 @@ class OptunaSearcher(_searcher_base()):
         self.numbers, self.asked = state["numbers"], state["asked"]
         self.storage_ids = {int(k): v for k, v in state["storage_ids"].items()}
         self.told = set(state["told"])
-        self.records = {int(n): r | {"intermediate": {int(k): v for k, v in
-                                                     r["intermediate"].items()}}
-                        for n, r in state.get("records", {}).items()}
+        self.records = _records(state)
         self._study, self._check = None, True  # checked against the records at first use
 
     def _reconcile(self) -> None:
-        """After a restore: keep a study that holds every recorded trial at least as far as
-        the records go; else rebuild it from the records (see the module's design notes)."""
-        import optuna
+        """After a restore: the study made consistent with the records (see the module's
+        design notes); the storage ids follow a rebuilt study."""
+        self._study, rebuilt = consistent_study(
+            self.storage_url, self.study_name, self.records, self.distributions,
+            make_sampler(self.sampler_kind, self.sampler_seed), study=self._study)
+        if rebuilt:
+            self.storage_ids = {t.number: t._trial_id for t in self._study.get_trials(
+                deepcopy=False)}
 
-        trials = self._study.get_trials(deepcopy=False)
-        if all(n < len(trials) and _covers(trials[n], r) for n, r in self.records.items()):
-            return
-        optuna.delete_study(study_name=self.study_name, storage=self.storage_url)
-        self._study = open_study(self.storage_url, self.study_name,
-                                 make_sampler(self.sampler_kind, self.sampler_seed))
-        with _quiet(optuna):
-            for n in sorted(self.records):
-                self._study.add_trial(_from_record(self.records[n], self.distributions))
-        self.storage_ids = {t.number: t._trial_id for t in self._study.get_trials(
-            deepcopy=False)}
-        from ..spec.io import log
 
-        log(f"event=study_rebuilt trials={len(self.records)} storage={self.storage_url} (it "
-            "lagged behind the restored search)")
+SEARCHER_STATE_PREFIX = "searcher-state-"  # Ray's Searcher.CKPT_FILE_TMPL, one per session
+
+
+def _records(state: dict) -> dict[int, dict[str, Any]]:
+    return {int(n): r | {"intermediate": {int(k): v for k, v in r["intermediate"].items()}}
+            for n, r in state.get("records", {}).items()}
+
+
+def saved_records(exp: Experiment) -> dict[int, dict[str, Any]]:
+    """The trial records of the newest searcher state Ray saved with the experiment (sessions
+    are named by their start time), or none."""
+    names = sorted(n for n, is_dir in exp.listdir()
+                   if not is_dir and n.startswith(SEARCHER_STATE_PREFIX))
+    if not names:
+        return {}
+    try:
+        return _records(json.loads(exp.read_bytes(names[-1])))
+    except (ValueError, KeyError, AttributeError):  # not an OptunaSearcher's state
+        return {}
+
+
+def consistent_study(storage: str, name: str, records: dict[int, dict[str, Any]],
+                     distributions: dict[str, Any], sampler=None, study=None):
+    """(the study, whether it was rebuilt): kept when it holds every recorded trial at least
+    as far as the records go (it may be ahead: written after Ray's last snapshot), else
+    rebuilt from the records (it lagged behind, or holds other trials)."""
+    import optuna
+
+    study = study or open_study(storage, name, sampler)
+    trials = study.get_trials(deepcopy=False)
+    if all(n < len(trials) and _covers(trials[n], r) for n, r in records.items()):
+        return study, False
+    optuna.delete_study(study_name=name, storage=storage)
+    study = open_study(storage, name, sampler)
+    with _quiet(optuna):
+        for n in sorted(records):
+            study.add_trial(_from_record(records[n], distributions))
+    from ..spec.io import log
+
+    log(f"event=study_rebuilt trials={len(records)} storage={storage} (it lagged behind the "
+        "restored search)")
+    return study, True
 
 
 def _covers(trial, record: dict[str, Any]) -> bool:

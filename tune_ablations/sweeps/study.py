@@ -164,17 +164,20 @@ def holdout_check(exp: Experiment, df, datasets: dict) -> dict[str, Any]:
 
 
 def finish_search(exp: Experiment, res, base: RunSpec, params: list[str], storage: str,
-                  local_db: Path | None, datasets: dict) -> None:
-    """Importances, best.toml and the held-out check, with one line each; the study uploaded
-    when it was kept locally for a remote experiment."""
+                  local_db: Path | None, datasets: dict,
+                  distributions: dict[str, Any] | None = None) -> None:
+    """Importances, best.toml and the held-out check, with one line each; the study made
+    consistent with the searcher's saved records (a search resumed on another host after its
+    last trial never reopened it), and uploaded when it was kept locally for a remote
+    experiment."""
     from ..spec.names import HOLDOUT_FILE, IMPORTANCES_FILE
-    from .searchers import open_study
+    from .searchers import consistent_study, saved_records
 
     df = res.trials
     if df.empty:
         say("event=search_empty trials=0")
         return
-    study = open_study(storage, exp.name)
+    study, _ = consistent_study(storage, exp.name, saved_records(exp), distributions or {})
     imp = importances(study, params)
     exp.write_json(imp, IMPORTANCES_FILE)
     best = write_best(exp, df, base, params)
