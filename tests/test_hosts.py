@@ -284,7 +284,8 @@ PG_USER = "planted"  # the role that needs a password (scram-sha-256); postgres 
 
 def _postgres(c: Cluster) -> str:
     """PostgreSQL from Debian's packages on host A, reachable from host B (started once): the
-    superuser trusted, role PG_USER admitted by its password only (`c.pg_password`)."""
+    superuser trusted (database `optuna`), role PG_USER admitted by its password only
+    (`c.pg_password`; it owns database PG_USER)."""
     if PG is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; "
                     ".ci/run installs it)")
@@ -304,8 +305,8 @@ def _postgres(c: Cluster) -> str:
     c.ok(c.a, ["su", "postgres", "-c", f"createdb -h {c.a.ip} optuna"])
     password = "Pg/" + secrets.token_hex(8) + "@:x%"
     c.ok(c.a, ["psql", "-h", c.a.ip, "-U", "postgres", "-d", "optuna", "-v", "ON_ERROR_STOP=1",
-               "-c", f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{password}'; "
-               f"GRANT ALL ON SCHEMA public TO {PG_USER};"])
+               "-c", f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{password}'"])
+    c.ok(c.a, ["su", "postgres", "-c", f"createdb -h {c.a.ip} -O {PG_USER} {PG_USER}"])
     c.pg_password = password
     return url
 
@@ -456,7 +457,8 @@ def test_planted_secrets_reach_no_byte_the_sweep_writes(cluster):
     patterns = c.bed.control / "patterns.txt"
     patterns.write_text("\n".join(_spellings(*planted)) + "\n")
     storage = f"s3://KEYID:{quote(uri_s3, safe='')}@sweeps/secrets"
-    study = f"postgresql+psycopg://{PG_USER}:{quote(c.pg_password, safe='')}@{c.a.ip}:5432/optuna"
+    study = (f"postgresql+psycopg://{PG_USER}:{quote(c.pg_password, safe='')}@{c.a.ip}:5432/"
+             f"{PG_USER}")
     outputs = []
     search = c.a.run([sys.executable, "-m", "tune_ablations.search", "--space", "lr",
                       "--preset", "tiny", "--data", CORPUS, "--set", "vocab_size=300",
