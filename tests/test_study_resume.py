@@ -2,8 +2,9 @@
 saved state, and the study it finds there (another host's SQLite file, or none) lags behind.
 The study is rebuilt from the searcher's records, so every trial Ray restores is told to the
 study that holds it, none twice, none lost; a study that is ahead (the same host's file, a
-shared database) is kept, and its orphans are handed out again. (The two-host bed runs the real
-commands: test_hosts.py.)"""
+shared database) is kept, and its orphans are handed out again. A restored grid keeps its
+decisions.json current against the stale copy Ray's restore takes. (The two-host bed runs the
+real commands: test_hosts.py.)"""
 
 from __future__ import annotations
 
@@ -120,3 +121,35 @@ def test_after_the_last_trial_the_saved_records_rebuild_the_study(tmp_path):
     assert rebuilt and [t.value for t in study.trials] == [4.0, 5.0]
     again, rebuilt = consistent_study(f"sqlite:///{tmp_path / 'b.db'}", "s", records, DISTS)
     assert not rebuilt and len(again.trials) == 2
+
+
+def test_a_restored_grid_keeps_its_decisions_current(tmp_path):
+    """Ray restores by copying the experiment's *.json into its staging folder, then uploads
+    that folder with every snapshot: the stale decisions.json it copied must not survive there
+    (it overwrote a resumed --tune-lr grid's record, and so its answer)."""
+    import json
+
+    from tune_ablations.sweeps.lr_tuning import TuneLrSearcher
+
+    exp, staging = tmp_path / "exp", tmp_path / "staging"
+    exp.mkdir(), staging.mkdir()
+    s = TuneLrSearcher(["baseline", "high_lr"], centres={"baseline": 3e-3, "high_lr": 1e-2},
+                       k=3, span=4.0, seeds=1, max_seeds=5, time_budget=0, slots=2,
+                       experiment=str(exp))
+    for i in range(6):
+        s.suggest(f"t{i}")
+    s.save(str(staging / "searcher-state-1.pkl"))
+    (staging / "decisions.json").write_text('{"stale": true}')  # Ray's downloaded copy
+    restored = TuneLrSearcher(["baseline", "high_lr"], centres={"baseline": 3e-3,
+                                                                "high_lr": 1e-2},
+                              k=3, span=4.0, seeds=1, max_seeds=5, time_budget=0, slots=2,
+                              experiment=str(exp))
+    restored.restore(str(staging / "searcher-state-1.pkl"))
+    assert not (staging / "decisions.json").exists()
+    for i in range(6):
+        restored.on_trial_complete(f"t{i}", {METRIC: 4.0 + i / 10, "tokens_seen": 300,
+                                             "status": "completed"})
+    assert restored.suggest("t6")["seed"] == 0  # the seeds at each arm's chosen lr
+    record = json.loads((exp / "decisions.json").read_text())
+    assert record["tune_lr"]["phase"] == "seeds" and set(record["tune_lr"]["chosen"]) == {
+        "baseline", "high_lr"}

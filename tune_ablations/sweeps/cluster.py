@@ -76,8 +76,8 @@ def init_ray(address: str | None, *, num_cpus: int | None = None, verbose: bool 
             ray.init(address=address, logging_level=level, log_to_driver=verbose,
                      runtime_env=job_runtime_env())
         return
-    with single_machine(), redacted_entrypoint():
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=local_gpus(),
+    with single_machine(), redacted_entrypoint():  # "local": a new Ray, never one found here
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=local_gpus(),
                  include_dashboard=False, dashboard_host="127.0.0.1", logging_level=level,
                  log_to_driver=verbose, configure_logging=True)
     check_loopback()

@@ -98,6 +98,11 @@ class ArmsSearcher(_searcher_base()):
         state["live"] = {k: tuple(v) for k, v in state["live"].items()}
         self.__dict__.update(state)
         self.session = time.time()
+        # Restoring, Ray copies the experiment's *.json into its staging folder (beside this
+        # checkpoint) and uploads that folder with every snapshot and at the end: its copy of
+        # decisions.json would overwrite the one write_record keeps current in the experiment.
+        Path(checkpoint_path).with_name(DECISIONS_FILE).unlink(missing_ok=True)
+        self.write_record()
 
     # --- the procedure ----------------------------------------------------------------------
 
