@@ -112,7 +112,7 @@ def test_embedded_corpora_load_offline():
     assert len(pydoc) > 50 and all(isinstance(d, str) and d for d in pydoc)
     stdlib = C.load_stdlib_documents()
     assert len(stdlib) > 100
-    assert sum(map(len, stdlib)) > 3 * sum(map(len, pydoc))
+    assert sum(map(len, stdlib)) > 2 * sum(map(len, pydoc))  # 2.75x on 3.13, 3.5x on 3.11
 
 
 def test_split_groups_documents_sharing_passages():

@@ -188,7 +188,8 @@ def _typed(df):
 
 def one_dtype_per_column(df, whole: tuple[str, ...] = ()):
     """Text columns as `string`, flags as `boolean`, `whole` number columns as `Int64`, mixed
-    values as their text; numbers stay numbers."""
+    values as their text; numbers stay numbers; a column with no value at all is left as it
+    is."""
     import pandas as pd
 
     for col in df.columns:
@@ -198,9 +199,11 @@ def one_dtype_per_column(df, whole: tuple[str, ...] = ()):
         if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
             continue
         kinds = {type(v) for v in df[col] if v is not None and not _missing(v)}
-        if kinds and kinds <= {bool}:
+        if not kinds:  # nothing recorded: no type to choose (the readers treat it as missing)
+            continue
+        if kinds <= {bool}:
             df[col] = df[col].astype("boolean")
-        elif kinds and kinds <= {int, float}:
+        elif kinds <= {int, float}:
             df[col] = pd.to_numeric(df[col], errors="coerce")
         elif not pd.api.types.is_bool_dtype(df[col]):
             df[col] = df[col].map(lambda v: v if v is None or _missing(v) or isinstance(v, str)
