@@ -257,6 +257,10 @@ class OptunaSearcher(_searcher_base()):
         trial = self.study.get_trials(deepcopy=False)[number]
         if trial.state.is_finished():
             self.told.add(number)
+            if number in self.records:  # the record follows what the study holds
+                self.records[number].update(
+                    state=trial.state.name, value=trial.value, attrs=dict(trial.user_attrs),
+                    intermediate=dict(trial.intermediate_values))
             return True
         return False
 
