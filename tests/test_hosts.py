@@ -472,12 +472,12 @@ def test_planted_secrets_reach_no_byte_the_sweep_writes(cluster):
     outputs.append(status.stdout + status.stderr)
     assert status.returncode == 0, status.stderr[-2000:]
     sub_env = c.env | {"AWS_SECRET_ACCESS_KEY": job_s3}
-    refused = c.b.run([sys.executable, "-m", "tune_ablations.submit", "search", "--space", "lr",
+    refused = c.a.run([sys.executable, "-m", "tune_ablations.submit", "search", "--space", "lr",
                        "--job-address", c.jobs, "--storage", BUCKET, "--study-storage",
                        study], sub_env)
     outputs.append(refused.stdout + refused.stderr)
     assert refused.returncode == 2 and "PGPASSWORD" in refused.stderr, refused.stderr[-2000:]
-    sub = c.b.run([sys.executable, "-m", "tune_ablations.submit", "grid", "--job-address",
+    sub = c.a.run([sys.executable, "-m", "tune_ablations.submit", "grid", "--job-address",
                    c.jobs, "--python", sys.executable, *grid_args(
                        c, "planted-job", "--ablations", "baseline", "--seeds", "1",
                        "--trial-resource", "host_b=1", address=False)[1:]], sub_env)
