@@ -502,8 +502,8 @@ def test_planted_secrets_reach_no_byte_the_sweep_writes(cluster):
         "keys = [o['Key'] for page in s3.get_paginator('list_objects_v2').paginate("
         "Bucket='sweeps') for o in page.get('Contents', [])]\n"
         "assert any(k.startswith('secrets/planted/') for k in keys), keys\n"
-        "print('\\n'.join(k for k in keys if any(p in s3.get_object(Bucket='sweeps', Key=k)"
-        "['Body'].read() for p in patterns)))")
+        "bodies = {k: s3.get_object(Bucket='sweeps', Key=k)['Body'].read() for k in keys}\n"
+        "print('\\n'.join(k for k, body in bodies.items() if any(p in body for p in patterns)))")
     spellings = _spellings(*planted)
     assert not [s for s in spellings if s in records], "a secret in the job server's records"
     assert not [s for s in spellings for out in outputs if s in out], "a secret in an output"
