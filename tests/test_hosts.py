@@ -428,6 +428,15 @@ def test_a_tune_lr_grid_killed_on_host_a_resumes_on_host_b(cluster):
     assert len({t["trial_id"] for t in table}) == 8
 
 
+def _job_state(c: Cluster, name: str) -> str | None:
+    """The job server's state of a submitted sweep, as `status` on host B reports it (None
+    until its driver has written sweep.json)."""
+    r = c.cli(c.b, "tune_ablations.status", name, "--storage", BUCKET, "--json",
+              "--job-address", c.jobs)
+    lines = r.stdout.strip().splitlines()
+    return json.loads(lines[-1]).get("job") if lines else None
+
+
 def _spellings(*values: str) -> list[str]:
     forms = {f for v in values for f in (v, quote(v, safe=""), quote_plus(v, safe=""),
                                          quote(v))}
@@ -483,9 +492,7 @@ def test_planted_secrets_reach_no_byte_the_sweep_writes(cluster):
                        "--trial-resource", "host_b=1", address=False)[1:]], sub_env)
     outputs.append(sub.stdout + sub.stderr)
     assert sub.returncode == 0, sub.stderr[-3000:]
-    _wait("the job to end", lambda: json.loads(c.cli(
-        c.b, "tune_ablations.status", "planted-job", "--storage", BUCKET, "--json",
-        "--job-address", c.jobs).stdout.strip().splitlines()[-1]).get("job") in (
+    _wait("the job to end", lambda: _job_state(c, "planted-job") in (
         "SUCCEEDED", "FAILED", "STOPPED"), every=2)
     records = c.py(  # the job server's own records: every job (drivers too) and its logs
         "from ray.job_submission import JobSubmissionClient\n"
