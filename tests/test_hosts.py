@@ -444,10 +444,10 @@ def _spellings(*values: str) -> list[str]:
 
 
 def _found(c: Cluster, host, patterns: Path) -> str:
-    """Files on a host (its private /tmp with Ray's logs, its caches and ~/.ray) that hold any
-    pattern; empty when none does."""
-    r = host.run(["sh", "-c", f"grep -r -a -l -F -f {patterns} /tmp /root/.cache /root/.ray "
-                              "2>/dev/null; true"], c.env)
+    """`file:pattern` for each file on a host (its private /tmp with Ray's logs, its caches and
+    ~/.ray) that holds a pattern; empty when none does."""
+    r = host.run(["sh", "-c", f"grep -r -a -o -F -f {patterns} /tmp /root/.cache /root/.ray "
+                              "2>/dev/null | sort -u; true"], c.env)
     return r.stdout.strip()
 
 
@@ -516,4 +516,5 @@ def test_planted_secrets_reach_no_byte_the_sweep_writes(cluster):
     assert not [s for s in spellings for out in outputs if s in out], "a secret in an output"
     assert bucket.strip() == "", f"objects holding a secret: {bucket}"
     for host in c.bed.hosts:
-        assert _found(c, host, patterns) == "", f"files on host {host.name} hold a secret"
+        found = _found(c, host, patterns)
+        assert found == "", f"files on host {host.name} hold a secret: {found}"

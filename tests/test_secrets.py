@@ -128,3 +128,22 @@ def test_rays_job_record_gets_the_redacted_command_line(monkeypatch):
         assert utils.get_entrypoint_name() == \
             "python -m tune_ablations.search --storage s3://***@b/p"
     assert "tune_ablations" not in utils.get_entrypoint_name()  # restored
+
+
+def test_trials_get_no_credentials_in_their_runtime_env(monkeypatch):
+    """Ray Tune would copy the driver's AWS credentials into every trial actor's runtime_env
+    (kept by the GCS, logged by each node's runtime-env agent: found there by the two-host
+    planted-secret test); the sweep keeps them out."""
+    from ray.tune.execution import class_cache
+
+    from tune_ablations.sweeps.cluster import CLOUD_CREDENTIALS, keep_credentials_home
+
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE",
+                        set(class_cache.ENV_VARS_TO_PROPAGATE) | set(CLOUD_CREDENTIALS))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    keep_credentials_home()
+    assert not set(CLOUD_CREDENTIALS) & class_cache.ENV_VARS_TO_PROPAGATE
+    env = class_cache._ActorClassCache()
+    assert "AWS_SECRET_ACCESS_KEY" not in {
+        k for k in class_cache.ENV_VARS_TO_PROPAGATE if k in __import__("os").environ}
+    del env

@@ -63,10 +63,29 @@ def quiet_third_parties(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                     "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_home() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial actor's runtime_env
+    (`tune.execution.class_cache.ENV_VARS_TO_PROPAGATE`), which Ray's GCS keeps and each node's
+    runtime-env agent logs. Not here: a local trial inherits them from the Ray it runs in, a
+    cluster's nodes use their own environment (the cluster's credentials, as the recipe says)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set):
+        propagated.difference_update(CLOUD_CREDENTIALS)
+
+
 def init_ray(address: str | None, *, num_cpus: int | None = None, verbose: bool = False) -> None:
     import ray
 
     quiet_third_parties(verbose)
+    keep_credentials_home()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
