@@ -105,8 +105,13 @@ def test_the_report_shows_optunas_own_views(searched, tmp_path):
         drawn = (tmp_path / f"optuna_{view}.png").exists()
         assert drawn == (f"![optuna_{view}.png]" in text)
         assert drawn or f"Optuna {view}: not drawn (" in text, view
-    assert "Optuna param_importances: not drawn (The number of trials is too small" in text
-    assert not (tmp_path / "optuna_param_importances.png").exists()
+    # Importances from a handful of trials: Optuna draws them or warns that they are too few,
+    # depending on how many trials ASHA let finish (the order results arrive in); either way
+    # the report says which, never both, never neither.
+    drawn = (tmp_path / "optuna_param_importances.png").exists()
+    assert drawn == ("![optuna_param_importances.png]" in text)
+    assert drawn or "Optuna param_importances: not drawn (The number of trials is too small" \
+        in text
 
 
 def test_best_config_file_reruns(searched, tmp_path, corpus_dir):
