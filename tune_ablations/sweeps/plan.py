@@ -63,6 +63,13 @@ class SweepPlan:
     """What the sweep decides to run after the listed trials (`--dry-run` says it)."""
     tracker: Any = None
     """The experiment tracker (`sweeps.trackers.TrackerOptions`); set by `sweep_main`."""
+    progress: Callable[[list], str] | None = None
+    """The progress table's summary line from Ray's trials (`tuner.arms_progress`, ...)."""
+    show_best: bool = True
+    """Whether the progress table names a "current best trial" (not for a grid's arms)."""
+    preview: list[RunSpec] | None = None
+    """The trials `--dry-run` lists when they are not `trials` (a search's own samples, where
+    they can be known before any result)."""
 
     @property
     def cpus(self) -> float:

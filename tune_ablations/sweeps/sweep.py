@@ -36,6 +36,19 @@ from .options import stored as stored_options
 from .plan import SweepPlan, epoch_rows, epoch_warnings, print_plan, trial_rows, warm_measurements
 from .trackers import TrackerOptions, open_tracker, tracker_from_args
 
+JSON_OUTPUTS: dict[str, str] = {}
+"""What `--json` prints without `--dry-run`, per sweep kind (with `--dry-run`: the plan, one
+object per trial). A kind without an entry refuses `--json` without `--dry-run` instead of
+ignoring it."""
+
+
+def check_json(args, kind: str) -> None:
+    """`--json` is refused where it has no meaning."""
+    if getattr(args, "json", False) and not args.dry_run and kind not in JSON_OUTPUTS:
+        raise SweepError(f"--json without --dry-run: a {kind} prints no JSON while it runs "
+                         "(--dry-run --json prints its plan, one JSON object per trial); "
+                         "drop --json, or add --dry-run")
+
 
 def add_sweep_args(ap, kind: str) -> None:
     """Where a sweep's results go, resuming, the cluster, and its resources."""
@@ -56,7 +69,7 @@ def add_sweep_args(ap, kind: str) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan (steps, tokens, FLOPs, epochs, seconds), train nothing")
     g.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per "
-                   "trial on stdout, nothing else there")
+                   "trial on stdout, nothing else there (refused where it means nothing)")
     g.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs "
                    "and warnings")
     add_options(ap, ResourceOptions, "resources")
@@ -70,6 +83,7 @@ def sweep_main(args, kind: str, build_plan) -> int:
     sweep.json, else None)."""
     started = time.perf_counter()
     try:
+        check_json(args, kind)
         resources, given = options_from_args(ResourceOptions, args)
         if args.resume:
             exp = open_experiment(args.storage, args.name, kind=kind)
@@ -154,17 +168,21 @@ def _configs(plan: SweepPlan, datasets: dict | None = None):
 
 def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     """Run (or restore, or dry-run) a planned sweep; returns the exit code."""
+    from dataclasses import replace
+
+    shown = replace(plan, trials=plan.preview) if args.dry_run and plan.preview else plan
     try:
         check_local_resources(plan.cpus, plan.gpus, address=args.address)
         if not args.dry_run:  # the tracker's store opens before any data is prepared
             plan.tracker = open_tracker(plan.tracker, exp.name)
-        datasets = prepare_all(_configs(plan), args.cache_dir, exp if args.resume else None)
-        configs = _configs(plan, datasets)
+        datasets = prepare_all(_configs(plan) + (_configs(shown) if shown is not plan else []),
+                               args.cache_dir, exp if args.resume else None)
+        configs = _configs(shown if args.dry_run else plan, datasets)
     except (ValueError, SweepError) as exc:
         return fail(exc)
     for data in datasets.values():
         log("event=data " + " ".join(f"{k}={v}" for k, v in data.facts().items()))
-    rows = trial_rows(plan, configs, datasets, max(1, int(plan.cpus))) if args.dry_run else \
+    rows = trial_rows(shown, configs, datasets, max(1, int(plan.cpus))) if args.dry_run else \
         epoch_rows(configs, datasets)
     _epochs(rows, configs[0].data.corpus)
     if args.dry_run:
@@ -220,7 +238,7 @@ def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict) -> None
 def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float) -> int:
     from ray import tune
 
-    from .trainable import build_trainable, git_sha
+    from .trainable import build_trainable, git_sha, hold_driver
     from .tuner import prune_checkpoints, record_states, run_tuner, trial_dirname
 
     for key, arms in plan.forced.items():
@@ -246,9 +264,11 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float)
                             max_failures=plan.resources.max_failures,
                             keep_checkpoints=plan.resources.keep_checkpoints,
                             parameter_columns=plan.parameter_columns,
-                            extra_callbacks=[tracker] if tracker else [])
+                            extra_callbacks=[tracker] if tracker else [],
+                            summary=plan.progress, best=plan.show_best)
     except SweepError as exc:
         return fail(exc)
+    hold_driver()
     record_states(exp, results)
     res = load(exp)
     for folder in res.trials.get("folder", []):  # the final snapshot names each latest one
