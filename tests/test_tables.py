@@ -9,7 +9,8 @@ import io
 import pandas as pd
 import pytest
 
-from tune_ablations.results.frames import SCHEDULED_LR, load, one_dtype_per_column
+from tune_ablations.results.frames import load, one_dtype_per_column
+from tune_ablations.spec.names import SCHEDULED_LR
 
 
 @pytest.fixture(scope="module")

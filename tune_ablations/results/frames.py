@@ -28,6 +28,7 @@ from typing import Any
 
 from ..spec.config import field_names
 from ..spec.names import (
+    HISTORY_NAMES,
     METRIC,
     OUTCOME_FILE,
     RAY_ERROR_FILE,
@@ -46,9 +47,6 @@ from ..spec.names import (
 from .experiment import Experiment, as_experiment
 
 _HISTORY_KEYS = tuple(k for k in REPORT_KEYS if k != "status")
-SCHEDULED_LR = "scheduled_lr"
-"""The history's name for the trainer's reported `lr` (the rate at that step)."""
-_HISTORY_NAMES = {"lr": SCHEDULED_LR}
 _LAST_KEYS = ("train_loss", "tokens_seen", "step", "epoch", "tokens_per_s", "mfu",
               "train_time_s", "eval_time_s", "unigram_val_loss", "unigram_val_bpb")
 _OUTCOME_KEYS = ("params", "non_embedding_params", "flops_per_token", "peak_flops",
@@ -168,7 +166,7 @@ def load(source: Experiment | str) -> Results:
         hist += [{"trial_id": row["trial_id"], "ablation": row["ablation"], "seed": row["seed"],
                   **{k: r.get(k) for k in _HISTORY_KEYS}} for r in t.reports]
     history = pd.DataFrame(hist, columns=["trial_id", "ablation", "seed", *_HISTORY_KEYS])
-    history = one_dtype_per_column(history.rename(columns=_HISTORY_NAMES), ("seed", "step",
+    history = one_dtype_per_column(history.rename(columns=HISTORY_NAMES), ("seed", "step",
                                                                             "tokens_seen"))
     outcomes = {t.trial_id: t.outcome for t in trials if t.outcome}
     return Results(_typed(pd.DataFrame(rows)), history.sort_values(["trial_id", "step"],

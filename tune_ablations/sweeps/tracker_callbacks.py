@@ -42,7 +42,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLo
 
 from ..spec.config import to_flat_dict
 from ..spec.io import log, redact
-from ..spec.names import REPORT_KEYS, TIME_ATTR, Status
+from ..spec.names import HISTORY_NAMES, REPORT_KEYS, TIME_ATTR, Status
 from ..spec.resolve import resolve
 from ..spec.runspec import RunSpec
 from .tuner import trial_dirname, trial_folder
@@ -84,8 +84,9 @@ class TrialContext:
 
 
 def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numeric metrics a trial reported (not Ray's bookkeeping), as floats."""
-    return {k: float(v) for k, v in result.items()
+    """The numeric metrics a trial reported (not Ray's bookkeeping), as floats, under the names
+    the experiment's history table gives them."""
+    return {HISTORY_NAMES.get(k, k): float(v) for k, v in result.items()
             if (k in REPORT_KEYS or "@" in k) and isinstance(v, numbers.Real)}
 
 
