@@ -71,11 +71,10 @@ def test_adamw_first_steps_by_hand():
     _close(m.now()[0], w1)
     _close(m.now()[1], b1)
     _step(opt, m, G2, GB2)
-    for p, g1, g2, decay in ((w1, G1, G2, 0.999), (b1, GB1, GB2, 1.0)):
-        mean = (0.9 * 0.1 * g1 + 0.1 * g2) / (1 - 0.9 ** 2)
+    for got, p, g1, g2, decay in zip(m.now(), (w1, b1), (G1, GB1), (G2, GB2), (0.999, 1.0)):
+        mean = (0.9 * 0.1 * g1 + 0.1 * g2) / (1 - 0.9 ** 2)  # bias-corrected moments
         var = (0.95 * 0.05 * g1 ** 2 + 0.05 * g2 ** 2) / (1 - 0.95 ** 2)
-        want = p * decay - 0.01 * mean / (np.sqrt(var) + 1e-8)
-        _close(m.now()[0] if p is w1 else m.now()[1], want)
+        _close(got, p * decay - 0.01 * mean / (np.sqrt(var) + 1e-8))
 
 
 def _quintic(s: float, steps: int = 5) -> float:
@@ -262,16 +261,21 @@ def test_the_schedule_and_tune_lr_move_every_groups_own_lr():
     assert lrs == [(0.0005, 0.25), (0.002, 1.0)]
 
 
-def test_grid_dry_run_shows_the_optimizer_and_tunes_its_lr(corpus_dir, tmp_path, capsys):
-    from tune_ablations import grid
+def test_dry_runs_show_the_optimizer_and_tune_its_lr(corpus_dir, tmp_path, capsys):
+    """`grid --tune-lr` sweeps Muon's `lr` around its configured value, and `search --space
+    lr` samples it, with the optimizer in every planned row."""
+    from tune_ablations import grid, search
     from tune_ablations.results.lr_curves import lr_grid
 
-    assert grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
-                      "optimizer=muon", "--ablations", "baseline", "--tune-lr", "3",
-                      "--storage", str(tmp_path), "--dry-run", "--json"]) == 0
+    common = ["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+              "optimizer=muon", "--storage", str(tmp_path), "--dry-run", "--json"]
+    assert grid.main([*common, "--ablations", "baseline", "--tune-lr", "3"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["optimizer"] for r in rows] == ["muon"] * 3
     assert np.allclose(sorted(r["lr"] for r in rows), lr_grid(3e-3, 3, 4.0))
+    assert search.main([*common, "--space", "lr"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["optimizer"], r["lr"]) for r in rows] == [("muon", 5e-5), ("muon", 5e-3)]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw", "sgd"])
@@ -430,3 +434,23 @@ def test_bad_values_and_missing_packages_fail_in_one_line_before_compute(monkeyp
                       "--name", "sf", "--cache-dir", str(cache)]) == 2
     assert "needs the package 'schedulefree'" in capsys.readouterr().err
     assert not cache.exists() and not (tmp_path / "r" / "sf").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw", "sgd"])
+def test_every_optimizer_trains_on_a_gpu(optimizer, precision, tiny_cfg, tiny_data):
+    """On CUDA, under bf16 autocast and under fp16 with its grad scaler: Muon orthogonalises
+    in the run's dtype, every optimizer completes and learns."""
+    check_or_skip(optimizer)
+    cfg = with_overrides(tiny_cfg, {"device": "cuda", "precision": precision,
+                                    "optimizer": optimizer, **OPTIMIZER_RUNS.get(optimizer, {}),
+                                    **{k: v for k, v in SHORT.items() if k != "precision"}})
+    r = train(cfg, data=tiny_data)
+    assert r["status"] == "completed" and r["device"].startswith("cuda")
+    assert r["history"][-1]["val_loss"] < r["history"][0]["val_loss"]
+    if optimizer == "muon":
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        s = build_step(cfg, 100, torch.device("cuda"), amp=amp)
+        assert s.opt.optimizers[0].ns_dtype == amp
