@@ -1,7 +1,7 @@
 """The optimizer axis on the `cpu` preset: what each optimizer's step costs, and Muon vs AdamW
 each at its best lr of a small grid.
 
-    python benchmarks/bench_optimizers.py [--lrs 6e-4 1.2e-3 ...] [--seeds 3] [--threads 2]
+    python benchmarks/bench_optimizers.py [--lrs 1.2e-3 2.4e-3 ...] [--seeds 3] [--threads 2]
                                           [--skip-runs] [--skip-speed]
 
 1. Step time (interleaved, ratio of medians over repetitions, the `cpu` preset's shape, fp32):
@@ -15,6 +15,9 @@ each at its best lr of a small grid.
    at each one's best lr (same seed: same initialisation and batches) with a t interval.
    The best lr is chosen on the same seeds that measure it, which favours both arms;
    `grid --tune-lr` chooses on seed 1000 and measures on fresh seeds.
+3. Where the gain comes from: Muon at its best lr with its AdamW part (embedding, norms) at
+   AdamW's best lr instead (`adamw_lr_ratio` = adamw's best / muon's best), paired by seed
+   against Muon with the ratio 1 of the grid.
 """
 
 from __future__ import annotations
@@ -100,50 +103,69 @@ def ns_report() -> None:
               f"layer (bf16/fp32 = {t['bf16'] / t['fp32']:.2f})")
 
 
-def run_grid(lrs: list[float], seeds: int, threads: int) -> dict:
-    from tune_ablations.training.data import prepare_data
+def one_run(data, threads: int, **overrides) -> float:
+    """Final val_loss of one `cpu`-preset run (a diverged run: its first loss)."""
     from tune_ablations.training.trainer import train
 
-    data = prepare_data(cpu_config().data, log=lambda s: None)
+    t0 = time.perf_counter()
+    r = train(cpu_config(**overrides), data=data, threads=threads)
+    loss = r["final"]["val_loss"] if r["status"] == "completed" else r["initial_loss"]
+    print(json.dumps({**overrides, "status": r["status"], "val_loss": loss,
+                      "tokens_per_s": r["tokens_per_s"],
+                      "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)
+    return loss
+
+
+def run_grid(data, lrs: list[float], seeds: int, threads: int) -> dict:
     out: dict = {}
     for seed in range(seeds):
         for lr in lrs:
             for name in ("adamw", "muon"):
-                cfg = cpu_config(optimizer=name, lr=lr, seed=seed)
-                t0 = time.perf_counter()
-                r = train(cfg, data=data, threads=threads)
-                loss = r["final"]["val_loss"] if r["status"] == "completed" else r["initial_loss"]
+                loss = one_run(data, threads, optimizer=name, lr=lr, seed=seed)
                 out.setdefault(name, {}).setdefault(lr, []).append(loss)
-                print(json.dumps({"optimizer": name, "lr": lr, "seed": seed, "status": r["status"],
-                                  "val_loss": loss, "tokens_per_s": r["tokens_per_s"],
-                                  "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)
     return out
 
 
-def summarize(losses: dict) -> None:
+def paired(a: list[float], b: list[float]) -> str:
+    """mean of a - b with a 95% paired t interval over seeds."""
     from scipy import stats
 
+    diffs = [x - y for x, y in zip(a, b)]
+    n, mean = len(diffs), statistics.mean(diffs)
+    if n < 2:
+        return f"{mean:+.4f} (one seed: no interval)"
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
+    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (95% paired t, n={n} seeds)"
+
+
+def summarize(losses: dict) -> dict[str, float]:
     best = {}
     for name, by_lr in losses.items():
         for lr, xs in sorted(by_lr.items()):
             print(f"{name:>6} lr={lr:<8g} val_loss mean={statistics.mean(xs):.4f} "
                   f"sd={statistics.stdev(xs) if len(xs) > 1 else float('nan'):.4f} n={len(xs)}")
         best[name] = min(by_lr, key=lambda lr: statistics.mean(by_lr[lr]))
-    diffs = [m - a for m, a in zip(losses["muon"][best["muon"]], losses["adamw"][best["adamw"]])]
-    n, mean = len(diffs), statistics.mean(diffs)
-    if n > 1:
-        half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
-        ci = f"[{mean - half:+.4f}, {mean + half:+.4f}] (95% paired t, n={n} seeds)"
-    else:
-        ci = "(one seed: no interval)"
-    print(f"best lr: adamw {best['adamw']:g}, muon {best['muon']:g}; muon - adamw at each one's "
-          f"best lr: {mean:+.4f} {ci}")
+    edge = [n for n, lr in best.items() if lr in (min(losses[n]), max(losses[n]))]
+    print(f"best lr: adamw {best['adamw']:g}, muon {best['muon']:g}"
+          + (f" (at the grid's edge: {', '.join(edge)})" if edge else "")
+          + "; muon - adamw at each one's best lr: "
+          + paired(losses["muon"][best["muon"]], losses["adamw"][best["adamw"]]))
+    return best
+
+
+def split_check(data, losses: dict, best: dict, seeds: int, threads: int) -> None:
+    ratio = best["adamw"] / best["muon"]
+    split = [one_run(data, threads, optimizer="muon", lr=best["muon"], adamw_lr_ratio=ratio,
+                     seed=seed) for seed in range(seeds)]
+    print(f"muon at lr {best['muon']:g} with its AdamW part at {best['adamw']:g} "
+          f"(adamw_lr_ratio={ratio:g}) minus the same with ratio 1: "
+          + paired(split, losses["muon"][best["muon"]]))
+    print("  and minus adamw at its best lr: " + paired(split, losses["adamw"][best["adamw"]]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.2e-3, 2.4e-3, 4.8e-3, 9.6e-3,
-                                                             1.92e-2])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1.2e-3 * 2 ** i for i in range(7)])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-runs", action="store_true")
@@ -161,8 +183,12 @@ def main() -> None:
                                                for n, s in t.items()))
         ns_report()
     if not args.skip_runs:
+        from tune_ablations.training.data import prepare_data
+
         t0 = time.perf_counter()
-        summarize(run_grid(args.lrs, args.seeds, args.threads))
+        data = prepare_data(cpu_config().data, log=lambda s: None)
+        losses = run_grid(data, args.lrs, args.seeds, args.threads)
+        split_check(data, losses, summarize(losses), args.seeds, args.threads)
         print(f"runs_wall_s={time.perf_counter() - t0:.0f}")
 
 

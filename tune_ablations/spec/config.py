@@ -87,10 +87,11 @@ class OptimConfig:
     adamw, lion, muon (at the unadjusted lr) and schedule_free_adamw (at its gradient point y);
     for sgd an L2 term wd w added to the gradient (torch.optim.SGD)."""
     beta1: float = 0.9
-    """beta1 of adamw and schedule_free_adamw (its interpolation, > 0); Lion's update
-    interpolation."""
+    """beta1 of AdamW (also Muon's AdamW part) and of schedule_free_adamw (its interpolation,
+    > 0); Lion's update interpolation."""
     beta2: float = 0.95
-    """beta2 of adamw and schedule_free_adamw; Lion's momentum decay (its paper: 0.99)."""
+    """beta2 of AdamW (also Muon's AdamW part) and of schedule_free_adamw; Lion's momentum
+    decay (its paper: 0.99)."""
     warmup_steps: int = 100
     """Linear warmup length, steps (0 reproduces the reference, which applied none)."""
     min_lr_ratio: float = 0.1
