@@ -241,6 +241,10 @@ def test_muon_takes_the_hidden_matrices_of_the_real_model():
     assert build_optimizer(model, cfg, torch.bfloat16).optimizers[0].ns_dtype == torch.bfloat16
     rows = {tuple(g["rows"]): len(g["params"]) for g in muon.param_groups}
     assert rows == {(32, 32, 32): 2, (32,): 4, (64, 64): 2}  # q, k, v; proj, down; a, gate
+    silu = _tiny_model_cfg(optimizer="muon")
+    rows = {tuple(g["rows"]): len(g["params"]) for g in
+            build_optimizer(TransformerLM(silu.model, 100), silu).optimizers[0].param_groups}
+    assert rows == {(32, 32, 32): 2, (32,): 4, (64,): 2}  # SiLU's up is one matrix
     assert [(g["lr"], g["lr_scale"]) for g in adamw.param_groups] == [(0.005, 0.5)] * 2
     counted = sum(len(g["params"]) for g in build_optimizer(model, cfg).param_groups)
     assert counted == len(list(model.parameters()))

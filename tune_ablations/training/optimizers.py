@@ -65,7 +65,7 @@ def fused_rows(name: str, p: torch.Tensor, cfg: RunConfig) -> tuple[int, ...]:
     m = cfg.model
     if name.endswith("attn.qkv.weight"):  # (3 d_model, d_model): q, k, v
         rows: tuple[int, ...] = (m.d_model,) * 3
-    elif name.endswith("ffn.up.weight") and m.ffn == "swiglu":  # (2 d_ff, d_model): a, gate
+    elif name.endswith("ffn.up.weight") and p.shape[0] == 2 * m.d_ff:  # gated: value, gate
         rows = (m.d_ff,) * 2
     else:
         rows = (p.shape[0],)
