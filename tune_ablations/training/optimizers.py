@@ -17,8 +17,8 @@ Design choices:
   matrices are: the update does not depend on how the model stores its weights.
 - Muon is implemented here, not taken from torch.optim.Muon: the project supports torch >= 2.4
   and torch's exists from 2.9; and torch's runs Newton-Schulz in bf16 everywhere, which on a
-  CPU without bf16 matrix units was measured 50x slower than fp32 (benchmarks/RESULTS.md,
-  section 11). Here it runs at the run's matmul precision: bf16 where the run computes in bf16
+  CPU without bf16 matrix units was measured over 30x slower than fp32 (benchmarks/RESULTS.md,
+  section 12). Here it runs at the run's matmul precision: bf16 where the run computes in bf16
   (GPUs, as torch and the speedrun; CPUs where bf16 was measured faster), else fp32. The
   algorithm is torch's step for step (momentum as an EMA, Nesterov by lerp, the quintic
   coefficients, eps, both lr adjustments), and a test checks that they agree where torch has it.
