@@ -13,7 +13,7 @@ Design choices:
   the 2-D matrices inside the blocks; the embedding (tied to the output), the norms and any
   other parameter go to torch's AdamW with its settings (`beta1`, `beta2`), as the
   modded-nanogpt records split them. A fused projection is orthogonalised per projection
-  (q, k and v of `attn.qkv`; SwiGLU's two halves of `ffn.up`), as the speedrun's separate
+  (q, k and v of `attn.qkv`; a gated FFN's two halves of `ffn.up`), as the speedrun's separate
   matrices are: the update does not depend on how the model stores its weights.
 - Muon is implemented here, not taken from torch.optim.Muon: the project supports torch >= 2.4
   and torch's exists from 2.9; and torch's runs Newton-Schulz in bf16 everywhere, which on a
