@@ -279,7 +279,8 @@ def test_dry_runs_show_the_optimizer_and_tune_its_lr(corpus_dir, tmp_path, capsy
     assert np.allclose(sorted(r["lr"] for r in rows), lr_grid(3e-3, 3, 4.0))
     assert search.main([*common, "--space", "lr"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["optimizer"], r["lr"]) for r in rows] == [("muon", 5e-5), ("muon", 5e-3)]
+    assert rows and all(r["optimizer"] == "muon" for r in rows)
+    assert rows[0]["lr"] == 3e-3 and all(5e-5 <= r["lr"] <= 5e-3 for r in rows)  # lr.toml's
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw", "sgd"])
