@@ -15,8 +15,8 @@ assert torch.cuda.is_available(), "no CUDA device"
 print(f"gpu={torch.cuda.get_device_name()} bf16={torch.cuda.is_bf16_supported()} "
       f"torch={torch.__version__} cuda={torch.version.cuda}")
 PY
-# 1. The gpu-marked tests (fp16 grad scaler, a tiny run on the GPU).
-python -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+# 1. The gpu-marked tests (fp16 grad scaler, a tiny run on the GPU, every optimizer).
+python -m pytest -q -m gpu tests/test_gpu.py tests/test_optimizers.py 2>&1 | tee "$out/gpu_tests.log"
 # 2. fp16 and bf16 paths at the seed baseline's shape, 60 steps each.
 for p in bf16 fp16 fp32; do
   timeout 240 python -m tune_ablations.train --preset seed --set precision=$p max_steps=60 \

@@ -22,7 +22,8 @@ from ..spec.io import log, say
 from ..spec.runspec import RunSpec
 from .options import ResourceOptions
 
-KEY_SETTINGS = ("lr", "batch_size", "seq_len", "d_model", "n_layers", "n_heads", "vocab_size")
+KEY_SETTINGS = ("optimizer", "lr", "batch_size", "seq_len", "d_model", "n_layers", "n_heads",
+                "vocab_size")
 
 
 @dataclass
@@ -87,7 +88,8 @@ def trial_rows(plan: SweepPlan, configs: list[RunConfig], data_by_id: dict, thre
     rows = []
     for spec, c in zip(plan.trials, configs):
         data = data_by_id[data_id(c.data)]
-        shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision, c.device, data.key)
+        shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision, c.device, data.key,
+                 c.optim.optimizer)  # Muon's orthogonalisation costs time per step
         if shape not in step_time:
             step_time[shape] = estimate_step_seconds(c, data.vocab_size, threads)
         probe = planned_probe_tokens(c)

@@ -170,9 +170,13 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     """Run (or restore, or dry-run) a planned sweep; returns the exit code."""
     from dataclasses import replace
 
+    from ..training.optimizers import check_available
+
     shown = replace(plan, trials=plan.preview) if args.dry_run and plan.preview else plan
     try:
         check_local_resources(plan.cpus, plan.gpus, address=args.address)
+        for c in _configs(plan) + (_configs(shown) if shown is not plan else []):
+            check_available(c.optim)  # a missing optimizer package, before data, tracker, Ray
         if not args.dry_run:  # the tracker's store opens before any data is prepared
             plan.tracker = open_tracker(plan.tracker, exp.name)
         datasets = prepare_all(_configs(plan) + (_configs(shown) if shown is not plan else []),

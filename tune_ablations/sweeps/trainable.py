@@ -76,7 +76,7 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("tune-ablations", "torch", "ray", "optuna", "numpy", "tokenizers", "datasets",
-                 "transformers"):
+                 "transformers", "lion-pytorch", "schedulefree"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
