@@ -85,6 +85,8 @@ class Step:
     ctx: Any
     precision_reason: str = ""
     compile_reason: str = ""
+    compile_seconds: float = 0.0
+    """Seconds spent building the compiled graphs before training (not training time)."""
 
 
 def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
