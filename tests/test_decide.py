@@ -30,7 +30,7 @@ def test_one_precision_for_every_trial_of_a_real_sweep(ray_session, corpus_dir, 
             "small_model", "--seeds", "2", "--published-steps", "--storage", str(tmp_path),
             "--name", "one"]
     assert grid.main(argv) == 0, capsys.readouterr().err
-    assert sorted(seen) == [("precision", 16), ("precision", 32)]  # each shape once
+    assert sorted(seen) == [("precision_bf16", 16), ("precision_bf16", 32)]  # each shape once
     exp = tmp_path / "one"
     runtime = json.loads((exp / "sweep.json").read_text())["runtime"]
     assert runtime["precision"] == "bf16" and runtime["scope"] == "sweep"

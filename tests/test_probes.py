@@ -44,12 +44,13 @@ def test_one_precision_for_every_shape_from_the_total_time(tiny_cfg, cache):
     # Per shape, bf16 wins at batch 4 (1.67x) and loses at batch 2 (0.98x): a per-shape rule
     # would train the two arms in different precisions. Over both (equal steps) bf16 takes
     # 1.6 s against 2.0 s, so every run trains in bf16.
-    times = {("precision", 4): {"fp32": 1.0, "bf16": 0.6},
-             ("precision", 2): {"fp32": 1.0, "bf16": 1.02}}
+    times = {("precision_bf16", 4): {"fp32": 1.0, "bf16": 0.6},
+             ("precision_bf16", 2): {"fp32": 1.0, "bf16": 1.02}}
     calls = []
     runs = [(auto(tiny_cfg), 300), (auto(tiny_cfg, batch_size=2), 300), (auto(tiny_cfg), 300)]
     c = P.decide(runs, CPU, scope="sweep", measure=fake(times, calls))
-    assert c.precision == "bf16" and sorted(calls) == [("precision", 2), ("precision", 4)]
+    assert c.precision == "bf16"
+    assert sorted(calls) == [("precision_bf16", 2), ("precision_bf16", 4)]
     # (2 x 30 x 1.0 + 30 x 1.0) / (2 x 30 x 0.6 + 30 x 1.02) = 90 / 66.6
     assert "1.35x faster" in c.precision_reason and "3 runs at 2 shapes" in c.precision_reason
     assert "0.98x-1.67x per shape" in c.precision_reason
@@ -59,8 +60,8 @@ def test_one_precision_for_every_shape_from_the_total_time(tiny_cfg, cache):
 
 
 def test_the_steps_each_shape_trains_weigh_the_decision(tiny_cfg, cache):
-    times = {("precision", 4): {"fp32": 1.0, "bf16": 0.6},  # 10 steps: saves 4 s
-             ("precision", 2): {"fp32": 1.0, "bf16": 1.2}}  # 100 steps: costs 20 s
+    times = {("precision_bf16", 4): {"fp32": 1.0, "bf16": 0.6},  # 10 steps: saves 4 s
+             ("precision_bf16", 2): {"fp32": 1.0, "bf16": 1.2}}  # 100 steps: costs 20 s
     runs = [(auto(tiny_cfg, max_steps=10), 300),
             (auto(tiny_cfg, batch_size=2, max_steps=100), 300)]
     c = P.decide(runs, CPU, scope="sweep", measure=fake(times))
@@ -80,7 +81,7 @@ def test_explicit_precisions_are_kept_and_autos_follow_them(tiny_cfg, cache):
 def test_compile_pays_only_when_its_saving_exceeds_its_cost(tiny_cfg, cache):
     times = {("compile", 4): {"eager": 1.0, "compiled": 0.5, "compile_cold": 40.0,
                               "compile_warm": 10.0},
-             ("precision", 4): {"fp32": 1.0, "bf16": 2.0}}
+             ("precision_bf16", 4): {"fp32": 1.0, "bf16": 2.0}}
     one = auto(tiny_cfg, compile="auto", max_steps=30)
     c = P.decide([(one, 300)], CPU, measure=fake(times))  # saves 15 s, costs 10 s
     assert c.precision == "fp32" and c.compiled is True
@@ -137,6 +138,7 @@ def test_train_with_a_sweeps_choice_does_not_probe(tiny_cfg, tiny_data, cache, m
               choice=c)
     assert r["precision"] == "fp32" and r["precision_reason"] == c.precision_reason
     assert r["config"]["precision"] == "fp32" and r["compile_time_s"] == 0.0
-    monkeypatch.setattr(P, "measure_shape", fake({("precision", 4): {"fp32": 1, "bf16": 0.5}}))
+    half = {("precision_bf16", 4): {"fp32": 1.0, "bf16": 0.5}}
+    monkeypatch.setattr(P, "measure_shape", fake(half))
     r = train(auto(tiny_cfg, max_steps=6, eval_every=6, text_samples=0), data=tiny_data)
     assert r["precision"] == "bfloat16" and "2.00x faster than fp32" in r["precision_reason"]

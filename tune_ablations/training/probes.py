@@ -7,10 +7,11 @@ Design choices:
   decides once for every trial (every arm, seed and node: `sweeps/decide.py`), so arms never
   differ in precision or compilation. `Choice.pin` turns the decision into explicit settings
   of each trial, and it is recorded with its reason and its measurements.
-- `precision=auto` is bf16 (else fp16) on GPUs that support it. On a CPU it is bf16 only where
-  the CPU has native bf16 matrix units (read from /proc/cpuinfo, never assumed) *and* the probe
-  measured the runs' total training time at their shapes at least 5% lower in bf16; fp32
-  otherwise.
+- `precision=auto` is bf16 (fp16 on GPUs without bf16) where the probe measured the runs'
+  total training time at their shapes at least 5% lower than in fp32, else fp32; on a CPU only
+  where it has native bf16 matrix units (read from /proc/cpuinfo, never assumed). A GPU is
+  measured too: at small shapes it is launch-bound and autocast's casts made bf16 slower than
+  fp32 (an H100 at the `seed` shape, benchmarks/RESULTS.md section 6).
 - `compile=auto` compiles only where the time compiled steps save over the runs exceeds what
   compiling costs them: each run compiles once, with inductor's on-disk caches warm (the probe
   compiled every shape cold first). Both the saving and the cost are measured here.
@@ -161,13 +162,16 @@ Measure = Callable[[str, RunConfig, int, torch.dtype | None], dict[str, float]]
 
 def measure_shape(kind: str, cfg: RunConfig, vocab_size: int, amp: torch.dtype | None
                   ) -> dict[str, float]:
-    """The probe's measurements of one shape: `precision` times fp32 and bf16 steps; `compile`
-    times eager and compiled steps at `amp` and the compile costs."""
+    """The probe's measurements of one shape: `precision_bf16` (or `_fp16`) times fp32 and
+    bf16 (fp16) steps; `compile` times eager and compiled steps at `amp` and the compile
+    costs."""
+    device = resolve_device(cfg.device)
     threads = torch.get_num_threads()
     cfg = with_overrides(cfg, {"precision": "fp32", "compile": False})
-    if kind == "precision":
-        return {name: step_seconds(cfg, vocab_size, threads, amp=a) for name, a in
-                (("fp32", None), ("bf16", torch.bfloat16))}
+    if kind.startswith("precision_"):  # fp32 against `precision_<low>`
+        low = kind.removeprefix("precision_")
+        return {"fp32": step_seconds(cfg, vocab_size, threads, amp=None),
+                low: step_seconds(cfg, vocab_size, threads, amp=autocast_dtype(low, device))}
     return {"eager": step_seconds(cfg, vocab_size, threads, amp=amp),
             **compile_seconds(cfg, vocab_size, threads, amp=amp)}
 
@@ -226,24 +230,25 @@ def _decide_precision(runs: Runs, device: torch.device, scope: str, measure: Mea
         auto = any(c.precision == "auto" for c, _ in runs)
         return p, (f"auto: {p}, as the other runs ask (one precision for every run)" if auto
                    else f"precision={p} (asked)"), {}
-    if device.type == "cuda":
-        p = precision_key(autocast_dtype("auto", device))
-        return p, f"auto: {p} on this GPU", {}
-    units = cpu_bf16_units()
-    if units is None:
-        return "fp32", "auto: fp32 (this CPU has no native bf16 matrix units)", {}
+    if device.type == "cuda":  # bf16 where supported, else fp16; measured like a CPU's
+        low, units = precision_key(autocast_dtype("auto", device)), \
+            torch.cuda.get_device_name(device)
+    else:
+        low, units = "bf16", cpu_bf16_units()
+        if units is None:
+            return "fp32", "auto: fp32 (this CPU has no native bf16 matrix units)", {}
     shapes = _shapes([r for r in runs if r[0].precision == "auto"])
-    m = {label: _cached("precision", s["cfg"], s["vocab"], device, None, measure)
+    m = {label: _cached(f"precision_{low}", s["cfg"], s["vocab"], device, None, measure)
          for label, s in shapes.items()}
     total = {p: sum(s["steps"] * m[label][p] for label, s in shapes.items())
-             for p in ("fp32", "bf16")}
-    ratios = [m[label]["fp32"] / m[label]["bf16"] for label in shapes]
+             for p in ("fp32", low)}
+    ratios = [m[label]["fp32"] / m[label][low] for label in shapes]
     each = "" if len(ratios) == 1 else f"; {min(ratios):.2f}x-{max(ratios):.2f}x per shape"
-    faster = f"{total['fp32'] / total['bf16']:.2f}x"
-    if total["bf16"] < MARGIN * total["fp32"]:
-        return "bf16", (f"auto: bf16 {_whom(runs, scope)} ({units}; probe {faster} faster than "
-                        f"fp32{each})"), m
-    return "fp32", (f"auto: fp32 {_whom(runs, scope)} ({units}, but the probe measured bf16 "
+    faster = f"{total['fp32'] / total[low]:.2f}x"
+    if total[low] < MARGIN * total["fp32"]:
+        return low, (f"auto: {low} {_whom(runs, scope)} ({units}; probe {faster} faster than "
+                     f"fp32{each})"), m
+    return "fp32", (f"auto: fp32 {_whom(runs, scope)} ({units}, but the probe measured {low} "
                     f"no faster: {faster}{each})"), m
 
 
