@@ -122,9 +122,18 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
     return loss.detach(), gnorm
 
 
+def compile_model(model: torch.nn.Module) -> Any:
+    """`torch.compile` as every run (and the benchmarks' plain loop) uses it. Dynamo's
+    in-memory caches are cleared first: a reused worker compiles each trial's new model afresh
+    (its per-function recompile limit would otherwise fall back to eager after a few trials),
+    from inductor's on-disk caches."""
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
 def _maybe_compile(s: Step, vocab_size: int, log) -> Any:
     try:
-        compiled = torch.compile(s.model)
+        compiled = compile_model(s.model)
         # Compile forward and backward now, outside the training clock, at the training shape;
         # a failure falls back before training starts. No optimizer step: weights unchanged.
         x = torch.randint(0, vocab_size, (s.cfg.data.batch_size, s.cfg.data.seq_len),
