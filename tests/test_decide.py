@@ -23,6 +23,7 @@ def test_one_precision_for_every_trial_of_a_real_sweep(ray_session, corpus_dir, 
         return {32: {"fp32": 1.0, "bf16": 0.5}, 16: {"fp32": 1.0, "bf16": 1.05}}[
             cfg.model.d_model]
 
+    monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path / "cache"))  # no cached probes
     monkeypatch.setattr(P, "measure_shape", measure)
     monkeypatch.setattr(P, "cpu_bf16_units", lambda: "amx_bf16")
     argv = ["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
@@ -52,3 +53,14 @@ def test_one_precision_for_every_trial_of_a_real_sweep(ray_session, corpus_dir, 
     monkeypatch.setattr(P, "measure_shape", no_probe)
     assert grid.main([*argv, "--resume"]) == 0
     assert json.loads((exp / "sweep.json").read_text())["runtime"] == runtime
+
+
+def test_a_probe_that_fails_decides_plain_fp32_for_every_trial(tiny_cfg, capsys):
+    from tune_ablations.spec.config import with_overrides
+    from tune_ablations.sweeps.decide import sweep_choice
+
+    gone = with_overrides(tiny_cfg, {"device": "cuda:7", "precision": "auto"})  # not here
+    c = sweep_choice([gone, gone], [300, 300], 1)
+    assert (c.precision, c.compiled, c.scope) == ("fp32", False, "sweep")
+    assert "the probe failed on cuda:7" in c.precision_reason
+    assert "every trial trains in fp32, eager" in capsys.readouterr().err

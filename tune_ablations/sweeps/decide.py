@@ -35,17 +35,28 @@ PINNED = ("precision", "compile")
 """Config keys a sweep's decision sets in every trial that leaves them `auto`."""
 
 
-def _probe(runs: list[tuple[RunConfig, int]], threads: int) -> dict[str, Any]:
-    """Decide for `runs` on this machine with `threads` threads (here, or in a Ray task)."""
+def _probe(runs: list[tuple[RunConfig, int]], threads: int, gpus: float) -> dict[str, Any]:
+    """Decide for `runs` on this machine with `threads` threads (here, or in a Ray task), on
+    the device a trial gets (`auto` is the CPU for trials without a GPU share). A probe that
+    fails (a device this machine lacks) decides plain fp32 and eager, and says why: the
+    trials still train alike and report their own errors."""
     import torch
 
-    from ..training.probes import decide
-    from ..training.runtime import resolve_device
+    from ..training.probes import Choice, decide
+    from ..training.runtime import machine_id, resolve_device
 
+    cfg = runs[0][0]
+    device = torch.device("cpu") if cfg.device == "auto" and not gpus else \
+        resolve_device(cfg.device)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        choice = decide(runs, resolve_device(runs[0][0].device), scope="sweep")
+        choice = decide(runs, device, scope="sweep")
+    except Exception as exc:  # the probe must not cost the sweep: its trials fail or train
+        why = f"the probe failed on {device}: {type(exc).__name__}: {str(exc)[:200]}"
+        choice = Choice("fp32", False, f"auto: fp32 ({why})", f"auto: eager ({why})", "sweep",
+                        machine=machine_id())
+        log(f"warning: {why}; every trial trains in fp32, eager")
     finally:
         torch.set_num_threads(old)
     return {**choice.to_dict(), "node": _node()}
@@ -71,11 +82,11 @@ def sweep_choice(configs: Sequence[RunConfig], vocab_sizes: Sequence[int], cpus:
     runs = list(zip(configs, vocab_sizes))
     threads = max(1, int(cpus))
     if not on_worker:
-        return _with_node(_probe(runs, threads))
+        return _with_node(_probe(runs, threads, gpus))
     import ray
 
     task = ray.remote(_probe).options(num_cpus=cpus, num_gpus=gpus, resources=resources or None)
-    return _with_node(ray.get(task.remote(runs, threads)))
+    return _with_node(ray.get(task.remote(runs, threads, gpus)))
 
 
 def _with_node(d: dict[str, Any]) -> Choice:

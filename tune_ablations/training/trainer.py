@@ -215,7 +215,7 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "probe_tokens_trained": st.probe_tokens_trained,
         "flops_per_token": r.fpt, "device": str(r.step.device),
         "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
-        "compile_reason": r.step.compile_reason, "compiled": r.step.forward is not r.step.model,
+        "compile_reason": r.step.compile_reason, "compiled": r.step.compiled,
         "compile_time_s": r.step.compile_seconds,
         "threads": torch.get_num_threads(),
         **count_params(cfg.model, r.data.vocab_size), "history": st.history,
