@@ -9,12 +9,12 @@ Design choices:
   positional information. `pos_encoding="none"` reproduces that effective model as an ablation.
 - Rotary helpers are pure functions so the relative-position property is testable directly.
 - Speed on CPUs (profiles in benchmarks/RESULTS.md, section 1), with the same numbers up to
-  rounding: RoPE rotates q and k in one pass; RMSNorm has a hand-written backward (8 element-
-  wise ops where autograd's composite used about 14); and in bf16/fp16 on a CPU, attention
-  over short sequences is computed explicitly (one batched matmul with the causal mask added,
-  softmax, one batched matmul), which measured up to 1.5x faster per step than the CPU
-  flash-attention kernel's backward at these sizes. GPUs, fp32 and long sequences keep
-  `F.scaled_dot_product_attention`.
+  rounding: RoPE rotates q and k in one pass; RMSNorm has a hand-written backward on CPUs (8
+  element-wise ops where autograd's composite used about 14; GPUs keep the fused kernel); and
+  in bf16/fp16 on a CPU, attention over short sequences is computed explicitly (one batched
+  matmul with the causal mask added, softmax, one batched matmul), which measured up to 1.5x
+  faster per step than the CPU flash-attention kernel's backward at these sizes. GPUs, fp32
+  and long sequences keep `F.scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.weight.dtype:  # the same promotion as F.rms_norm
+        if x.device.type != "cpu" or x.dtype != self.weight.dtype:  # GPUs: a fused kernel
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return _RMSNormFn.apply(x, self.weight, self.eps)
 
