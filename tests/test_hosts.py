@@ -166,9 +166,12 @@ def test_a_grid_trains_on_host_b_from_data_that_only_host_a_has(cluster):
                               "--trial-resource", "host_b=1"))
     assert r.returncode == 0, r.stderr[-3000:]
     exp = f"{BUCKET}/onb"
+    runtime = c.read_json(exp, "sweep.json")["runtime"]
+    assert f"({c.b.ip})" in runtime["machine"]  # probed where the trials train, not on A
     for trial in c.trials(exp):
         run = c.read_json(exp, trial, "run.json")
         assert run["node_ip"] == c.b.ip
+        assert run["config"]["precision"] == runtime["precision"]  # one precision per sweep
         assert c.read_json(exp, trial, "outcome.json")["status"] == "completed"
     cached = c.ok(c.b, ["find", "/root/.cache", "-type", "f"]).stdout.split()
     # host B built no token cache and trained no BPE: it measured only its own hardware

@@ -107,3 +107,54 @@ def test_init_and_embedding_scale():
 def test_too_long_sequence_rejected():
     with pytest.raises(ValueError, match="must be <= max_seq_len=64"):
         _model()(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_rms_norm_backward_is_exact():
+    from tune_ablations.training.model import RMSNorm, _RMSNormFn
+
+    torch.manual_seed(0)
+    norm = RMSNorm(8).double()
+    norm.weight.data += 0.1 * torch.randn(8, dtype=torch.float64)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    # The hand-written backward against finite differences, for the input and the weight.
+    assert torch.autograd.gradcheck(lambda a, w: _RMSNormFn.apply(a, w, 1e-6), (x, norm.weight))
+    ref = torch.nn.functional.rms_norm(x, (8,), norm.weight, 1e-6)
+    assert torch.allclose(norm(x), ref, atol=1e-12)
+    g = torch.randn_like(x)
+    ours = torch.autograd.grad(norm(x), (x, norm.weight), g)
+    theirs = torch.autograd.grad(ref, (x, norm.weight), g)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("T", [1, 7, 64])
+def test_explicit_cpu_attention_equals_sdpa(T):
+    from tune_ablations.training.model import causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, T, 16, requires_grad=True) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(causal_attention(q, k, v), ref)  # fp32: the flash kernel itself
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    out = causal_attention(*low)  # bf16 on a CPU: computed explicitly
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=2e-2)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (q, k, v), g)
+    got = torch.autograd.grad(out, low, g.bfloat16())
+    assert all(torch.allclose(a.float(), b, atol=5e-2) for a, b in zip(got, want))
+    assert torch.equal(causal_attention(*low)[:, :, 0], low[2][:, :, 0])  # t=0 sees itself only
+
+
+def test_rope_of_q_and_k_in_one_pass_equals_apply_rope():
+    from tune_ablations.training.model import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(CFG)
+    cos, sin = rope_tables(64, CFG.head_dim, CFG.rope_base)
+    x = torch.randn(2, 12, 32)
+    B, T, C = x.shape
+    q, k, v = attn.qkv(x).view(B, T, 3, 2, 16).unbind(2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    y = torch.nn.functional.scaled_dot_product_attention(
+        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, is_causal=True)
+    want = attn.proj(y.transpose(1, 2).reshape(B, T, C))
+    assert torch.allclose(attn(x, cos, sin), want, atol=1e-6)

@@ -180,39 +180,6 @@ def test_every_report_carries_eval_noise_and_the_reference(tiny_cfg, tiny_data):
     assert len({m["unigram_val_loss"] for m in seen}) == 1  # the same eval tokens every time
 
 
-def test_precision_auto_is_measured_and_recorded(tiny_cfg, tiny_data, monkeypatch, tmp_path):
-    import torch
-
-    from tune_ablations.training import probes as P
-
-    monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path))
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(P, "cpu_bf16_units", lambda: None)
-    amp, why = P.choose_precision(tiny_cfg, 300, cpu)
-    assert amp is None and "no native bf16" in why
-    monkeypatch.setattr(P, "cpu_bf16_units", lambda: "avx512_bf16")
-    calls = []
-
-    def fake(cfg, vocab, threads, *, amp, compiled=False, steps=3):
-        calls.append(amp)
-        return {None: 1.0, torch.bfloat16: 0.6}[amp]
-
-    monkeypatch.setattr(P, "step_seconds", fake)
-    amp, why = P.choose_precision(tiny_cfg, 300, cpu)
-    assert amp is torch.bfloat16 and "1.67x faster" in why and calls == [None, torch.bfloat16]
-    P.choose_precision(tiny_cfg, 300, cpu)
-    assert calls == [None, torch.bfloat16]  # cached per machine and shape
-    other = with_overrides(tiny_cfg, {"batch_size": 2})
-    monkeypatch.setattr(P, "step_seconds", lambda *a, **k: 1.0)
-    amp, why = P.choose_precision(other, 300, cpu)
-    assert amp is None and "no faster" in why
-    amp, why = P.choose_precision(with_overrides(tiny_cfg, {"precision": "fp32"}), 300, cpu)
-    assert amp is None and "asked" in why
-    monkeypatch.setattr(P, "cpu_bf16_units", lambda: None)
-    r = train(tiny_cfg, data=tiny_data)
-    assert r["precision"] == "fp32" and "no native bf16" in r["precision_reason"]
-
-
 def test_mfu_above_one_is_reported_as_a_wrong_denominator(tiny_cfg, tiny_data):
     r = train(with_overrides(tiny_cfg, {"peak_flops": 1.0}), data=tiny_data)  # absurd peak
     assert math.isnan(r["mfu"]) and "denominator is wrong" in r["mfu_note"]
@@ -315,24 +282,3 @@ def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
     assert by_step[20]["rank_loss"] == r["probes"][0]["val_loss"] != by_step[20]["val_loss"]
     for step in (10, 30, 40):
         assert by_step[step]["rank_loss"] == by_step[step]["val_loss"]
-
-
-def test_compile_auto_follows_its_probe(tiny_cfg, monkeypatch, tmp_path):
-    import torch
-
-    from tune_ablations.training import probes as P
-
-    monkeypatch.setenv("TUNE_ABLATIONS_CACHE", str(tmp_path))
-    times = {False: 1.0, True: 2.0}
-    monkeypatch.setattr(P, "step_seconds", lambda c, v, t, *, amp, compiled=False, steps=3:
-                        times[compiled])
-    auto = with_overrides(tiny_cfg, {"compile": "auto"})
-    use, why = P.choose_compile(auto, 300, torch.device("cpu"), None)
-    assert use is False and "no faster" in why
-    times.update({False: 1.0, True: 0.5})
-    assert P.choose_compile(auto, 300, torch.device("cpu"), None)[0] is False  # cached answer
-    other = with_overrides(auto, {"batch_size": 2})
-    use, why = P.choose_compile(other, 300, torch.device("cpu"), None)
-    assert use is True and "2.00x faster" in why
-    with pytest.raises(ValueError, match="compile='sometimes' must be true, false or 'auto'"):
-        with_overrides(tiny_cfg, {"compile": "sometimes"})

@@ -173,11 +173,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation cadence and size."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast dtype; `auto`: bf16 on GPUs that support it (else fp16), fp32 on CPU (most CPUs
-    have no bf16 matrix units and run bf16 matmuls orders of magnitude slower)."""
+    """Autocast dtype; `auto`: bf16 on GPUs that support it (else fp16); on a CPU, bf16 only
+    where it has native bf16 matrix units and a probe of the runs' steps measured it faster,
+    else fp32. A sweep decides `auto` once for all its trials (`training/probes.py`)."""
     compile: bool | str = False
     """Wrap the model in torch.compile (falls back to eager if compilation fails); `auto`:
-    only where a probe at this shape measured it faster (cached per machine and shape)."""
+    only where a probe measured the compiled steps' saving above the compile time they cost
+    (decided once for all trials of a sweep)."""
     seed: int = 0
     """Seed of initialisation, batch sampling and text samples."""
     device: str = "auto"

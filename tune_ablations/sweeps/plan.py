@@ -18,7 +18,7 @@ from typing import Any
 
 from ..spec.config import RunConfig, to_flat_dict
 from ..spec.flops import count_params, flops_per_token
-from ..spec.io import log, say
+from ..spec.io import say
 from ..spec.runspec import RunSpec
 from .options import ResourceOptions
 
@@ -77,9 +77,10 @@ class SweepPlan:
         return self.resources.cpus_per_trial
 
 
-def trial_rows(plan: SweepPlan, configs: list[RunConfig], data_by_id: dict, threads: int
-               ) -> list[dict[str, Any]]:
-    """One dict per planned trial: key settings, steps, tokens, FLOPs, epochs, seconds."""
+def trial_rows(plan: SweepPlan, configs: list[RunConfig], data_by_id: dict, threads: int,
+               choice=None) -> list[dict[str, Any]]:
+    """One dict per planned trial: key settings, steps, tokens, FLOPs, epochs, seconds (at
+    the sweep's decided precision and compilation, `choice`)."""
     from ..training.cooldown import planned_probe_tokens
     from ..training.data import data_id
     from ..training.probes import estimate_step_seconds
@@ -91,7 +92,7 @@ def trial_rows(plan: SweepPlan, configs: list[RunConfig], data_by_id: dict, thre
         shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision, c.device, data.key,
                  c.optim.optimizer)  # Muon's orthogonalisation costs time per step
         if shape not in step_time:
-            step_time[shape] = estimate_step_seconds(c, data.vocab_size, threads)
+            step_time[shape] = estimate_step_seconds(c, data.vocab_size, threads, choice)
         probe = planned_probe_tokens(c)
         fpt = flops_per_token(c.model, data.vocab_size, c.data.seq_len)
         rows.append({
@@ -144,13 +145,12 @@ def print_plan(rows: list[dict[str, Any]], concurrency: int, *, as_json: bool) -
         f"est_wall_seconds={total_s / max(1, concurrency):.0f} concurrency={concurrency}")
 
 
-def warm_measurements(configs: list[RunConfig], data_by_id: dict, cpus: float) -> None:
-    """Measure the matmul peak (MFU's denominator) and run the precision probes here, once,
-    before trials start and compete for the cores; trials read both from the cache."""
+def warm_measurements(cpus: float) -> None:
+    """Measure the matmul peak (MFU's denominator) here, once, before trials start and compete
+    for the cores; trials read it from the cache. (The precision and compile probes are the
+    sweep's one decision: `decide.py`.)"""
     import torch
 
-    from ..training.data import data_id
-    from ..training.probes import choose_precision
     from ..training.runtime import cpu_bf16_units, measure_matmul_peak
 
     old = torch.get_num_threads()
@@ -160,12 +160,5 @@ def warm_measurements(configs: list[RunConfig], data_by_id: dict, cpus: float) -
         measure_matmul_peak(cpu, torch.float32)
         if cpu_bf16_units():
             measure_matmul_peak(cpu, torch.bfloat16)
-        seen = set()
-        for c in configs:
-            shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision)
-            if shape not in seen:
-                seen.add(shape)
-                _, why = choose_precision(c, data_by_id[data_id(c.data)].vocab_size, cpu)
-                log(f"event=precision ablation={c.name} choice={why!r}")
     finally:
         torch.set_num_threads(old)

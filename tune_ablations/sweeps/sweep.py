@@ -186,16 +186,24 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
         return fail(exc)
     for data in datasets.values():
         log("event=data " + " ".join(f"{k}={v}" for k, v in data.facts().items()))
-    rows = trial_rows(shown, configs, datasets, max(1, int(plan.cpus))) if args.dry_run else \
-        epoch_rows(configs, datasets)
+    from ..training.probes import Choice
+    from .decide import record
+
+    remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    stored_choice = exp.read_sweep().get("runtime") if args.resume else None
+    choice = Choice.from_dict(stored_choice) if stored_choice else None
+    if choice is None and not remote:  # here, before trials compete for the cores
+        choice = _choose(plan, configs, datasets)
+    rows = trial_rows(shown, configs, datasets, max(1, int(plan.cpus)), choice) \
+        if args.dry_run else epoch_rows(configs, datasets)
     _epochs(rows, configs[0].data.corpus)
     if args.dry_run:
         print_plan(rows, concurrency(plan.cpus, plan.gpus), as_json=args.json)
         if plan.later:
             log(f"then: {plan.later} (up to {plan.planned} trials in all)")
         return 0
-    if not plan.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
-        warm_measurements(configs, datasets, plan.cpus)
+    if not plan.gpus and not remote:
+        warm_measurements(plan.cpus)
     shared = args.shared_storage or (args.resume and bool(exp.read_sweep().get(
         "shared_storage")))
     try:
@@ -204,8 +212,20 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
                   local_storage=not exp.remote, shared=shared)
     except SweepError as exc:
         return fail(exc)
-    _write_start(plan, exp, args, datasets)
-    return _fit(plan, exp, args, datasets, started)
+    if choice is None:  # on a cluster: measured where the trials run
+        choice = _choose(plan, configs, datasets, on_worker=True)
+    _write_start(plan, exp, args, datasets, record(choice, configs))
+    return _fit(plan, exp, args, datasets, started, choice)
+
+
+def _choose(plan: SweepPlan, configs, datasets: dict, *, on_worker: bool = False):
+    """The sweep's one precision and compile setting, from a probe of its shapes."""
+    from ..training.data import data_id
+    from .decide import sweep_choice
+
+    return sweep_choice(configs, [datasets[data_id(c.data)].vocab_size for c in configs],
+                        plan.cpus, on_worker=on_worker, gpus=plan.gpus,
+                        resources=plan.resources.trial_resources)
 
 
 def _epochs(rows: list[dict], corpus: str) -> None:
@@ -217,13 +237,17 @@ def _epochs(rows: list[dict], corpus: str) -> None:
         log(line)
 
 
-def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict) -> None:
-    """sweep.json, the files stored verbatim and the tokenizer (new sweep); on resume, drop the
-    previous end's trials.json so status shows a running sweep."""
+def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict,
+                 runtime: dict[str, Any]) -> None:
+    """sweep.json (with the sweep's runtime decision), the files stored verbatim and the
+    tokenizer (new sweep); on resume, drop the previous end's trials.json so status shows a
+    running sweep, and record a decision a sweep of an older version did not store."""
     from .trainable import git_sha, package_versions
 
     if args.resume:
         exp.delete(TRIALS_FILE)
+        if "runtime" not in exp.read_sweep():
+            exp.write_json({**exp.read_sweep(), "runtime": runtime}, SWEEP_FILE)
         return
     for name, text in plan.files.items():
         exp.write_bytes(text, name)
@@ -233,13 +257,15 @@ def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict) -> None
     exp.write_json({**plan.record, "kind": plan.kind, "name": exp.name,
                     "resources": stored_options(plan.resources), "gpus_per_trial": plan.gpus,
                     "forced_overrides": plan.forced, "planned_trials": plan.planned,
+                    "runtime": runtime,
                     "shared_storage": args.shared_storage, "tracker": stored_options(plan.tracker),
                     "argv": user_command(), "storage": redact(args.storage),
                     "git_sha": git_sha(), "versions": package_versions(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, SWEEP_FILE)
 
 
-def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float) -> int:
+def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float,
+         choice) -> int:
     from ray import tune
 
     from .trainable import build_trainable, git_sha, hold_driver
@@ -254,7 +280,8 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float)
     trainable = build_trainable(
         base=plan.base, datasets=datasets, cpus=plan.cpus, gpus=plan.gpus,
         cache_dir=args.cache_dir, experiment=exp.location, sha=git_sha(),
-        argv=exp.read_sweep().get("argv", []), resources=plan.resources.trial_resources)
+        argv=exp.read_sweep().get("argv", []), resources=plan.resources.trial_resources,
+        choice=choice.to_dict())
     slots = concurrency(plan.cpus, plan.gpus)
     tracker = None if args.resume else _tracker(plan, exp, datasets)  # resume: Ray restores it
     scheduler = plan.scheduler() if plan.scheduler else None

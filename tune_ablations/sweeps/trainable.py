@@ -42,6 +42,7 @@ from ..spec.runspec import RunSpec
 from ..training.data import data_id, prepare_data
 from ..training.domains import with_domains
 from ..training.trainer import train
+from .decide import pin_spec
 
 # Tests only: "<step>:<folder>[:<prefix>]" makes a trial (whose folder starts with <prefix>)
 # report at its first evaluation at or after <step>, then create <folder>/held-<trial> and wait
@@ -140,13 +141,18 @@ def _finished_outcome(experiment: str | None, trial_name: str) -> dict | None:
 def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = None,
               threads: int = 1, gpu_fraction: float = 0.0, cache_dir: str | None = None,
               experiment: str | None = None, sha: str | None = None,
-              argv: list[str] | None = None) -> dict[str, Any]:
-    """Ray Tune function trainable: one training run, reporting at every evaluation."""
+              argv: list[str] | None = None, choice: dict | None = None) -> dict[str, Any]:
+    """Ray Tune function trainable: one training run, reporting at every evaluation, in the
+    precision and compilation the sweep decided for all its trials (`choice`)."""
     import torch
     from ray import tune
 
+    from ..training.probes import Choice
+
+    decided = Choice.from_dict(choice) if choice else None
     spec = trial_spec(RunSpec.from_dict(base), config)
     data = trial_data(resolve(spec), datasets, cache_dir)
+    spec = pin_spec(spec, resolve(spec), decided)
     cfg = resolve(spec, vocab_size=data.vocab_size)
     torch.set_num_threads(threads)
     if torch.cuda.is_available() and 0 < gpu_fraction < 1:
@@ -161,6 +167,7 @@ def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = Non
         return {}
     write_atomic(trial_dir / RUN_FILE, json.dumps(run_metadata(
         spec, cfg, data, trial_id=context.get_trial_id(), git_sha=sha, threads=threads,
+        runtime=_runtime(cfg, decided),
         gpu_fraction=gpu_fraction, pid=os.getpid(), argv=[redact(a) for a in (argv or [])],
         **_node()), indent=2, default=str))
     hold = _hold(name)
@@ -177,11 +184,22 @@ def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = Non
 
     resume_dir = _checkpoint_dir(tune.get_checkpoint())
     try:
-        _train_resuming(cfg, report, data, resume_dir, threads, on_end)
+        _train_resuming(cfg, report, data, resume_dir, threads, on_end, decided)
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
     return {}
+
+
+def _runtime(cfg, choice) -> dict[str, Any]:
+    """The trial's precision and compilation, why, and where the sweep measured that (a node
+    unlike the probe's trains in the same setting: one precision per sweep)."""
+    from ..training.runtime import machine_id
+
+    why = choice.reasons(cfg) if choice else ("", "")
+    return {"precision": cfg.precision, "compile": cfg.compile, "precision_reason": why[0],
+            "compile_reason": why[1], "decided_on": choice.machine if choice else None,
+            "this_machine": machine_id()}
 
 
 def _checkpoint_dir(checkpoint) -> Path | None:
@@ -222,7 +240,7 @@ def hold_driver() -> None:
 
 
 def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int,
-                    on_end) -> dict[str, Any]:
+                    on_end, choice=None) -> dict[str, Any]:
     """`train()`, resuming from `resume_dir` when given; a checkpoint that cannot be read
     (truncated, corrupted) is skipped with a warning and the run starts from scratch."""
     if resume_dir is not None:
@@ -237,12 +255,12 @@ def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int,
                   "action=restart_from_scratch", file=sys.stderr, flush=True)
             resume_dir = None
     return train(cfg, report=report, data=data, resume_from=resume_dir, threads=threads,
-                 log=lambda s: print(s, flush=True), on_end=on_end)
+                 log=lambda s: print(s, flush=True), on_end=on_end, choice=choice)
 
 
 def build_trainable(*, base: RunSpec, datasets: dict, cpus: float, gpus: float,
                     cache_dir: str | None, experiment: str, sha: str | None, argv: list[str],
-                    resources: dict[str, float] | None = None):
+                    resources: dict[str, float] | None = None, choice: dict | None = None):
     """`run_trial` with its parameters in the object store and its resources declared (custom
     resources place trials on chosen nodes of a cluster)."""
     from ray import tune
@@ -250,5 +268,5 @@ def build_trainable(*, base: RunSpec, datasets: dict, cpus: float, gpus: float,
     threads = max(1, int(cpus))
     fn = tune.with_parameters(run_trial, base=base.to_dict(), datasets=datasets,
                               threads=threads, gpu_fraction=gpus, cache_dir=cache_dir,
-                              experiment=experiment, sha=sha, argv=argv)
+                              experiment=experiment, sha=sha, argv=argv, choice=choice)
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus, **(resources or {})})

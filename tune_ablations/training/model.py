@@ -8,6 +8,13 @@ Design choices:
   rotated by head index, identically for q and k: q.k was unchanged and its model had no
   positional information. `pos_encoding="none"` reproduces that effective model as an ablation.
 - Rotary helpers are pure functions so the relative-position property is testable directly.
+- Speed on CPUs (profiles in benchmarks/RESULTS.md, section 1), with the same numbers up to
+  rounding: RoPE rotates q and k in one pass; RMSNorm has a hand-written backward on CPUs (8
+  element-wise ops where autograd's composite used about 14; GPUs keep the fused kernel); and
+  in bf16/fp16 on a CPU, attention over short sequences is computed explicitly (one batched
+  matmul with the causal mask added, softmax, one batched matmul), which measured up to 1.5x
+  faster per step than the CPU flash-attention kernel's backward at these sizes. GPUs, fp32
+  and long sequences keep `F.scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -32,9 +39,34 @@ def rope_tables(seq_len: int, head_dim: int, base: float,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[..., :D/2], x[..., D/2:]) of x (B, H, T, D) by angle position * freq."""
     T = x.shape[-2]
-    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)  # (T, D/2), broadcast over B, H
+    return _rotate(x, cos[:T], sin[:T])  # (T, D/2), broadcast over B, H
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., D) rotated by tables that broadcast against x[..., :D/2]."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """y = x / rms(x) * w over the last dimension, with a short backward:
+    dx = (g*w - xhat * mean(g*w * xhat)) / rms(x), dw = sum(g * xhat)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, rstd, w)
+        return xhat * w
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        xhat, rstd, w = ctx.saved_tensors
+        gw = g * w
+        dw = (g * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+        dx = (gw - xhat * (gw * xhat).mean(-1, keepdim=True)) * rstd
+        return dx, dw, None
 
 
 class RMSNorm(nn.Module):
@@ -44,7 +76,28 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.device.type != "cpu" or x.dtype != self.weight.dtype:  # GPUs: a fused kernel
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return _RMSNormFn.apply(x, self.weight, self.eps)
+
+
+EXPLICIT_ATTENTION_MAX = 1 << 24
+"""Score elements (B x heads x T x T) up to which bf16/fp16 attention on a CPU is computed
+explicitly (32 MiB of bf16 scores per layer kept for the backward); beyond, the memory of the
+scores outweighs the speed and the flash kernel runs."""
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention of q, k, v (B, H, T, D) -> (B, H, T, D)."""
+    B, H, T, D = q.shape
+    explicit = (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+                and B * H * T * T <= EXPLICIT_ATTENTION_MAX)
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    scores = torch.baddbmm(mask, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
+                           alpha=D ** -0.5)  # (B * H, T, T), masked above the diagonal
+    return torch.bmm(scores.softmax(-1), v.reshape(B * H, T, D)).view(B, H, T, D)
 
 
 class Attention(nn.Module):
@@ -57,11 +110,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
+        if self.rope:  # q and k in one pass: tables (T, 1, 1, D/2) broadcast over B, (q, k), H
+            qk = _rotate(qkv[:, :, :2], cos[:T, None, None], sin[:T, None, None])
+            (q, k), v = qk.unbind(2), qkv[:, :, 2]
+        else:
+            q, k, v = qkv.unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if self.rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+        y = causal_attention(q, k, v)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -2,8 +2,8 @@
 used as MFU's denominator. Never imports Ray.
 
 Design choices:
-- `precision=auto` is bf16 on GPUs that support it (else fp16) and fp32 on CPUs: most CPUs have
-  no bf16 matrix units and run bf16 matmuls far slower (measured in benchmarks/RESULTS.md).
+- `precision=auto` is bf16 on GPUs that support it (else fp16); on CPUs it is measured
+  (`probes.decide`): most CPUs have no bf16 matrix units and run bf16 matmuls far slower.
 - The clock is read only after the device is synchronised.
 - The measured peak is the best of several timed tries at several sizes (a single short try
   under-reads it and MFU can exceed 1), cached per process, device, dtype and thread count.
@@ -39,7 +39,7 @@ def resolve_device(device: str) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`, without probing; None means plain fp32.
-    (`auto` on a CPU with native bf16 matrix units is decided by `step.choose_precision`.)"""
+    (`auto` on a CPU is decided by a probe: `probes.decide`.)"""
     if precision == "auto":
         if device.type != "cuda":
             return None
@@ -91,6 +91,11 @@ def write_cache_file(name: str, data: dict) -> None:
 
 def precision_name(amp: torch.dtype | None) -> str:
     return str(amp).replace("torch.", "") if amp is not None else "fp32"
+
+
+def precision_key(amp: torch.dtype | None) -> str:
+    """The config's spelling of an autocast dtype: `fp32`, `bf16` or `fp16`."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 def autocast(device: torch.device, amp: torch.dtype | None):

@@ -62,12 +62,27 @@ def lr_at(step: int, cfg: RunConfig) -> float:
                                           else "cosine")
 
 
+class NextTokenLoss(torch.nn.Module):
+    """Mean next-token cross-entropy (in fp32) of `model` on inputs/targets (B, T): the unit
+    that is compiled, so the loss's cast, log-softmax and their backward fuse with the model's
+    last layers."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)  # (B, T, V)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
 @dataclass
 class Step:
     """What one optimizer step needs, built once per run."""
     cfg: RunConfig
     model: TransformerLM
-    forward: Any
+    loss: Any
+    """(x, y) -> mean loss: `NextTokenLoss(model)`, compiled when asked."""
     opt: Any
     """The optimizer (optimizers.build_optimizer): a torch optimizer or a `Combined`."""
     scaler: torch.amp.GradScaler
@@ -76,6 +91,10 @@ class Step:
     ctx: Any
     precision_reason: str = ""
     compile_reason: str = ""
+    compile_seconds: float = 0.0
+    """Seconds spent building the compiled graphs before training (not training time)."""
+    compiled: bool = False
+    """Whether `loss` is compiled (False also where compilation failed and fell back)."""
 
 
 def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
@@ -86,8 +105,10 @@ def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
     model = TransformerLM(cfg.model, vocab_size).to(device)
     opt = build_optimizer(model, cfg, amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    step = Step(cfg, model, model, opt, scaler, device, amp, autocast(device, amp))
-    step.forward = _maybe_compile(step, vocab_size, log) if compiled else model
+    step = Step(cfg, model, NextTokenLoss(model), opt, scaler, device, amp,
+                autocast(device, amp))
+    if compiled:
+        step.loss, step.compiled = _maybe_compile(step, vocab_size, log)
     return step
 
 
@@ -99,8 +120,7 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
     for group in s.opt.param_groups:  # each group's own rate, on the schedule (optimizers.py)
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with s.ctx:
-        logits = s.forward(x)
-    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss = s.loss(x, y)
     s.scaler.scale(loss).backward()
     s.scaler.unscale_(s.opt)
     gnorm = torch.zeros((), device=s.device)
@@ -112,20 +132,29 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
     return loss.detach(), gnorm
 
 
-def _maybe_compile(s: Step, vocab_size: int, log) -> Any:
+def compile_model(module: torch.nn.Module) -> Any:
+    """`torch.compile` as every run (and the benchmarks' plain loop) uses it. Dynamo's
+    in-memory caches are cleared first: a reused worker compiles each trial's new model afresh
+    (its per-function recompile limit would otherwise fall back to eager after a few trials),
+    from inductor's on-disk caches (per machine, shared by every trial there)."""
+    torch._dynamo.reset()
+    return torch.compile(module)
+
+
+def _maybe_compile(s: Step, vocab_size: int, log) -> tuple[Any, bool]:
     try:
-        compiled = torch.compile(s.model)
+        compiled = compile_model(s.loss)
         # Compile forward and backward now, outside the training clock, at the training shape;
         # a failure falls back before training starts. No optimizer step: weights unchanged.
         x = torch.randint(0, vocab_size, (s.cfg.data.batch_size, s.cfg.data.seq_len),
                           device=s.device)
         with s.ctx:
-            F.cross_entropy(compiled(x).float().flatten(0, 1), x.flatten()).backward()
+            compiled(x, x).backward()
         s.model.zero_grad(set_to_none=True)
-        return compiled
+        return compiled, True
     except Exception as exc:  # no compiler toolchain, unsupported platform, ...
         log(f"event=compile_failed error={type(exc).__name__} fallback=eager")
-        return s.model
+        return s.loss, False
 
 
 def eval_due(cfg: RunConfig, step: int) -> bool:

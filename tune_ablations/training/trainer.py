@@ -49,8 +49,8 @@ from .domains import check_fits_tokens, with_domains
 from .evaluation import evaluate, unigram_reference
 from .model import TransformerLM
 from .optimizers import set_evaluating
-from .probes import choose_compile, choose_precision
-from .runtime import peak_flops_for, precision_name, resolve_device, sync
+from .probes import Choice, decide
+from .runtime import autocast_dtype, peak_flops_for, precision_name, resolve_device, sync
 from .step import build_step, eval_due, load_checkpoint, lr_at, save_checkpoint, train_step
 
 SAMPLE_PROMPTS = ("The", "In Python,", "A function")
@@ -150,15 +150,18 @@ def _domain_windows(cfg: RunConfig, data: TokenData) -> dict[str, tuple[torch.Te
     return out
 
 
-def _setup(cfg: RunConfig, data: TokenData | None, log) -> Run:
+def _setup(cfg: RunConfig, data: TokenData | None, log, choice: Choice | None) -> Run:
     wall0 = time.perf_counter()
     device = resolve_device(cfg.device)
     data = data or with_domains(prepare_data(cfg.data, log=log), cfg.data)
     check_fits(data, cfg.data.seq_len)
-    amp, why = choose_precision(cfg, data.vocab_size, device)
-    use, cwhy = choose_compile(cfg, data.vocab_size, device, amp)
-    step = build_step(cfg, data.vocab_size, device, amp=amp, compiled=use, log=log)
-    step.precision_reason, step.compile_reason = why, cwhy
+    choice = choice or decide([(cfg, data.vocab_size)], device)  # a sweep decided for all
+    cfg = choice.pin(cfg)
+    t0 = time.perf_counter()
+    step = build_step(cfg, data.vocab_size, device, amp=autocast_dtype(cfg.precision, device),
+                      compiled=bool(cfg.compile), log=log)
+    step.compile_seconds = time.perf_counter() - t0 if cfg.compile else 0.0
+    step.precision_reason, step.compile_reason = choice.reasons(cfg)
     windows = val_windows(val_part(data.val, data.eos_id), cfg.data.seq_len,
                           cfg.eval.eval_tokens)
     reference = unigram_reference(data.train, windows, data.token_bytes, data.vocab_size)
@@ -214,7 +217,8 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "probe_tokens_trained": st.probe_tokens_trained,
         "flops_per_token": r.fpt, "device": str(r.step.device),
         "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
-        "compile_reason": r.step.compile_reason,
+        "compile_reason": r.step.compile_reason, "compiled": r.step.compiled,
+        "compile_time_s": r.step.compile_seconds,
         "threads": torch.get_num_threads(),
         **count_params(cfg.model, r.data.vocab_size), "history": st.history,
         "samples": samples, "data": r.data.facts(cfg.total_tokens), "config": to_flat_dict(cfg),
@@ -273,11 +277,14 @@ def _throughput(r: Run, st: TrainState, m: dict[str, Any]) -> None:
 def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | None = None,
           resume_from: Path | None = None, threads: int | None = None,
           log: Callable[[str], None] = lambda s: None,
-          on_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train one run; returns final and best metrics, history, throughput, status, samples."""
+          on_end: Callable[[dict[str, Any]], None] | None = None,
+          choice: Choice | None = None) -> dict[str, Any]:
+    """Train one run; returns final and best metrics, history, throughput, status, samples.
+    `choice`: the precision and compilation a sweep decided for all its runs (else this run
+    decides for itself, `probes.decide`)."""
     if threads:
         torch.set_num_threads(threads)
-    r = _setup(cfg, data, log)
+    r = _setup(cfg, data, log, choice)
     st = _restore(r, resume_from, log) if resume_from is not None else TrainState()
     device, result = r.step.device, None
     loss_sum, n_since, gnorm = torch.zeros((), device=device), 0, torch.zeros(())
