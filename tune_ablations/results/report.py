@@ -335,25 +335,36 @@ def lr_tuning_section(df, record: dict, ans: Answer | None) -> list[str]:
     found = fits(df)
     sweep = sweep_trials(df)
     counts = sweep["status"].astype(str).value_counts().to_dict()
+    second = tuning.get("replicate_seed")
     lines = ["## Every arm at its own best learning rate", "",
              f"The lr sweep: {tuning['k']} learning rates per arm, evenly in log scale from "
              f"lr/{tuning['span']:g} to lr*{tuning['span']:g} around each arm's configured lr, "
-             f"seed {tuning['seed']}, equal tokens; early stopping compares trials of one arm "
-             f"only ({tuning['stopping']}). {len(sweep)} trials: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ". The chosen lr of "
-             "each arm then ran with seeds 0, 1, ... (runs independent of those that chose it).",
-             "", md_table(_fit_table(df, found, tuning), spec=".4g"), ""]
-    lines += [f"- {f.arm}: no optimum given: {f.refused}." for f in found.values() if f.refused]
-    lines += ["", "Optimum and loss at the optimum: a parabola in log(lr) through the "
-              "full-budget points, with a 95% parametric-bootstrap interval (noise: the arm's "
-              "seed SD at its chosen lr); `interior` is the share of refits whose optimum lies "
+             f"seed {tuning['seed']}, equal tokens"
+             + (f", and a second seed ({second}) at the configured lr and the lowest and "
+                "highest lrs that ran to the end" if second is not None else "")
+             + f"; early stopping compares trials of one arm only ({tuning['stopping']}). "
+             f"{len(sweep)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+             + ". The chosen lr of each arm then ran with seeds 0, 1, ... (runs independent of "
+             "those that chose it).", "", md_table(_fit_table(df, found, tuning), spec=".4g"),
+             ""]
+    lines += [f"- {f.arm}: no interval: {f.refused}." for f in found.values() if f.refused]
+    lines += [f"- {f.arm}: a bracket, not a parabola's optimum: {f.why_bracket}."
+              for f in found.values() if f.kind == "bracket"]
+    lines += ["", "`optimum lr` and its interval: a parabola in log(lr) weighted by the "
+              "measured seed noise (`noise measured at`: lrs with 2 or more runs; "
+              "log-interpolated between), reported only when it fits the points (lack-of-fit "
+              "test) and its 95% interval (the hull of bootstrap intervals of the parabola, of "
+              "the parabola through the best point and its neighbours, and of a cubic) lies "
+              "inside the range. Otherwise `interval` is a bracket: the optimum lies between "
+              "the nearest swept lrs that are measurably worse than the best (`cannot be told "
+              "apart` lists the lrs in between; Bonferroni-corrected z tests on the measured "
+              "noise). `interior` is the share of the parabola's refits whose optimum lies "
               "inside the range. `sensitivity` is Wortsman et al.'s: the mean over the swept "
               "lrs of the loss above the arm's best (diverged runs count as the initial loss; "
               "early-stopped ones are left out).", ""]
     if ans is not None:
         lines += ["The Answer above compares every arm at its own chosen lr.", ""]
-        fixed = fixed_lr(df, tuning["centres"], ans.pooled_sd, ans.pooled_df)
-        lines += changed_section(fixed, ans)
+        lines += changed_section(fixed_lr(df, tuning["centres"]), ans)
     return lines
 
 
@@ -367,8 +378,11 @@ def _fit_table(df, found: dict[str, LrFit], tuning: dict):
         g = seeds[seeds["ablation"].astype(str) == arm][METRIC].astype(float)
         rows.append({
             "arm": arm, "configured lr": tuning["centres"].get(arm),
-            "full-budget points": f"{len(f.lrs)}/{tuning['k']}",
-            "optimum lr": f.opt_lr, "lr 95% CI": _ci(f.opt_lr_ci, ".3g"),
+            "full-budget lrs": f"{len(f.lrs)}/{tuning['k']}",
+            "noise measured at": f.noise or "-",
+            "optimum lr": f.opt_lr, "interval": f.kind or "-",
+            "lr 95% CI": _ci(f.opt_lr_ci, ".3g"),
+            "cannot be told apart": ", ".join(f"{v:.3g}" for v in f.indistinct) or "-",
             "loss at optimum": f.opt_loss, "loss 95% CI": _ci(f.opt_loss_ci, ".4f"),
             "interior": f.interior, "chosen lr": tuning["chosen"].get(arm, f.chosen),
             "seeds at chosen lr": (f"{g.mean():.4f} ± {g.std(ddof=1):.4f} SD (n={len(g)})"
@@ -378,7 +392,10 @@ def _fit_table(df, found: dict[str, LrFit], tuning: dict):
 
 
 def _ci(ci: tuple[float, float], spec: str) -> str:
-    return "-" if not all(math.isfinite(v) for v in ci) else f"[{ci[0]:{spec}}, {ci[1]:{spec}}]"
+    if not any(math.isfinite(v) for v in ci):
+        return "-"
+    lo, hi = (f"{v:{spec}}" if math.isfinite(v) else "open" for v in ci)
+    return f"[{lo}, {hi}]"
 
 
 def _sensitivity(df, arm: str) -> float:
@@ -392,10 +409,12 @@ def _sensitivity(df, arm: str) -> float:
 def changed_section(fixed: dict[str, FixedLr], ans: Answer) -> list[str]:
     """Each arm whose verdict at fixed lr differs from its verdict at its own best lr."""
     own = {r.arm: r for r in ans.arms}
+    dof = next((f.dof for f in fixed.values()), 0)
     lines = ["### Conclusions that change at each arm's own best lr", "",
-             "At fixed lr: each arm's run at its configured lr minus the baseline's (one "
-             "paired seed of the lr sweep), unadjusted 95% t interval from the seeding phase's "
-             "pooled seed SD of a paired difference; at its own best lr: the Answer above.", ""]
+             "At fixed lr: each arm's runs at its configured lr minus the baseline's, paired by "
+             "seed (the lr sweep's two seeds there), unadjusted 95% t interval from the pooled "
+             f"SD of those paired differences ({dof} degrees of freedom: noise measured at the "
+             "configured lrs); at its own best lr: the Answer above.", ""]
     changed = []
     for arm, f in fixed.items():
         r = own.get(arm)
@@ -410,9 +429,9 @@ def changed_section(fixed: dict[str, FixedLr], ans: Answer) -> list[str]:
 
 
 def _looked(f: FixedLr) -> str:
-    size = f"{abs(f.diff):.3f} nats (± {f.half_width:.3f})"
+    size = f"{abs(f.diff):.3f} nats (± {f.half_width:.3f}, {f.n} paired seeds)"
     if f.verdict == "better":
         return f"better by {size}"
     if f.verdict == "worse":
         return f"worse by {size}"
-    return f"{f.verdict}: {f.diff:+.3f} nats (± {fmt(f.half_width, '.3f')})"
+    return f"{f.verdict}: {f.diff:+.3f} nats (± {fmt(f.half_width, '.3f')}, {f.n} paired seeds)"
