@@ -293,10 +293,10 @@ def search_section(exp: Experiment, df, params: list[str], k: int = 5) -> list[s
                                                   ""]
     data = exp.read_json(IMPORTANCES_FILE)
     if data:
-        lines += [f"Importances ({data.get('evaluator')}, {data.get('n_trials')} full-budget "
-                  f"trials): " + (", ".join(f"{a}={b:.3f}" for a, b in
-                                            data.get("importances", {}).items())
-                                  or data.get("skipped", "-")), ""]
+        covers = data.get("covers") or f"over {data.get('n_trials')} full-budget trials"
+        lines += [f"Importances ({data.get('evaluator')}, {covers}): "
+                  + (", ".join(f"{a}={b:.3f}" for a, b in data.get("importances", {}).items())
+                     or data.get("skipped", "-")), ""]
     return lines
 
 
