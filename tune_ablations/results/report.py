@@ -263,14 +263,17 @@ def domains_section(df, outcomes: dict) -> list[str]:
         if f:
             lines.append(f"- {label} ({f['corpus']}): {f['documents']} of {f['total']} documents "
                          f"scored; {f['dropped']} left out because they are, or share a 12-word "
-                         "passage with, training documents.")
+                         "passage with, training documents"
+                         + (f"; {f['in_validation']} because they are, or share one with, main "
+                            "validation documents (the check would be the validation set "
+                            "against itself)" if f.get("in_validation") else "") + ".")
         r = rank_agreement(df, outcomes, label)
         if math.isfinite(r["rho"]):
             verdict = "agrees" if r["low"] > 0 else "agreement not supported"
             lines.append(f"- ranking of {r['arms']} arms on {label} vs the main validation set: "
                          f"Spearman {r['rho']:.2f} (95% bootstrap interval {r['low']:.2f} to "
-                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and eval windows): "
-                         f"{verdict}.")
+                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and the eval windows, "
+                         f"resampled once for every run that shares them): {verdict}.")
         else:
             lines.append(f"- ranking on {label}: {r['note']}.")
     return lines + [""]
