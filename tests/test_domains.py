@@ -70,6 +70,17 @@ def test_pydoc_inside_embedded_is_refused_and_stdlib_to_pydoc_is_other_text():
     assert not any(shingles(k) & seen for k in kept)
 
 
+@pytest.mark.extended  # tokenizes the embedded corpus
+def test_the_grid_refuses_the_circular_check_in_one_line_before_training(tmp_path, capsys):
+    from tune_ablations import grid
+
+    code = grid.main(["--preset", "tiny", "--eval-data", "pydoc", "--storage", str(tmp_path),
+                      "--name", "circular"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: eval_data='pydoc': each of its ")
+    assert not list(tmp_path.glob("circular/*/outcome.json"))  # nothing trained
+
+
 @pytest.mark.parametrize("train_corpus, domain", [
     pytest.param("stdlib", "embedded", marks=pytest.mark.extended),  # tokenizes all of stdlib
     (None, "pydoc")])

@@ -162,7 +162,8 @@ def _grid_tables(df, summary, res: Results) -> list[str]:
 def _equal_token_section(df, res: Results) -> list[str]:
     equal, why = equal_budgets(df)
     lines = ["## Equal-token comparison", ""]
-    probes = probes_frame(res.outcomes)
+    probes = probes_frame(res.outcomes)  # exact runs of their budget only under wsd
+    probes = probes[probes["trial_id"].isin(df["trial_id"]) & (probes["schedule"] == "wsd")]
     if len(probes):
         table = probes.groupby(["ablation", "budget_tokens"])["val_loss"].agg(
             ["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
