@@ -140,13 +140,16 @@ def test_the_edge_refusal_speaks_of_the_swept_range_not_the_survivors():
     assert f"{lrs[0]:.3g} early_stopped" in f.refused and "widen" not in f.refused
 
 
-def test_a_diverged_lr_above_bounds_the_bracket():
+@pytest.mark.parametrize("side", ["above", "below"])
+def test_a_diverged_lr_beyond_the_points_bounds_the_bracket(side):
+    """A diverged lr (exploded, or never beat the unigram reference, as a too-low lr does on
+    a short run) is worse than any finite loss, so it bounds the optimum on its side."""
     lrs = lr_grid(3e-3, 5, 4.0)
-    full = lrs[:4]
-    pts = _replicated(full, lambda lr: parabola(lr, 6e-3, 4.0))
-    f = fit_lr_curve("a", *pts, swept={lr: "completed" for lr in full} | {lrs[4]: "diverged"})
-    assert not f.refused and f.kind == "bracket"
-    assert f.opt_lr_ci[1] == pytest.approx(lrs[4])
+    full, out, opt = (lrs[:4], lrs[4], 6e-3) if side == "above" else (lrs[1:], lrs[0], 1.5e-3)
+    pts = _replicated(full, lambda lr: parabola(lr, opt, 4.0))
+    f = fit_lr_curve("a", *pts, swept={lr: "completed" for lr in full} | {out: "diverged"})
+    assert not f.refused and f.kind == "bracket" and "diverged" in f.why_bracket
+    assert f.opt_lr_ci[1 if side == "above" else 0] == pytest.approx(out)
 
 
 def _run_rungs(halving, arm, trial, losses_by_rung, anchor=False):
@@ -343,7 +346,13 @@ def test_tune_lr_runs_through_ray_and_reports(ray_session, corpus_dir, tmp_path)
     exp = tmp_path / "t"
     record = json.loads((exp / "decisions.json").read_text())["tune_lr"]
     df = pd.read_parquet(exp / "results.parquet")
-    assert len(df) == 2 * 3 + 2 * 3 + 2 * 2  # the sweep, its second seeds, the seeds
+    sweep = df[df["seed"] == LR_SWEEP_SEED]
+    for arm in ("baseline", "large_batch"):  # second seeds: centre and completed extremes
+        done = sweep[(sweep["ablation"] == arm) & (sweep["status"] == "completed")]["lr"]
+        second = df[(df["ablation"] == arm) & (df["seed"] == LR_REPLICATE_SEED)]["lr"]
+        assert sorted(second) == pytest.approx(replicate_lrs(record["centres"][arm],
+                                                             list(done)))
+    assert len(sweep) == 2 * 3 and len(df[df["seed"] < LR_SWEEP_SEED]) == 2 * 2
     for arm in ("baseline", "large_batch"):
         seeded = df[(df["ablation"] == arm) & (df["seed"] < LR_SWEEP_SEED)]
         assert np.allclose(seeded["lr"], record["chosen"][arm])

@@ -244,7 +244,11 @@ def _edges(fit: LrFit, x: np.ndarray, S: list[int], swept: dict[float, str]) -> 
     hi = math.exp(x[S[-1] + 1]) if S[-1] < len(x) - 1 else math.nan
     below = sorted(lr for lr in swept if lr < math.exp(x[0]) * (1 - 1e-9))
     above = sorted(lr for lr in swept if lr > math.exp(x[-1]) * (1 + 1e-9))
-    if math.isnan(hi):  # a diverged lr above is worse than any finite loss
+    # A diverged lr (its loss exploded, or it never beat the unigram reference) is worse than
+    # any finite loss: the nearest one beyond the full-budget points bounds the optimum.
+    if math.isnan(lo):
+        lo = next((lr for lr in reversed(below) if swept[lr] == Status.DIVERGED), math.nan)
+    if math.isnan(hi):
         hi = next((lr for lr in above if swept[lr] == Status.DIVERGED), math.nan)
     fit.opt_lr_ci = (lo, hi)
     if math.isnan(lo):
@@ -298,8 +302,8 @@ def fit_lr_curve(arm: str, lrs: list[float], losses: list[float],
         fit.why_bracket = (f"{len(x)} full-budget lrs: a parabola through 3 points cannot be "
                            "tested for lack of fit")
     elif best in (0, len(x) - 1):
-        fit.why_bracket = ("the best point is the highest lr that ran to the end; a diverged lr "
-                           "above it bounds the optimum")
+        fit.why_bracket = (f"the best point is the {'lowest' if best == 0 else 'highest'} lr "
+                           "that ran to the end, bounded beyond by a diverged lr")
     else:
         bracket = fit.opt_lr_ci
         _parabola(fit, x, m, n, se, anchors, seed)

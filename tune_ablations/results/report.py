@@ -256,7 +256,8 @@ def domains_section(df, outcomes: dict) -> list[str]:
     uni = [c for c in df.columns if c.startswith("unigram_val_loss@")]
     means = done.groupby("ablation", observed=True)[[METRIC, *cols, *uni]].mean()
     lines = ["## Evaluation domains (documents sharing no document and no 12-word passage "
-             "with the training split)", "", md_table(means.reset_index()), ""]
+             "with the training split nor the main validation split)", "",
+             md_table(means.reset_index()), ""]
     facts = next((o.get("domains") for o in outcomes.values() if o.get("domains")), {}) or {}
     for c in cols:
         label = c.split("@", 1)[1]

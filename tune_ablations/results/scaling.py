@@ -307,7 +307,8 @@ def _far(n_opt: float, n) -> str:
 
 
 def _summary(out: dict, cis: dict, why: str, pred: float, n_opt: float) -> str:
-    mc = max(out["mc_error"].values())
+    shown = ("E", "alpha", "beta") + (() if why else ("predicted_loss",))
+    mc = max(out["mc_error"][k] for k in shown)
     head = (f"{out['form']} over {out['n']} completed runs ({CONVENTION}): "
             f"E={out['E']:.3f} (95% bootstrap CI {cis['E']['low']:.3f} to "
             f"{cis['E']['high']:.3f}), alpha={out['alpha']:.3f} ({cis['alpha']['low']:.3f} to "
