@@ -220,8 +220,8 @@ def test_cooldown_probe_equals_a_run_of_that_budget(tiny_cfg, tiny_data):
     assert p["val_loss"] == pytest.approx(short["final"]["val_loss"], abs=1e-6)
     assert probed["probe_tokens_trained"] == 5 * wsd.tokens_per_step
     assert probed["probe_time_s"] > 0 and probed["train_time_s"] > 0
-    with pytest.raises(ValueError, match="needs schedule='wsd'"):
-        with_overrides(tiny_cfg, {"probe_tokens": str(budget)})
+    with pytest.raises(ValueError, match="needs a schedule that decays .* got 'constant'"):
+        with_overrides(tiny_cfg, {"probe_tokens": str(budget), "schedule": "constant"})
 
 
 def test_a_probe_equals_the_run_that_tokens_b_trains(tmp_path, corpus_dir):
@@ -270,6 +270,35 @@ def test_a_probe_restores_the_grad_scaler(tiny_cfg, tiny_data, monkeypatch, tmp_
                           "probed")
     assert plain["scale"] == 2.0 ** 8  # it grew at each of the 8 steps
     assert probed == plain
+
+
+def test_under_cosine_a_probe_is_a_decay_branch(tiny_cfg, tiny_data, monkeypatch):
+    """Cosine: the probe at B branches at B x (1 - decay_fraction), decays from the lr the run
+    has there to the floor (sqrt shape), leaves the run unchanged, and is what the rung ranks."""
+    from tune_ablations.training import cooldown
+
+    cos = with_overrides(tiny_cfg, {"max_steps": 40, "eval_every": 10, "text_samples": 0})
+    assert cos.optim.schedule == "cosine"
+    budget = 20 * cos.tokens_per_step
+    seen, lrs = [], []
+    real = cooldown.train_step
+    monkeypatch.setattr(cooldown, "train_step",
+                        lambda s, x, y, lr: (lrs.append(lr), real(s, x, y, lr))[1])
+    probed = train(with_overrides(cos, {"probe_tokens": str(budget)}), data=tiny_data,
+                   report=lambda m, save: seen.append(m))
+    (p,) = probed["probes"]
+    assert (p["branch_step"], p["cooldown_steps"]) == (16, 4)
+    floor = cos.optim.lr * cos.optim.min_lr_ratio
+    peak = lr_at(16, cos)
+    assert lrs == pytest.approx([floor + (peak - floor) * (1 - math.sqrt(i / 4))
+                                 for i in range(4)])
+    plain = train(cos, data=tiny_data)
+    def without(history):
+        return [{k: v for k, v in h.items() if k != "rank_loss"} for h in _strip(history)]
+
+    assert without(probed["history"]) == without(plain["history"])  # the run is unchanged
+    by_step = {m["step"]: m for m in seen}
+    assert by_step[20]["rank_loss"] == p["val_loss"] != by_step[20]["val_loss"]
 
 
 def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):

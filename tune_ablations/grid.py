@@ -131,21 +131,29 @@ def with_lr_tuning(plan: SweepPlan, opts: GridOptions, arms: list[str], budget: 
                    ) -> SweepPlan:
     """`--tune-lr K`: the lr sweep first (K lrs per arm, early stopping within each arm), then
     the seeds at each arm's chosen lr (`sweeps.lr_tuning`)."""
-    from .results.lr_curves import lr_grid
-    from .spec.names import LR_SWEEP_SEED
+    from .results.lr_curves import lr_grid, replicate_lrs
+    from .spec.names import LR_REPLICATE_SEED, LR_SWEEP_SEED
+    from .sweeps.lr_tuning import ArmHalving, rung_probe_tokens
 
     spec = plan.base
     centres = {a: resolve(replace(spec, ablation=a)).optim.lr for a in arms}
     ref = resolve(replace(spec, ablation="baseline"))
+    grids = {a: lr_grid(centres[a], opts.tune_lr, opts.lr_span) for a in arms}
     sweep = [replace(spec, ablation=a, seed=LR_SWEEP_SEED).with_params(lr=lr)
-             for a in arms for lr in lr_grid(centres[a], opts.tune_lr, opts.lr_span)]
+             for a in arms for lr in grids[a]]
+    probes = "" if "probe_tokens" in dict(spec.overrides) else rung_probe_tokens(
+        ArmHalving(ref.eval.eval_every_tokens, ref.total_tokens).rungs,
+        [resolve(s) for s in sweep])
+    sweep = [s.with_params(probe_tokens=probes) for s in sweep] if probes else sweep
+    sweep += [replace(spec, ablation=a, seed=LR_REPLICATE_SEED).with_params(lr=lr)
+              for a in arms for lr in replicate_lrs(centres[a], grids[a])]
 
     def searcher(location: str, slots: int):
         from .sweeps.lr_tuning import TuneLrSearcher
 
         return TuneLrSearcher(arms, centres=centres, k=opts.tune_lr, span=opts.lr_span,
-                              seeds=opts.seeds, max_seeds=opts.max_seeds, time_budget=budget,
-                              slots=slots, experiment=location)
+                              probes=probes, seeds=opts.seeds, max_seeds=opts.max_seeds,
+                              time_budget=budget, slots=slots, experiment=location)
 
     def scheduler():
         from .sweeps.lr_tuning import per_arm_scheduler
@@ -178,7 +186,7 @@ def print_answer(exp, res, datasets) -> None:
         from .results.report import changed_section
 
         say("  chosen lr: " + ", ".join(f"{a} {lr:.3g}" for a, lr in tuned["chosen"].items()))
-        fixed = fixed_lr(res.trials, tuned["centres"], ans.pooled_sd, ans.pooled_df)
+        fixed = fixed_lr(res.trials, tuned["centres"])
         for line in changed_section(fixed, ans)[4:]:
             if line:
                 say(f"  {line}")

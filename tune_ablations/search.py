@@ -79,11 +79,11 @@ def _derive(space: SearchSpace, base: RunSpec, opts: SearchOptions) -> tuple[Run
         base, _ = apply_flat(base, {"eval_every": max(1, reference_run(base).steps //
                                                       opts.evals)})
         derived.append("eval_every")
-    wsd = resolve(base).optim.schedule == "wsd"
-    if opts.asha_probes == "on" and not wsd:
-        raise ValueError("--asha-probes on needs schedule=wsd (e.g. --set schedule=wsd): "
-                         "cooldowns branch from a stable phase")
-    if opts.scheduler == "asha" and wsd and opts.asha_probes != "off" and \
+    decays = resolve(base).optim.schedule != "constant"
+    if opts.asha_probes == "on" and not decays:
+        raise ValueError("--asha-probes on needs a schedule that decays (wsd, cosine or "
+                         "linear): under constant the final loss is read at the peak lr too")
+    if opts.scheduler == "asha" and decays and opts.asha_probes != "off" and \
             "probe_tokens" not in dict(base.overrides):
         corners = [resolve(c) for c in space.corners(base)]
         probes = rung_probes(resolve(base).eval.eval_every_tokens, opts.reduction_factor,

@@ -240,15 +240,17 @@ def write_tables(res: Results, exp: Experiment) -> list[str]:
 
 
 def probes_frame(outcomes: dict[str, dict]):
-    """Cooldown probes (wsd runs with `probe_tokens`): one row per trial per budget, the loss a
-    run of that budget reaches with its learning rate decayed."""
+    """Cooldown probes (runs with `probe_tokens`): one row per trial per budget, its loss with
+    the learning rate decayed; under `schedule` wsd, exactly the loss a run of that budget
+    reaches (under cosine or linear, a decay branch that early stopping ranks by)."""
     import pandas as pd
 
-    rows = [{"trial_id": tid, "ablation": o.get("name"), "seed": o.get("seed"), **p}
+    rows = [{"trial_id": tid, "ablation": o.get("name"), "seed": o.get("seed"),
+             "schedule": (o.get("config") or {}).get("schedule"), **p}
             for tid, o in outcomes.items() for p in o.get("probes") or []]
-    return pd.DataFrame(rows, columns=["trial_id", "ablation", "seed", "budget_tokens",
-                                       "branch_step", "cooldown_steps", "tokens", "val_loss",
-                                       "val_loss_se", "val_bpb"])
+    return pd.DataFrame(rows, columns=["trial_id", "ablation", "seed", "schedule",
+                                       "budget_tokens", "branch_step", "cooldown_steps",
+                                       "tokens", "val_loss", "val_loss_se", "val_bpb"])
 
 
 def best_completed(df, metric: str = METRIC):

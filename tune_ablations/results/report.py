@@ -162,7 +162,8 @@ def _grid_tables(df, summary, res: Results) -> list[str]:
 def _equal_token_section(df, res: Results) -> list[str]:
     equal, why = equal_budgets(df)
     lines = ["## Equal-token comparison", ""]
-    probes = probes_frame(res.outcomes)
+    probes = probes_frame(res.outcomes)  # exact runs of their budget only under wsd
+    probes = probes[probes["trial_id"].isin(df["trial_id"]) & (probes["schedule"] == "wsd")]
     if len(probes):
         table = probes.groupby(["ablation", "budget_tokens"])["val_loss"].agg(
             ["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
@@ -255,7 +256,8 @@ def domains_section(df, outcomes: dict) -> list[str]:
     uni = [c for c in df.columns if c.startswith("unigram_val_loss@")]
     means = done.groupby("ablation", observed=True)[[METRIC, *cols, *uni]].mean()
     lines = ["## Evaluation domains (documents sharing no document and no 12-word passage "
-             "with the training split)", "", md_table(means.reset_index()), ""]
+             "with the training split nor the main validation split)", "",
+             md_table(means.reset_index()), ""]
     facts = next((o.get("domains") for o in outcomes.values() if o.get("domains")), {}) or {}
     for c in cols:
         label = c.split("@", 1)[1]
@@ -263,14 +265,17 @@ def domains_section(df, outcomes: dict) -> list[str]:
         if f:
             lines.append(f"- {label} ({f['corpus']}): {f['documents']} of {f['total']} documents "
                          f"scored; {f['dropped']} left out because they are, or share a 12-word "
-                         "passage with, training documents.")
+                         "passage with, training documents"
+                         + (f"; {f['in_validation']} because they are, or share one with, main "
+                            "validation documents (the check would be the validation set "
+                            "against itself)" if f.get("in_validation") else "") + ".")
         r = rank_agreement(df, outcomes, label)
         if math.isfinite(r["rho"]):
             verdict = "agrees" if r["low"] > 0 else "agreement not supported"
             lines.append(f"- ranking of {r['arms']} arms on {label} vs the main validation set: "
                          f"Spearman {r['rho']:.2f} (95% bootstrap interval {r['low']:.2f} to "
-                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and eval windows): "
-                         f"{verdict}.")
+                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and the eval windows, "
+                         f"resampled once for every run that shares them): {verdict}.")
         else:
             lines.append(f"- ranking on {label}: {r['note']}.")
     return lines + [""]
@@ -293,10 +298,10 @@ def search_section(exp: Experiment, df, params: list[str], k: int = 5) -> list[s
                                                   ""]
     data = exp.read_json(IMPORTANCES_FILE)
     if data:
-        lines += [f"Importances ({data.get('evaluator')}, {data.get('n_trials')} full-budget "
-                  f"trials): " + (", ".join(f"{a}={b:.3f}" for a, b in
-                                            data.get("importances", {}).items())
-                                  or data.get("skipped", "-")), ""]
+        covers = data.get("covers") or f"over {data.get('n_trials')} full-budget trials"
+        lines += [f"Importances ({data.get('evaluator')}, {covers}): "
+                  + (", ".join(f"{a}={b:.3f}" for a, b in data.get("importances", {}).items())
+                     or data.get("skipped", "-")), ""]
     return lines
 
 
@@ -335,25 +340,36 @@ def lr_tuning_section(df, record: dict, ans: Answer | None) -> list[str]:
     found = fits(df)
     sweep = sweep_trials(df)
     counts = sweep["status"].astype(str).value_counts().to_dict()
+    second = tuning.get("replicate_seed")
     lines = ["## Every arm at its own best learning rate", "",
              f"The lr sweep: {tuning['k']} learning rates per arm, evenly in log scale from "
              f"lr/{tuning['span']:g} to lr*{tuning['span']:g} around each arm's configured lr, "
-             f"seed {tuning['seed']}, equal tokens; early stopping compares trials of one arm "
-             f"only ({tuning['stopping']}). {len(sweep)} trials: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ". The chosen lr of "
-             "each arm then ran with seeds 0, 1, ... (runs independent of those that chose it).",
-             "", md_table(_fit_table(df, found, tuning), spec=".4g"), ""]
-    lines += [f"- {f.arm}: no optimum given: {f.refused}." for f in found.values() if f.refused]
-    lines += ["", "Optimum and loss at the optimum: a parabola in log(lr) through the "
-              "full-budget points, with a 95% parametric-bootstrap interval (noise: the arm's "
-              "seed SD at its chosen lr); `interior` is the share of refits whose optimum lies "
+             f"seed {tuning['seed']}, equal tokens"
+             + (f", and a second seed ({second}) at the configured lr and the lowest and "
+                "highest lrs that ran to the end" if second is not None else "")
+             + f"; early stopping compares trials of one arm only ({tuning['stopping']}). "
+             f"{len(sweep)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+             + ". The chosen lr of each arm then ran with seeds 0, 1, ... (runs independent of "
+             "those that chose it).", "", md_table(_fit_table(df, found, tuning), spec=".4g"),
+             ""]
+    lines += [f"- {f.arm}: no interval: {f.refused}." for f in found.values() if f.refused]
+    lines += [f"- {f.arm}: a bracket, not a parabola's optimum: {f.why_bracket}."
+              for f in found.values() if f.kind == "bracket"]
+    lines += ["", "`optimum lr` and its interval: a parabola in log(lr) weighted by the "
+              "measured seed noise (`noise measured at`: lrs with 2 or more runs; "
+              "log-interpolated between), reported only when it fits the points (lack-of-fit "
+              "test) and its 95% interval (the hull of bootstrap intervals of the parabola, of "
+              "the parabola through the best point and its neighbours, and of a cubic) lies "
+              "inside the range. Otherwise `interval` is a bracket: the optimum lies between "
+              "the nearest swept lrs that are measurably worse than the best (`cannot be told "
+              "apart` lists the lrs in between; Bonferroni-corrected z tests on the measured "
+              "noise). `interior` is the share of the parabola's refits whose optimum lies "
               "inside the range. `sensitivity` is Wortsman et al.'s: the mean over the swept "
               "lrs of the loss above the arm's best (diverged runs count as the initial loss; "
               "early-stopped ones are left out).", ""]
     if ans is not None:
         lines += ["The Answer above compares every arm at its own chosen lr.", ""]
-        fixed = fixed_lr(df, tuning["centres"], ans.pooled_sd, ans.pooled_df)
-        lines += changed_section(fixed, ans)
+        lines += changed_section(fixed_lr(df, tuning["centres"]), ans)
     return lines
 
 
@@ -367,8 +383,11 @@ def _fit_table(df, found: dict[str, LrFit], tuning: dict):
         g = seeds[seeds["ablation"].astype(str) == arm][METRIC].astype(float)
         rows.append({
             "arm": arm, "configured lr": tuning["centres"].get(arm),
-            "full-budget points": f"{len(f.lrs)}/{tuning['k']}",
-            "optimum lr": f.opt_lr, "lr 95% CI": _ci(f.opt_lr_ci, ".3g"),
+            "full-budget lrs": f"{len(f.lrs)}/{tuning['k']}",
+            "noise measured at": f.noise or "-",
+            "optimum lr": f.opt_lr, "interval": f.kind or "-",
+            "lr 95% CI": _ci(f.opt_lr_ci, ".3g"),
+            "cannot be told apart": ", ".join(f"{v:.3g}" for v in f.indistinct) or "-",
             "loss at optimum": f.opt_loss, "loss 95% CI": _ci(f.opt_loss_ci, ".4f"),
             "interior": f.interior, "chosen lr": tuning["chosen"].get(arm, f.chosen),
             "seeds at chosen lr": (f"{g.mean():.4f} ± {g.std(ddof=1):.4f} SD (n={len(g)})"
@@ -378,7 +397,10 @@ def _fit_table(df, found: dict[str, LrFit], tuning: dict):
 
 
 def _ci(ci: tuple[float, float], spec: str) -> str:
-    return "-" if not all(math.isfinite(v) for v in ci) else f"[{ci[0]:{spec}}, {ci[1]:{spec}}]"
+    if not any(math.isfinite(v) for v in ci):
+        return "-"
+    lo, hi = (f"{v:{spec}}" if math.isfinite(v) else "open" for v in ci)
+    return f"[{lo}, {hi}]"
 
 
 def _sensitivity(df, arm: str) -> float:
@@ -392,10 +414,12 @@ def _sensitivity(df, arm: str) -> float:
 def changed_section(fixed: dict[str, FixedLr], ans: Answer) -> list[str]:
     """Each arm whose verdict at fixed lr differs from its verdict at its own best lr."""
     own = {r.arm: r for r in ans.arms}
+    dof = next((f.dof for f in fixed.values()), 0)
     lines = ["### Conclusions that change at each arm's own best lr", "",
-             "At fixed lr: each arm's run at its configured lr minus the baseline's (one "
-             "paired seed of the lr sweep), unadjusted 95% t interval from the seeding phase's "
-             "pooled seed SD of a paired difference; at its own best lr: the Answer above.", ""]
+             "At fixed lr: each arm's runs at its configured lr minus the baseline's, paired by "
+             "seed (the lr sweep's two seeds there), unadjusted 95% t interval from the pooled "
+             f"SD of those paired differences ({dof} degrees of freedom: noise measured at the "
+             "configured lrs); at its own best lr: the Answer above.", ""]
     changed = []
     for arm, f in fixed.items():
         r = own.get(arm)
@@ -410,9 +434,9 @@ def changed_section(fixed: dict[str, FixedLr], ans: Answer) -> list[str]:
 
 
 def _looked(f: FixedLr) -> str:
-    size = f"{abs(f.diff):.3f} nats (± {f.half_width:.3f})"
+    size = f"{abs(f.diff):.3f} nats (± {f.half_width:.3f}, {f.n} paired seeds)"
     if f.verdict == "better":
         return f"better by {size}"
     if f.verdict == "worse":
         return f"worse by {size}"
-    return f"{f.verdict}: {f.diff:+.3f} nats (± {fmt(f.half_width, '.3f')})"
+    return f"{f.verdict}: {f.diff:+.3f} nats (± {fmt(f.half_width, '.3f')}, {f.n} paired seeds)"

@@ -151,9 +151,11 @@ class EvalConfig:
     """Validation tokens scored per evaluation: windows of seq_len spread evenly over the whole
     validation split, so every trial with this seq_len is scored on the same text."""
     probe_tokens: str = ""
-    """`wsd` only: comma-separated token budgets B; at B x (1 - decay_fraction) tokens the run
-    branches a cooldown of B x decay_fraction tokens, evaluates it (the loss a run of budget B
-    would reach) and continues its stable phase unchanged."""
+    """Comma-separated token budgets B; at B x (1 - decay_fraction) tokens the run branches a
+    cooldown of B x decay_fraction tokens to the floor, evaluates it and continues unchanged.
+    Under `wsd` the probe is exactly the loss a run of budget B reaches; under `cosine` or
+    `linear` it is a short decay branch, a loss that reflects the end of training (what early
+    stopping ranks by). Not with `constant`, which never decays."""
     text_samples: int = 3
     """Text samples generated at the end from fixed prompts (0: none)."""
 
@@ -336,9 +338,9 @@ def _validate_run(cfg: RunConfig) -> None:
         _check(isinstance(e.probe_tokens, str) and all(
             t.strip().isdigit() for t in e.probe_tokens.split(",")),
             f"probe_tokens={e.probe_tokens!r} must be comma-separated token counts")
-        _check(cfg.optim.schedule == "wsd", f"probe_tokens={e.probe_tokens!r} needs "
-               f"schedule='wsd' (got {cfg.optim.schedule!r}): cooldowns branch from a stable "
-               "phase")
+        _check(cfg.optim.schedule != "constant", f"probe_tokens={e.probe_tokens!r} needs a "
+               "schedule that decays (wsd, cosine or linear), got 'constant': its final loss "
+               "is read at the peak lr, like every mid-run loss")
         for b in cfg.probe_budgets:
             _check(cfg.tokens_per_step <= b * cfg.optim.decay_fraction and b < cfg.total_tokens,
                    f"probe_tokens budget {b} must be < the run's {cfg.total_tokens} tokens and "

@@ -106,6 +106,9 @@ DECISIONS_FILE = "decisions.json"
 LR_SWEEP_SEED = 1000
 """`grid --tune-lr`: the seed of every lr-sweep trial. The seeding phase then runs seeds 0, 1, ...
 at each arm's chosen lr, independent of the runs that chose it (no winner's curse)."""
+LR_REPLICATE_SEED = 1001
+"""`grid --tune-lr`: the lr sweep's second seed, at each arm's configured lr and at the lowest and
+highest lrs that ran to the end: the seed noise the fit weights by, measured across the range."""
 DATA_DIR = "data"
 """Token data of a corpus read from a local path, stored with the experiment (by data id), so a
 sweep resumes on a machine that lacks the corpus file."""

@@ -198,8 +198,8 @@ class SearchOptions:
     evals: int = option(8, "--evals", "evaluations per reference run: ASHA can only stop a "
                         "trial when it reports (ignored if eval_every is set)", type=int)
     asha_probes: str = option("auto", "--asha-probes", "rank trials at each ASHA rung by a "
-                              "cooldown probe's decayed loss (needs schedule=wsd; auto: on "
-                              "with wsd)", choices=("auto", "on", "off"))
+                              "cooldown probe's decayed loss (auto: on with a schedule that "
+                              "decays: wsd, cosine, linear)", choices=("auto", "on", "off"))
     study_storage: str = option(None, "--study-storage", "Optuna storage URL the searcher "
                                 "writes as trials report (e.g. postgresql+psycopg://...)",
                                 shown="sqlite study.db in the experiment")

@@ -11,7 +11,9 @@ Design choices:
   Every look is recorded in decisions.json, which the report replays.
 - `OptunaSearcher` tells the sampler the truth: a trial ASHA stopped is PRUNED with its
   intermediate values keyed by tokens seen (Ray's OptunaSearch reports it COMPLETE with its
-  partial-budget loss), a diverged or failed one FAIL. The study lives in an Optuna storage
+  partial-budget loss); a diverged one PRUNED at its last finite value, so TPE counts it among
+  the bad trials and samples fewer diverging values (a FAIL it would ignore); an errored one
+  FAIL. The study lives in an Optuna storage
   (SQLite in the experiment, or a shared database such as PostgreSQL), written as trials
   report, so optuna-dashboard follows a running search. After a driver kill, trials the study
   holds as RUNNING but Ray never scheduled are handed out again, so no trial is lost or
@@ -395,12 +397,14 @@ def _final_status(status: str | None, error: bool) -> str:
 def tell_state(status: str | None, value: float | None):
     """(Optuna state, value) for a trial's last status: completed -> COMPLETE with its final
     loss; stopped by the scheduler (last status still running) or by its caller -> PRUNED;
-    diverged, errored or lost -> FAIL."""
+    diverged -> PRUNED at its last finite value (its intermediate values stop there), which
+    TPE ranks with the bad trials and learns to avoid, where a FAIL is ignored by every
+    sampler; errored or lost -> FAIL (they say nothing about the sampled values)."""
     from optuna.trial import TrialState
 
     if status == Status.COMPLETED and value is not None and math.isfinite(value):
         return TrialState.COMPLETE, float(value)
-    if status in (Status.RUNNING, Status.STOPPED, Status.EARLY_STOPPED):
+    if status in (Status.RUNNING, Status.STOPPED, Status.EARLY_STOPPED, Status.DIVERGED):
         return TrialState.PRUNED, None
     return TrialState.FAIL, None
 

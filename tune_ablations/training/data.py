@@ -163,6 +163,14 @@ class Domain:
     """Documents left out: they are, or share a 12-word passage with, a training document."""
     total: int
     """Documents in the domain corpus."""
+    in_validation: int = 0
+    """Documents left out because they are, or share a 12-word passage with, a document of the
+    main validation split (the check would otherwise compare that split with itself)."""
+
+    def facts(self) -> dict:
+        """What a run records of it (outcome.json's `domains`)."""
+        return {"corpus": self.corpus, "documents": self.documents, "dropped": self.dropped,
+                "in_validation": self.in_validation, "total": self.total}
 
 
 @dataclass
