@@ -218,3 +218,18 @@ def test_iso_flops_small_model_sees_more_tokens_and_matched_swiglu():
     assert abs(a - b) / a < 0.01 and gated.model.d_ff == 512
     with pytest.raises(ValueError, match="each set the budget; keep one"):
         RunSpec.from_dict({"preset": "cpu", "iso_flops": True, "iso_tokens": True})
+
+
+def test_probes_are_checked_against_the_budgeted_run_not_the_presets_default():
+    """The tiny preset trains 30 steps (3,840 tokens); with the budget set to 60 steps a probe
+    at 5,120 tokens fits and resolves, whatever the arm's own default length; one past the
+    budget is refused naming the run's tokens."""
+    spec = RunSpec(ablation="baseline", preset="tiny", max_steps=60,
+                   overrides=(("probe_tokens", "1280,5120"),))
+    assert build_ablation("baseline", "tiny").total_tokens == 3840
+    for arm in ("baseline", "short_seq", "large_batch"):
+        cfg = resolve(RunSpec(**{**spec.__dict__, "ablation": arm}))
+        assert cfg.eval.probe_tokens == "1280,5120" and cfg.total_tokens == 7680
+    with pytest.raises(ValueError, match="probe_tokens budget 7680 must be < the run's 7680"):
+        resolve(RunSpec(ablation="baseline", preset="tiny", max_steps=60,
+                        overrides=(("probe_tokens", "7680"),)))

@@ -121,12 +121,17 @@ def resolve(spec: RunSpec, vocab_size: int | None = None) -> RunConfig:
     flat = {**_shared(spec), **dict(spec.params), "seed": spec.seed}
     if spec.budget == "steps" and spec.max_steps:
         flat["max_steps"] = spec.max_steps
+    after_budget = {k: flat.pop(k) for k in _AFTER_BUDGET if k in flat}
     cfg = _build(spec.ablation, spec, flat)
     if spec.budget != "steps":
         cfg = with_token_budget(cfg, _budget_tokens(spec, ref, cfg, vocab_size), ref)
     if "eval_every_tokens" not in flat:
-        cfg = with_overrides(cfg, {"eval_every_tokens": ref.eval.eval_every * ref.tokens_per_step})
-    return cfg
+        after_budget.setdefault("eval_every_tokens", ref.eval.eval_every * ref.tokens_per_step)
+    return with_overrides(cfg, after_budget) if after_budget else cfg
+
+
+_AFTER_BUDGET = ("probe_tokens", "eval_every_tokens")
+"""Settings checked against the run's final token count: applied once the budget is."""
 
 
 def _budget_tokens(spec: RunSpec, ref: RunConfig, cfg: RunConfig, vocab: int | None) -> int:
