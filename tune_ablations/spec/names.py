@@ -83,6 +83,18 @@ REPORT_KEYS = ("step", "tokens_seen", "epoch", "lr", "train_loss", "grad_norm", 
                "steps_per_s", "mfu", "train_time_s", "eval_time_s", "diverged", "status")
 
 
+def context_metric(context: int, metric: str = METRIC) -> str:
+    """`val_loss@ctx64`: a run's metric on the windows of another context length (the same
+    windows for every run of a sweep, whatever its own seq_len)."""
+    return f"{metric}@ctx{context}"
+
+
+def is_context_metric(column: str) -> bool:
+    """True for `context_metric` columns (not an evaluation domain's `val_loss@<corpus>`)."""
+    tail = column.partition("@")[2]
+    return tail.startswith("ctx") and tail[3:].isdigit()
+
+
 def mode_of(metric: str) -> str:
     """`min` or `max` for a metric of the table (extra-domain losses `val_loss@x` are `min`)."""
     return METRIC_BY_NAME.get(metric.split("@", 1)[0], METRIC_BY_NAME[METRIC]).mode
