@@ -559,8 +559,10 @@ def adjusted_p(losses: dict[str, dict[int, float]], arms: list[str], looks: list
 
     if not rejects(0.999):
         return 1.0
-    lo, hi = 1e-9, 0.999
-    for _ in range(40):
+    lo, hi = 1e-6, 0.999  # 16 halvings in log scale: within 0.1% (p is printed to 2 digits)
+    if rejects(lo):
+        return lo
+    for _ in range(16):
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if rejects(mid) else (mid, hi)
     return hi

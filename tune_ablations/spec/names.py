@@ -110,9 +110,14 @@ SPACE_FILE, BEST_FILE = "space.toml", "best.toml"
 STUDY_FILE, IMPORTANCES_FILE, HOLDOUT_FILE = "study.db", "importances.json", "holdout.json"
 DECISIONS_FILE = "decisions.json"
 """The seeds procedure's looks and verdicts (grids with --seeds auto)."""
-LR_SWEEP_SEED = 1000
+TUNING_SEEDS_FROM = 1000
+"""Runs that choose a setting (the lr sweep of `grid --tune-lr`, the preset's own lr search in
+benchmarks/bench_preset_lr.py) use seeds from here on; a grid's comparison uses seeds 0, 1, ...
+below it, so the runs that report a comparison never include the runs that chose its settings
+(no winner's curse)."""
+LR_SWEEP_SEED = TUNING_SEEDS_FROM
 """`grid --tune-lr`: the seed of every lr-sweep trial. The seeding phase then runs seeds 0, 1, ...
-at each arm's chosen lr, independent of the runs that chose it (no winner's curse)."""
+at each arm's chosen lr, independent of the runs that chose it."""
 DATA_DIR = "data"
 """Token data of a corpus read from a local path, stored with the experiment (by data id), so a
 sweep resumes on a machine that lacks the corpus file."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..results.sequential import FIRST_LOOK
 from ..spec.io import REDACTED, redact
+from ..spec.names import TUNING_SEEDS_FROM
 from ..spec.runspec import RunSpec
 
 
@@ -169,6 +170,10 @@ class GridOptions:
             object.__setattr__(self, "ablations", tuple(self.ablations))
         if isinstance(self.seeds, int) and self.seeds < 1:
             raise ValueError(f"--seeds={self.seeds} must be >= 1 (or auto)")
+        for flag, n in (("--seeds", self.seeds), ("--max-seeds", self.max_seeds)):
+            if isinstance(n, int) and n > TUNING_SEEDS_FROM:
+                raise ValueError(f"{flag}={n} must be <= {TUNING_SEEDS_FROM}: seeds from "
+                                 f"{TUNING_SEEDS_FROM} on belong to runs that tune settings")
         if self.max_seeds < FIRST_LOOK:
             raise ValueError(f"--max-seeds={self.max_seeds} must be >= {FIRST_LOOK} (the seeds "
                              "every arm gets before the first look)")

@@ -8,7 +8,8 @@ Design choices:
   one more seed for the baseline and the arms whose comparison is still undecided
   (`results.sequential`), until every arm is decided, `max_seeds` is reached, or the next look
   would not fit the time budget; it says which arms stayed undecided and why. Within a look the
-  costliest arms start first. The family is every arm, also one whose every seed diverged.
+  costliest arms start first. The family is every arm, also one whose every seed diverged
+  (which gets no more seeds: divergence is its outcome).
   Every look and decision is recorded in decisions.json, which the report replays.
 - `OptunaSearcher` tells the sampler the truth: a trial ASHA stopped is PRUNED with its
   intermediate values keyed by tokens seen (Ray's OptunaSearch reports it COMPLETE with its
@@ -128,7 +129,8 @@ class ArmsSearcher(_searcher_base()):
             self.verdicts = {a: d.verdict for a, d in outcome.decisions.items()}
             self.decided_at = {a: self.looks[d.look] for a, d in outcome.decisions.items()
                                if d.look is not None}
-            undecided = outcome.undecided
+            alive = self.losses()  # an arm that lost every seed gets no more: that is its outcome
+            undecided = [a for a in outcome.undecided if a in alive]
         n = self.looks[-1]
         why = self._stop_reason(undecided, n)
         if why is not None:
