@@ -1,9 +1,13 @@
 """The `cpu` preset's learning rate, measured on seeds the grid never reports: the baseline at
-its equal-token budget over a grid of learning rates, each on the tuning seeds 1001, 1002, 1003
+its equal-token budget over a grid of learning rates, each on the tuning seeds 1001-1005
 (`spec.names.TUNING_SEEDS_FROM`: the grid's comparisons use seeds 0-4), two runs at a time with
 one thread each, as the grid runs them.
 
-    python benchmarks/bench_preset_lr.py [--lrs 1.6e-3,2e-3,...] [--seeds 1001,1002,1003]
+    python benchmarks/bench_preset_lr.py [--lrs 2e-3,...] [--seeds 1001,...] [--precision bf16]
+
+Every run trains in one precision (`--precision`, default bf16 on a CPU with bf16 units, else
+fp32): `precision=auto` decides per run by a timing probe and mixed bf16 and fp32 runs within
+one measurement here.
 
 Prints per lr the mean final val_loss, its seed SD, and the paired difference from the
 preset's lr over the same seeds (the seeds share initialisation and data order across lrs)
@@ -24,12 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
+from common import has_fast_bf16, machine  # noqa: E402
 
-DEFAULT_LRS = "1.6e-3,2e-3,2.4e-3,2.8e-3,3.2e-3,4e-3"
+DEFAULT_LRS = "2e-3,2.4e-3,2.8e-3,3.2e-3,4e-3"
 
 
-def run(lr: float, seed: int) -> tuple[float, int, str, float, str]:
+def run(lr: float, seed: int, precision: str) -> tuple[float, int, str, float, str]:
     """(lr, seed, status, final val_loss, precision) of the cpu baseline at `lr`."""
     import torch
 
@@ -38,7 +42,8 @@ def run(lr: float, seed: int) -> tuple[float, int, str, float, str]:
     from tune_ablations.training.trainer import train
 
     torch.set_num_threads(1)
-    cfg = resolve(RunSpec(ablation="baseline", preset="cpu", seed=seed).with_params(lr=lr))
+    cfg = resolve(RunSpec(ablation="baseline", preset="cpu", seed=seed).with_params(
+        lr=lr, precision=precision))
     out = train(cfg, threads=1)
     return lr, seed, out["status"], float(out["final"]["val_loss"]), out["precision"]
 
@@ -52,7 +57,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lrs", default=DEFAULT_LRS)
-    ap.add_argument("--seeds", default="1001,1002,1003")
+    ap.add_argument("--seeds", default="1001,1002,1003,1004,1005")
+    ap.add_argument("--precision", choices=("bf16", "fp32"),
+                    default="bf16" if has_fast_bf16() else "fp32")
     args = ap.parse_args()
     lrs = [float(x) for x in args.lrs.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -62,7 +69,8 @@ def main() -> None:
     print(f"machine {machine()}")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(2) as pool:
-        got = list(pool.map(run, *zip(*[(lr, s) for lr in lrs for s in seeds])))
+        got = list(pool.map(run, *zip(*[(lr, s, args.precision) for lr in lrs
+                                         for s in seeds])))
     loss = {(lr, s): v for lr, s, status, v, _ in got if status == "completed"}
     print(f"wall_s={time.perf_counter() - t0:.0f} runs={len(got)} precision="
           f"{sorted({p for *_, p in got})} preset_lr={preset:g}")

@@ -10,7 +10,7 @@ procedure beside the new one on the same simulated sweeps (no training; seconds)
   pooled variance with one prior df, t-calibrated boundaries, looks from 3 seeds, the 95%
   repeated interval from every seed).
 - `--candidates` adds the other procedures the choice was made among (plain paired t, more
-  prior df, pooling over every arm), for RESULTS section 11.
+  prior df, pooling over every arm), for RESULTS section 12.
 
 Familywise error: share of sweeps declaring at least one arm whose true difference is 0, with
 its Monte-Carlo 95% interval. Power: one arm k SDs of a paired difference away (equal noise).

@@ -171,6 +171,6 @@ def test_power_at_one_and_two_sds_of_a_paired_difference():
 @pytest.mark.parametrize("name", list(LIMITS))
 def test_the_known_limits_are_what_results_reports(name):
     """Bimodal seeds with a rare large jump: the seeds that missed it look consistently better,
-    and no test of 3-5 seeds controls that; RESULTS section 11 reports the numbers."""
+    and no test of 3-5 seeds controls that; RESULTS section 12 reports the numbers."""
     r = simulate(LIMITS[name], SWEEPS, seed=11)
     assert 0.10 < r.fwer < 0.16 and r.coverage.min() < 0.9

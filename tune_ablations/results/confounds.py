@@ -12,7 +12,7 @@ Design choices:
   precision, parameters and warmup get no direction: either way is possible.
 - The quantities (tokens, optimizer steps, tokens per step, warmup steps, context length,
   training FLOPs, parameters, learning rate, precision, epochs) are the ones that changed
-  conclusions in this project's own sweeps (benchmarks/RESULTS.md sections 5 and 11).
+  conclusions in this project's own sweeps (benchmarks/RESULTS.md sections 5 and 12).
 """
 
 from __future__ import annotations
@@ -137,8 +137,11 @@ def _compute(a, b, own: set[str], shape: bool) -> list[Confound]:
     return out
 
 
-_DERIVED = {"tokens", "max_steps", "warmup_steps", "seq_len", "name", "seed",
-            "eval_every", "eval_every_tokens", "precision"}
+# Listed above (budget, context, precision) or unable to change the loss of the main run: the
+# label, the seed, MFU's denominator, evaluation cadence, extra evaluations, text samples.
+_NOT_SETTINGS = {"tokens", "max_steps", "warmup_steps", "seq_len", "precision", "name", "seed",
+                 "peak_flops", "eval_every", "eval_every_tokens", "eval_contexts",
+                 "probe_tokens", "eval_data", "text_samples"}
 
 
 def _settings(a, b, own: set[str], tuned: frozenset) -> list[Confound]:
@@ -146,7 +149,7 @@ def _settings(a, b, own: set[str], tuned: frozenset) -> list[Confound]:
     and any other resolved setting that differs."""
     out = []
     for key in field_names():
-        if key in _DERIVED or key not in a or key not in b:
+        if key in _NOT_SETTINGS or key not in a or key not in b:
             continue
         va, vb = a[key].dropna(), b[key].dropna()
         if not len(va) or not len(vb) or str(va.iloc[0]) == str(vb.iloc[0]):

@@ -132,7 +132,7 @@ def _row(t: Trial, ray_state: dict | None, exp: Experiment) -> dict[str, Any]:
         row[f"best_{key}"] = best.get(key)
     row.update({k: last.get(k) for k in _LAST_KEYS})
     row["diverged"] = diverged
-    for key in sorted(k for k in last if "@" in k):  # extra evaluation domains
+    for key in sorted(k for k in last if "@" in k):  # extra domains, other contexts
         row[key] = math.nan if diverged else last[key]
     row["wall_time_s"] = outcome.get("wall_time_s", last.get("time_total_s"))
     data = outcome.get("data") or run.get("data") or {}

@@ -25,6 +25,7 @@ from ..spec.names import (
     IMPORTANCES_FILE,
     METRIC,
     Status,
+    is_context_metric,
 )
 from .answer import Answer, answer, answer_lines
 from .experiment import Experiment
@@ -100,7 +101,7 @@ def answer_section(ans: Answer | None) -> list[str]:
               "large difference selects large estimates; Jennison and Turnbull 2000, ch. 8): "
               "in simulation it averages 1.5x the true difference when that is 1 SD of a "
               "paired difference, 1.1x at 2 SD and 1.02x at 3 SD (benchmarks/RESULTS.md "
-              "section 11). The 95% interval holds; the point estimate of a barely decided arm "
+              "section 12). The 95% interval holds; the point estimate of a barely decided arm "
               "overstates it.", ""]
     return lines
 
@@ -259,7 +260,7 @@ def domains_section(df, outcomes: dict) -> list[str]:
     rank the same as on the main validation set (Spearman with a bootstrap interval)."""
     from .stats import rank_agreement
 
-    cols = [c for c in df.columns if c.startswith("val_loss@")]
+    cols = [c for c in df.columns if c.startswith("val_loss@") and not is_context_metric(c)]
     if not cols:
         return []
     done = df[df["status"].astype(str) == Status.COMPLETED]

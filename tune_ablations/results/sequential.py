@@ -18,11 +18,11 @@ The procedure ("group-sequential Holm, O'Brien-Fleming spending, moderated paire
   it cannot tell one very noisy arm from chance, and every estimated or larger prior failed the
   simulations with the noise this project measures (one arm at 10-20x the others' SD), while
   the one-degree prior also floors a quiet-looking arm's variance, which keeps skewed noise in
-  check (benchmarks/RESULTS.md section 11 has every candidate's error rates and power).
+  check (benchmarks/RESULTS.md section 12 has every candidate's error rates and power).
 - Boundaries: each arm's hypothesis gets a Lan-DeMets alpha-spending function of
   O'Brien-Fleming type over the information fractions n / max_seeds (Lan and DeMets 1983).
   Converting z-boundaries into nominal levels for a t-statistic (the significance-level
-  approach) overshoots alpha at two to four degrees of freedom (0.057 measured), so the
+  approach) overshoots alpha at two to four degrees of freedom (0.059 for one arm), so the
   boundaries are computed for the t-process itself: the thresholds on |t| that spend exactly
   the alpha of each look, by Monte Carlo over 200,000 null paths (fixed seed: the sweep and
   the report compute the same numbers). `boundaries` keeps the exact z-boundaries (the limit of
@@ -144,7 +144,7 @@ T_PATHS = 200_000
 """Monte-Carlo paths of the t-process that calibrate the t-boundaries."""
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # 8 MB each; a sweep needs two (with and without the prior)
 def _t_paths(seeds: tuple[int, ...], prior_df: float) -> np.ndarray:
     """|t| at each planned look on T_PATHS simulated null paths (fixed seed, so the sweep and
     the report compute the same boundaries): iid normal paired differences, the variance from
@@ -408,7 +408,7 @@ def repeated_interval(out: BatchOutcome, level: float = 0.95) -> tuple[np.ndarra
     and the moderated one (whose floor from the pooled variance keeps skewed seeds in check):
     an interval is a per-arm statement with no Holm slack, and a noisy arm's moderated variance
     borrows from quieter arms (coverage 0.944 with the moderated one alone where one arm is at
-    5x the others; benchmarks/RESULTS.md section 11)."""
+    5x the others; benchmarks/RESULTS.md section 12)."""
     diff = out.at_last("diff")
     n = out.at_last("n")
     own = _half_width(out, level, out.at_last("own_sd") / np.sqrt(np.maximum(n, 1)),

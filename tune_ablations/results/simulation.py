@@ -51,7 +51,7 @@ class Scenario:
     jump: float = 3.0
     interval_holds: bool = True
     """Whether a 95% interval can cover at its level here (False: bimodal seeds, where 3-5
-    seeds that all missed the rare mode look tight; RESULTS section 11 reports the number)."""
+    seeds that all missed the rare mode look tight; RESULTS section 12 reports the number)."""
     note: str = ""
     """What the scenario stands for."""
 

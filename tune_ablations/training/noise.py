@@ -1,7 +1,7 @@
 """Standard errors of a mean over evaluation windows, which are correlated: windows are taken in
 order along the validation split, so neighbours often come from the same document (lag-1
-correlation 0.16 at seq_len 128 and 0.32 at 64 on the embedded corpus, benchmarks/RESULTS.md
-section 11). Treating them as independent understates the error by 1.45-1.8x there.
+correlation 0.23 at seq_len 128 and 0.28 at 64 on the embedded corpus, benchmarks/RESULTS.md
+section 12). Treating them as independent understated the error by 1.8-2.0x there.
 
 Design choice: non-overlapping batch means (Law and Kelton; Flegal and Jones 2010) with batches
 of about sqrt(N) contiguous windows: the batch means are nearly independent, so their spread
