@@ -5,7 +5,7 @@ Design choices:
 - All metrics come from one log-softmax pass over fixed windows, with one device sync.
 - `val_loss_se` is the standard error of the mean loss across windows by batch means of
   neighbouring windows (`noise.py`: windows of one document correlate, so the independent-
-  windows error was 1.45-1.8x too small): the eval noise next to which differences between arms
+  windows error was 1.8-2.0x too small): the eval noise next to which differences between arms
   should be read.
 - The unigram reference is token frequencies fit on the training split (add-half smoothing, so
   an unseen token has finite loss) and scored on the same target tokens: a model that does not
