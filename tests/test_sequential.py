@@ -70,6 +70,15 @@ def test_t_boundaries_become_the_z_boundaries_with_many_degrees_of_freedom():
         0.05, (3, 4, 5), 5, 1.0)  # deterministic: the sweep and the report agree
 
 
+def test_levels_at_every_alpha_the_corrected_p_value_may_ask_for():
+    for alpha in (1e-4, 0.01, 0.5, 0.999):
+        levels = Q.t_nominal_levels(alpha, (3, 4, 5), 5, Q.PRIOR_DF)
+        assert all(0 <= v <= 1 for v in levels) and levels[-1] > 0
+    # Below the Monte-Carlo resolution (1 in 200,000 paths) nothing crosses: never rejects.
+    assert Q.t_nominal_levels(1e-6, (3, 4, 5), 5, Q.PRIOR_DF) == (0.0, 0.0, 0.0)
+    assert Q.t_nominal_levels(0.05, (1, 2), 2, 0.0)[0] == 0.0  # one seed, no prior: no test
+
+
 def test_one_look_by_hand():
     """Three arms, three seeds, one look: the moderated t against a hand computation. Arm a is
     rejected first (pooled over all three arms); b and c are then tested again with the

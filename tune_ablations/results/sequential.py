@@ -180,7 +180,8 @@ def t_nominal_levels(alpha: float, seeds: tuple[int, ...], max_seeds: int,
         count = int(round((now - before) * len(paths)))
         before = now
         live = paths[alive, k]
-        if count < 1 or not len(live) or prior_df + n - 1 <= 0:
+        count = min(count, len(live))
+        if count < 1 or prior_df + n - 1 <= 0:
             out.append(0.0)
             continue
         c = float(np.partition(live, len(live) - count)[len(live) - count])
