@@ -50,6 +50,7 @@ def test_results_frame_from_real_run(real_grid):
     per = {a: set(g["tokens_seen"]) for a, g in hist.groupby("ablation")}
     assert per["baseline"] == per["large_batch"] and len(per["baseline"]) == 3
     assert (df["unigram_val_loss"] > 0).all() and (df["val_loss_se"] > 0).all()
+    assert set(df["run_precision"]) <= {"fp32", "bfloat16", "float16"}  # what each run used
 
 
 def test_statuses_of_a_partial_sweep(synthetic):

@@ -92,6 +92,8 @@ def test_cpu_preset_keeps_relations(name):
     ({"eval_every": 0}, "eval_every=0 must be > 0"),
     ({"seed": -1}, "seed=-1 must be an integer >= 0"),
     ({"beta2": 1.0}, "beta2=1.0 must be in [0, 1)"),
+    ({"eval_contexts": "64,x"}, "eval_contexts='64,x' must be comma-separated context lengths"),
+    ({"eval_contexts": "1"}, "eval_contexts='1' must be comma-separated context lengths >= 2"),
 ])
 def test_validation_names_value_and_rule(overrides, message):
     with pytest.raises(ValueError) as err:

@@ -46,7 +46,8 @@ def test_two_ablation_grid_end_to_end(ray_session, corpus_dir, tmp_path, capsys)
         run = json.loads((Path(trial) / "run.json").read_text())
         assert {"spec", "config", "seed", "versions", "git_sha", "data", "argv"} <= set(run)
     out = capsys.readouterr().out
-    assert "Answer" in out and re.search(r"high_lr\s+[-+]\d\.\d{3} nats", out)
+    assert "Answer" in out and re.search(
+        r"high_lr\s+(better|worse|not resolved): [-+]\d\.\d{3} nats .* 95% interval", out)
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["grid"]["seeds"] == 2 and sweep["spec"]["budget"] == "iso_tokens"
     assert (exp / "tokenizer").is_dir()  # the tokenizer travels with the experiment
@@ -111,6 +112,8 @@ def test_dry_run_prints_plan_and_writes_nothing(corpus_dir, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--ablations", "baseline", "hi_lr"], "unknown ablation 'hi_lr'; did you mean 'high_lr'"),
     (["--seeds", "0"], "--seeds=0 must be >= 1"),
+    (["--max-seeds", "2"], "--max-seeds=2 must be >= 3 (the seeds every arm gets before"),
+    (["--seeds", "1001"], "--seeds=1001 must be <= 1000: seeds from 1000 on belong to runs"),
     (["--ablations", "high_lr"], "--seeds auto compares every arm with the baseline"),
     (["--set", "lr=-1"], "lr=-1 must be > 0"),
     (["--set", "d_model=250", "n_heads=4"], "d_model=250 must be divisible by n_heads=4"),

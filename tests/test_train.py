@@ -311,3 +311,26 @@ def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
     assert by_step[20]["rank_loss"] == r["probes"][0]["val_loss"] != by_step[20]["val_loss"]
     for step in (10, 30, 40):
         assert by_step[step]["rank_loss"] == by_step[step]["val_loss"]
+
+
+def test_the_last_evaluation_also_scores_the_shorter_contexts(tiny_cfg, tiny_data):
+    """`eval_contexts`: at its last evaluation a run is also scored on the windows of each
+    listed context up to its own (its own windows for its own seq_len); a run trained on the
+    shorter context is scored on exactly those windows as its val_loss."""
+    cfg = with_overrides(tiny_cfg, {"eval_contexts": "8,16,32,64", "max_steps": 10,
+                                    "eval_every": 5, "text_samples": 0,
+                                    "diverge_margin": 0.0})  # seq_len 32; 10 steps learn little
+    seen = []
+    out = train(cfg, data=tiny_data, report=lambda m, s: seen.append(m))
+    assert all("val_loss@ctx8" not in m for m in seen[:-1])
+    last = seen[-1]
+    assert last["val_loss@ctx32"] == last["val_loss"] and "val_loss@ctx64" not in last
+    assert all(0 < last[f"val_loss@ctx{c}"] < 10 for c in (8, 16))
+    windows = out["context_window_losses"]
+    assert sorted(windows, key=int) == ["8", "16", "32"]
+    assert windows["32"] == out["window_losses"]
+    assert len(windows["16"]) == cfg.eval.eval_tokens // 16
+    short = train(with_overrides(cfg, {"seq_len": 16}), data=tiny_data)
+    assert short["final"]["val_loss"] == pytest.approx(
+        np.mean(short["context_window_losses"]["16"]))
+    assert len(short["context_window_losses"]["16"]) == len(windows["16"])

@@ -4,7 +4,7 @@ an answer: every arm against the baseline at equal tokens, with enough seeds to 
 Design choices:
 - Equal tokens by default: every arm trains the baseline's token budget (`--published-steps`
   reproduces the reference's step counts; then every comparison carries the confound).
-- `--seeds auto` (the default): two seeds per arm, then more only for arms whose comparison is
+- `--seeds auto` (the default): three seeds per arm, then more only for arms whose comparison is
   still undecided, by a group-sequential test that controls the familywise error across arms
   and looks (`results.sequential`), up to `--max-seeds` or the time budget. `--seeds N` keeps a
   fixed count.
@@ -23,10 +23,11 @@ from dataclasses import replace
 from datetime import datetime
 
 from .cli import build_parser
+from .results.sequential import FIRST_LOOK
 from .spec.config import RunConfig, unknown_key_error
 from .spec.io import say
 from .spec.presets import ABLATIONS, default_preset
-from .spec.resolve import check_collapse, resolve
+from .spec.resolve import check_collapse, resolve, with_eval_contexts
 from .spec.runspec import RunSpec, add_spec_args, spec_from_args
 from .sweeps.cluster import default_gpus_per_trial
 from .sweeps.options import (
@@ -98,9 +99,10 @@ def _stored(args, record: dict) -> tuple[RunSpec, GridOptions, dict[str, list[st
 def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOptions
                ) -> SweepPlan:
     """The grid's plan, from the command line or (resume) from its sweep.json."""
-    spec, opts, forced = _stored(args, record) if record else _new(args, n_gpus)
+    stored_spec, opts, forced = _stored(args, record) if record else _new(args, n_gpus)
     arms = list(opts.ablations or ABLATIONS)
-    first = 2 if opts.seeds == "auto" else int(opts.seeds)
+    spec = with_eval_contexts(stored_spec, arms)  # derived again on resume, never stored
+    first = FIRST_LOOK if opts.seeds == "auto" else int(opts.seeds)
     by_cost = sorted(arms, key=lambda a: -cost(resolve(replace(spec, ablation=a))))
     trials = [replace(spec, ablation=a, seed=s) for s in range(first) for a in by_cost]
     budget = opts.time_budget if opts.time_budget is not None else (
@@ -119,7 +121,7 @@ def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOption
     max_trials = len(arms) * (opts.max_seeds if opts.seeds == "auto" else first)
     plan = SweepPlan(
         kind="grid", name=name, base=spec, trials=trials, planned=max_trials,
-        searcher=searcher, record={"spec": spec.to_dict(), "grid": stored(opts)},
+        searcher=searcher, record={"spec": stored_spec.to_dict(), "grid": stored(opts)},
         resources=resources, gpus=gpus, parameter_columns=["ablation", "seed"],
         forced=forced, after=print_answer, show_best=False,
         progress=arms_progress(by_cost, opts.seeds, opts.max_seeds,
@@ -160,7 +162,8 @@ def with_lr_tuning(plan: SweepPlan, opts: GridOptions, arms: list[str], budget: 
 
         return per_arm_scheduler(ref.eval.eval_every_tokens, ref.total_tokens, 3, centres)
 
-    seeds = "2, then more for undecided arms" if opts.seeds == "auto" else str(opts.seeds)
+    seeds = (f"{FIRST_LOOK}, then more for undecided arms" if opts.seeds == "auto"
+             else str(opts.seeds))
     return replace(plan, trials=sweep, planned=plan.planned + len(sweep), searcher=searcher,
                    scheduler=scheduler, parameter_columns=["ablation", "seed", "lr"],
                    later=f"each arm's chosen lr with seeds 0.. ({seeds})")

@@ -131,12 +131,13 @@ def _row(t: Trial, ray_state: dict | None, exp: Experiment) -> dict[str, Any]:
         row[f"best_{key}"] = best.get(key)
     row.update({k: last.get(k) for k in _LAST_KEYS})
     row["diverged"] = diverged
-    for key in sorted(k for k in last if "@" in k):  # extra evaluation domains
+    for key in sorted(k for k in last if "@" in k):  # extra domains, other contexts
         row[key] = math.nan if diverged else last[key]
     row["wall_time_s"] = outcome.get("wall_time_s", last.get("time_total_s"))
     data = outcome.get("data") or run.get("data") or {}
     row["train_tokens"], row["data_key"] = data.get("train_tokens"), data.get("key")
     row.update({k: outcome.get(k) for k in _OUTCOME_KEYS})
+    row["run_precision"] = outcome.get("precision")  # what ran (the config may say auto)
     if (ray_state or {}).get("error"):
         row["error"] = ray_state["error"]
     return row
@@ -217,7 +218,8 @@ def _missing(v: Any) -> bool:
 def load_results(source: Experiment | str):
     """One row per trial: ids, ablation, seed, status, the spec's preset/data/budget, every
     config field, final and best validation metrics, train loss, tokens, steps, epochs, times,
-    throughput, MFU, parameters, probe compute."""
+    throughput, MFU, parameters, probe compute, the precision the run trained in
+    (`run_precision`)."""
     return load(source).trials
 
 

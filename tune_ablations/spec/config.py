@@ -158,6 +158,11 @@ class EvalConfig:
     stopping ranks by). Not with `constant`, which never decays."""
     text_samples: int = 3
     """Text samples generated at the end from fixed prompts (0: none)."""
+    eval_contexts: str = ""
+    """Comma-separated context lengths (tokens): at its last evaluation the run is also scored
+    on the windows of each length up to its own seq_len (`val_loss@ctx<N>`), so runs trained
+    with different contexts can be compared on the same windows. A grid whose arms differ in
+    seq_len sets it to the shorter ones."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +218,11 @@ class RunConfig:
     @property
     def total_tokens(self) -> int:
         return self.steps * self.tokens_per_step
+
+    @property
+    def eval_context_lengths(self) -> list[int]:
+        """`eval_contexts` as sorted integers."""
+        return sorted({int(t) for t in self.eval.eval_contexts.replace(" ", "").split(",") if t})
 
     @property
     def probe_budgets(self) -> list[int]:
@@ -334,6 +344,10 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(e.eval_tokens >= cfg.data.seq_len,
            f"eval_tokens={e.eval_tokens} must be >= seq_len={cfg.data.seq_len} (one window)")
     _check(e.text_samples >= 0, f"text_samples={e.text_samples} must be >= 0")
+    _check(isinstance(e.eval_contexts, str) and all(
+        t.strip().isdigit() and int(t) >= 2 for t in e.eval_contexts.split(",") if t.strip()),
+        f"eval_contexts={e.eval_contexts!r} must be comma-separated context lengths >= 2 "
+        "(tokens)")
     if e.probe_tokens:
         _check(isinstance(e.probe_tokens, str) and all(
             t.strip().isdigit() for t in e.probe_tokens.split(",")),

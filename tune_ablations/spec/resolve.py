@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from .config import (
@@ -153,6 +154,20 @@ def with_token_budget(cfg: RunConfig, tokens: int, ref: RunConfig | None = None)
     steps = math.ceil(tokens / cfg.tokens_per_step)
     warm = round(ref.optim.warmup_steps * ref.tokens_per_step / cfg.tokens_per_step)
     return with_overrides(cfg, {"tokens": tokens, "warmup_steps": max(0, min(steps - 1, warm))})
+
+
+def with_eval_contexts(spec: RunSpec, arms: Iterable[str]) -> RunSpec:
+    """The spec with `eval_contexts` set to every context length of the arms but the longest,
+    so that every arm is also scored on the shorter contexts' windows and arms trained with
+    different contexts can be compared on the same windows (unchanged when the arms share one
+    context, or when the user set eval_contexts)."""
+    if "eval_contexts" in dict(spec.overrides):
+        return spec
+    lengths = sorted({resolve(replace(spec, ablation=a)).data.seq_len for a in arms})
+    if len(lengths) < 2:
+        return spec
+    contexts = ",".join(str(c) for c in lengths[:-1])
+    return replace(spec, overrides=(*spec.overrides, ("eval_contexts", contexts)))
 
 
 def hub_documents(ref: RunConfig, val_fraction: float) -> int:

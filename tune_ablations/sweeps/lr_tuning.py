@@ -16,7 +16,7 @@ Design choices:
 - Rungs rank a loss that reflects the end of training: each lr-sweep trial branches a cooldown
   probe at every rung (`rung_probe_tokens`; `rank_loss`), where a mid-schedule loss is read
   near the peak lr (under cosine, 86% of it a third of the way in) and favours other lrs than
-  the final loss. benchmarks/RESULTS.md, section 11, measures how often each keeps the best.
+  the final loss. benchmarks/RESULTS.md, section 13, measures how often each keeps the best.
 - Within an arm the configured lr starts first and the ends of the range last, so the trials
   most likely to be stopped are the ones that meet full rungs. The second seeds are never
   stopped (only `LR_SWEEP_SEED` trials meet the rungs).

@@ -8,7 +8,7 @@ Under `cosine` or `linear` the same branch is a short decay from the lr the run 
 branch point to the floor: not the loss of a cosine run of budget B, but a loss read after a
 decay, which ranks learning rates the way final losses do; a mid-schedule loss, read near the
 peak lr, favours low learning rates (the short-horizon bias). Early stopping ranks by it
-(`rank_loss`; benchmarks/RESULTS.md, section 11).
+(`rank_loss`; benchmarks/RESULTS.md, section 13).
 
 Design choices:
 - The branch point is where a wsd run of budget B starts its decay; the cooldown draws the
