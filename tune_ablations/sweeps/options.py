@@ -145,9 +145,10 @@ def _seeds(text: str) -> int | str:
 
 @dataclass(frozen=True, kw_only=True)
 class GridOptions:
-    """A grid's arms and how many seeds each gets."""
-    ablations: tuple = option(None, "--ablations", "subset of the six reference ablations",
-                              nargs="+", metavar="NAME", shown="all six")
+    """Which of the question's arms a grid runs and how many seeds each gets."""
+    ablations: tuple = option(None, "--ablations", "which arms of the question to run, "
+                              "baseline included", nargs="+", metavar="NAME",
+                              shown="all of them")
     seeds: int | str = option("auto", "--seeds", "seeds per arm: N, or auto (2, then more "
                               "for arms still undecided, by a group-sequential test)",
                               type=_seeds)

@@ -3,8 +3,10 @@ keep statuses honest, tables live and checkpoints pruned safely, fitting or rest
 Tuner, and Ray's final view of each trial.
 
 Design choices:
-- The live table's `run` column is our status; a trial the scheduler stopped is marked
-  `early_stopped` the moment it is stopped, so the live table and the final tables agree.
+- The live table goes to stderr with the other logs (stdout carries results and JSON only, so
+  `grid --json` pipes into jq); its `run` column is our status; a trial the scheduler stopped
+  is marked `early_stopped` the moment it is stopped, so the live table and the final tables
+  agree.
 - Trial folders are named `<ablation>-s<seed>[-<varied values>]-<id>`.
 - Checkpoints are pruned by us, not by Ray: Ray's `num_to_keep` deletes checkpoints that its
   last persisted experiment snapshot may still name, and a driver killed then cannot resume
@@ -17,13 +19,14 @@ Design choices:
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Any
 
 from ..results.experiment import Experiment
 from ..results.frames import load, write_tables
 from ..spec.io import log
-from ..spec.names import METRIC, TIME_ATTR, TRIALS_FILE, Status
+from ..spec.names import METRIC, RAY_ERROR, RAY_TERMINATED, TIME_ATTR, TRIALS_FILE, Status
 
 
 def _short(v: Any) -> str:
@@ -43,6 +46,9 @@ def progress_reporter(parameter_columns: list[str], exp: Experiment):
     from ray import tune
 
     class Reporter(tune.CLIReporter):
+        def _print(self, msg: str) -> None:  # a log: stdout carries results and JSON only
+            print(msg, file=sys.stderr, flush=True)
+
         def _progress_str(self, trials, done, *sys_info, **kw):
             text = super()._progress_str(trials, done, *sys_info, **kw)
             return "\n".join(f"Results: {exp}" if line.startswith("Result logdir") else line
@@ -155,7 +161,7 @@ def record_states(exp: Experiment, results) -> dict[str, dict]:
     for r in results:
         trial_id = (r.metrics or {}).get("trial_id") or str(r.path).rsplit("/", 1)[-1]
         states[trial_id] = {
-            "status": "ERROR" if r.error else "TERMINATED", "path": str(r.path),
+            "status": RAY_ERROR if r.error else RAY_TERMINATED, "path": str(r.path),
             "error": f"{type(r.error).__name__}: {str(r.error)[:500]}" if r.error else None}
     exp.write_json(states, TRIALS_FILE)
     return states
