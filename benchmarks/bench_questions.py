@@ -2,7 +2,7 @@
 NAME` with the default procedure (the `cpu` preset on a CPU: equal tokens, `--seeds auto`, the
 300 s time budget), start-up and data preparation included.
 
-    python benchmarks/bench_questions.py [positional ffn schedule]
+    python benchmarks/bench_questions.py [positional ffn schedule] [--tune-lr 5]
 
 Prints, per question, the wall seconds, the trials it ran, the looks the seeds procedure took,
 why it stopped, and the answer: the grid's own lines, then its `--json` records' key fields.
@@ -50,10 +50,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("questions", nargs="*", default=["positional", "ffn", "schedule"])
     ap.add_argument("--preset", help="another preset (default: the machine's, cpu here)")
+    ap.add_argument("--tune-lr", type=int, help="every arm at its own best lr (grid --tune-lr)")
     args = ap.parse_args()
     print(f"machine {machine()}")
+    extra = (["--preset", args.preset] if args.preset else []) + (
+        ["--tune-lr", str(args.tune_lr)] if args.tune_lr else [])
     for q in args.questions:
-        r = run_once(q, ["--preset", args.preset] if args.preset else [])
+        r = run_once(q, extra)
         print(f"question={q} wall_s={r['wall_s']} trials={r['trials']} looks={r['looks']} "
               f"stopped={r['stopped_because']!r}")
         for line in r["lines"]:

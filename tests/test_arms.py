@@ -235,8 +235,8 @@ def test_submit_sends_the_question_itself(tmp_path):
     import shlex
 
     from tune_ablations import grid
-    from tune_ablations.submit import inline_question
     from tune_ablations.sweeps.grid_plan import question_text
+    from tune_ablations.sweeps.jobs import inline_question
 
     q = tmp_path / "q.toml"
     q.write_text('# mine\n[baseline]\nlr = 2e-3\n\n[arms.hot]\nlr = "x2"\n')

@@ -101,14 +101,20 @@ QUESTION_ERRORS = [
 
 
 @pytest.mark.parametrize("argv, message", QUESTION_ERRORS)
-def test_a_question_is_checked_before_any_compute(argv, message, corpus_dir, tmp_path, capsys):
+def test_a_question_is_checked_before_any_compute(argv, message, corpus_dir, tmp_path, capsys,
+                                                  monkeypatch):
     """Every bad arm, from a file or the command line: one line naming field, value and rule,
     exit 2, nothing written, no Ray started."""
+    import tune_ablations.sweeps.sweep as sweep_module
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started before the question was checked")
+
+    monkeypatch.setattr(sweep_module, "init_ray", no_ray)
     code = grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
                       "--storage", str(tmp_path / "out"), *argv])
     _clean(capsys, code, message)
     assert not (tmp_path / "out").exists()
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 def test_a_bad_question_file_and_an_arm_for_one_run(tmp_path, capsys):

@@ -18,7 +18,7 @@ import sys
 
 from .cli import build_parser
 from .spec.io import fail, redact, say
-from .sweeps.jobs import DEFAULT_JOB_ADDRESS, stop, submit
+from .sweeps.jobs import DEFAULT_JOB_ADDRESS, inline_question, stop, submit
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,26 +64,6 @@ def _check_sweep(kind: str, rest: list[str]) -> tuple[str, str]:
     plan = planner.build_plan(args, None, 0, resources,  # the cluster decides GPUs and data
                               Resolver(prepare=False))
     return plan.name, args.storage
-
-
-def inline_question(rest: list[str]) -> list[str]:
-    """The sweep's options with a local `--arms FILE` replaced by the file's text: the job runs
-    on a cluster that may not have the file, and the sweep stores the text verbatim."""
-    from pathlib import Path
-
-    from .spec.questions import is_shipped
-
-    out = list(rest)
-    for i, item in enumerate(out):
-        flag, eq, value = item.partition("=")
-        if flag == "--arms" and (eq or i + 1 < len(out)):
-            value = value if eq else out[i + 1]
-            if "\n" in value or is_shipped(value):
-                continue
-            text = Path(value).expanduser().read_text()
-            out[i:i + (1 if eq else 2)] = ["--arms", text]
-            break
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ Design choices:
   keeps it (`list_jobs`); a local record is only a shortcut to the job server's address.
 - The project's code ships with the job (`runtime_env` py_modules), so every node runs the
   submitter's version; dependencies (torch, Ray) come from the cluster's environment.
+- A question file given to `--arms` travels inside the job's command line (its text), since
+  the cluster may not have the file; the sweep stores that text verbatim.
 - The job server defaults to the local dashboard on 127.0.0.1 (an exposed job server runs
   arbitrary code for anyone who reaches it: CVE-2023-48022).
 """
@@ -95,6 +97,24 @@ def job_logs_tail(name: str, address: str | None = None, lines: int = 3) -> str:
     except (ValueError, RuntimeError, OSError):
         return "its logs are unreachable"
     return " | ".join(line for line in text.strip().splitlines()[-lines:])
+
+
+def inline_question(rest: list[str]) -> list[str]:
+    """The sweep's options with a local `--arms FILE` replaced by the file's text: the job runs
+    on a cluster that may not have the file, and the sweep stores the text verbatim."""
+    from ..spec.questions import is_shipped
+
+    out = list(rest)
+    for i, item in enumerate(out):
+        flag, eq, value = item.partition("=")
+        if flag == "--arms" and (eq or i + 1 < len(out)):
+            value = value if eq else out[i + 1]
+            if "\n" in value or is_shipped(value):
+                continue
+            text = Path(value).expanduser().read_text()
+            out[i:i + (1 if eq else 2)] = ["--arms", text]
+            break
+    return out
 
 
 def submit(kind: str, rest: list[str], *, name: str, storage: str, job_address: str,
