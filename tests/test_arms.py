@@ -249,3 +249,18 @@ def test_submit_sends_the_question_itself(tmp_path):
         assert spec_from_args(there, default_preset="cpu")[0] == spec
         assert question_text(there, spec) == q.read_text()
     assert inline_question(["--arms", "positional"]) == ["--arms", "positional"]
+
+
+def test_a_trials_reproducing_command_trains_its_own_arm():
+    """run.json's `reproduce` line (`train` with the settled spec's flags) names the trial's
+    arm alone and resolves to the same config."""
+    from tune_ablations import train
+
+    spec = RunSpec(preset="tiny", ablation="b", seed=3, overrides={"lr": 2e-3},
+                   arms=(Arm("a", {"lr": "x2"}), Arm("b", {"d_model": "x2", "n_heads": "x2"},
+                                                      {"seed": {"d_model": 768}})))
+    spec = spec.with_params(warmup_steps=4)
+    settled = spec.settled()
+    assert [a.name for a in settled.arms] == ["b"] and settled.params == ()
+    again, _ = spec_from_args(train.parser().parse_args(settled.to_argv()), default_preset="cpu")
+    assert again == settled and resolve(again) == resolve(spec)
