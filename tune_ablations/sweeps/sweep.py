@@ -104,6 +104,8 @@ def execute(args, kind: str, build_plan) -> SweepRun:
                                 log=log)
             plan = build_plan(args, record, 0, resources, resolver)
         else:
+            if args.name:  # a taken name is refused before the plan prepares any data
+                new_experiment(args.storage, args.name)
             resolver = Resolver(args.cache_dir, log=log)
             plan = build_plan(args, None, available_gpus(args.address), resources, resolver)
             exp = new_experiment(args.storage, plan.name)
