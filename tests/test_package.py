@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_license_matches_pyproject():
-    from tune_ablations.spec.runspec import toml_module
+    from tune_ablations.spec.toml import toml_module
 
     meta = toml_module().loads((ROOT / "pyproject.toml").read_text())["project"]
     assert meta["license"] == "MIT"

@@ -31,10 +31,12 @@ from ..spec.names import (
     HISTORY_NAMES,
     METRIC,
     OUTCOME_FILE,
+    RAY_ERROR,
     RAY_ERROR_FILE,
     RAY_ERROR_PICKLE,
     RAY_PARAMS_FILE,
     RAY_RESULT_FILE,
+    RAY_TERMINATED,
     REPORT_KEYS,
     RUN_FILE,
     STATUSES,
@@ -105,9 +107,9 @@ def read_trials(exp: Experiment) -> list[Trial]:
 def trial_status(t: Trial, ray_state: dict | None) -> str:
     if t.outcome:
         return t.outcome.get("status", Status.COMPLETED.value)
-    if t.errored or (ray_state or {}).get("status") == "ERROR":
+    if t.errored or (ray_state or {}).get("status") == RAY_ERROR:
         return Status.ERROR.value
-    if (ray_state or {}).get("status") == "TERMINATED":
+    if (ray_state or {}).get("status") == RAY_TERMINATED:
         return Status.EARLY_STOPPED.value
     return Status.RUNNING.value
 

@@ -24,6 +24,7 @@ from ..spec.names import (
     HOLDOUT_FILE,
     IMPORTANCES_FILE,
     METRIC,
+    SWEEP_FILE,
     Status,
     is_context_metric,
 )
@@ -203,7 +204,7 @@ def write_report(res: Results, exp: Experiment, out: Path, *, plots: bool = True
     if df.empty:
         (out / "report.md").write_text("\n".join(lines + ["No trials found."]) + "\n")
         return out / "report.md"
-    sweep = exp.read_json("sweep.json", default={}) or {}
+    sweep = exp.read_json(SWEEP_FILE, default={}) or {}
     searched = list(sweep.get("searched", []))
     decisions = exp.read_json(DECISIONS_FILE) or {}
     ans = None if searched else answer(res, decisions)

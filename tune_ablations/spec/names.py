@@ -115,6 +115,11 @@ SPACE_FILE, BEST_FILE = "space.toml", "best.toml"
 STUDY_FILE, IMPORTANCES_FILE, HOLDOUT_FILE = "study.db", "importances.json", "holdout.json"
 DECISIONS_FILE = "decisions.json"
 """The seeds procedure's looks and verdicts (grids with --seeds auto)."""
+QUESTION_FILE = "question.toml"
+"""A grid's question (its baseline and arms), verbatim as the user gave it."""
+RESULTS_TABLE, HISTORY_TABLE = "results", "history"
+"""The tables a sweep writes (`<name>.parquet` and `<name>.csv`)."""
+FIT_FILE, REPORT_FILE = "fit.json", "report.md"
 TUNING_SEEDS_FROM = 1000
 """Runs that choose a setting (the lr sweep of `grid --tune-lr`, the preset's own lr search in
 benchmarks/bench_preset_lr.py) use seeds from here on; a grid's comparison uses seeds 0, 1, ...
@@ -131,8 +136,11 @@ DATA_DIR = "data"
 sweep resumes on a machine that lacks the corpus file."""
 TOKENIZER_DIR = "tokenizer"
 """The tokenizer, stored with the experiment so export works from any machine."""
+TOKENIZER_JSON, MANIFEST_FILE = "tokenizer.json", "manifest.json"
+"""A tokenizer's file (Hugging Face's format), and a token cache folder's manifest (written
+last: its presence says the folder is complete)."""
 REPORT_DIR = "report"
-TABLES = ("results", "history")
+TABLES = (RESULTS_TABLE, HISTORY_TABLE)
 # Ours, in each trial folder.
 RUN_FILE, OUTCOME_FILE = "run.json", "outcome.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -142,3 +150,9 @@ RAY_ERROR_PICKLE = "error.pkl"
 RAY_CHECKPOINT_PREFIX = "checkpoint_"
 RAY_TUNER_FILE = "tuner.pkl"
 RAY_STATE_PREFIX = "experiment_state-"
+RAY_TERMINATED, RAY_ERROR = "TERMINATED", "ERROR"
+"""Ray Tune's final trial states, as trials.json records them."""
+JOB_ENDED = ("STOPPED", "SUCCEEDED", "FAILED")
+"""Ray Jobs' terminal job states: a sweep's driver will not write again."""
+JOBS_DIR = "jobs"
+"""Where `submit` keeps a record of each job it submitted (under the cache folder)."""

@@ -147,11 +147,12 @@ def _seeds(text: str) -> int | str:
 
 @dataclass(frozen=True, kw_only=True)
 class GridOptions:
-    """A grid's arms and how many seeds each gets."""
-    ablations: tuple = option(None, "--ablations", "subset of the six reference ablations",
-                              nargs="+", metavar="NAME", shown="all six")
-    seeds: int | str = option("auto", "--seeds", f"seeds per arm: N, or auto ({FIRST_LOOK}, "
-                              "then more for arms still undecided, by a group-sequential test)",
+    """Which of the question's arms a grid runs and how many seeds each gets."""
+    ablations: tuple = option(None, "--ablations", "which arms of the question to run, "
+                              "baseline included", nargs="+", metavar="NAME",
+                              shown="all of them")
+    seeds: int | str = option("auto", "--seeds", f"seeds per arm: N, or auto ({FIRST_LOOK}, then "
+                              "more for arms still undecided, by a group-sequential test)",
                               type=_seeds)
     max_seeds: int = option(5, "--max-seeds", "with --seeds auto: the most seeds an arm gets",
                             type=int)

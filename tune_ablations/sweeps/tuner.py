@@ -3,8 +3,10 @@ keep statuses honest, tables live and checkpoints pruned safely, fitting or rest
 Tuner, and Ray's final view of each trial.
 
 Design choices:
-- The live table's `run` column is our status; a trial the scheduler stopped is marked
-  `early_stopped` the moment it is stopped, so the live table and the final tables agree.
+- The live table goes to stderr with the other logs (stdout carries results and JSON only, so
+  `grid --json` pipes into jq); its `run` column is our status; a trial the scheduler stopped
+  is marked `early_stopped` the moment it is stopped, so the live table and the final tables
+  agree.
 - The table's head speaks of the sweep, not of Ray's open-ended trial count ("4/infinite"):
   a grid's arms and seeds (the current look, trials planned, running and done), a search's
   samples of the planned number. A grid shows no "current best trial" (arms are compared by
@@ -21,13 +23,14 @@ Design choices:
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Any
 
 from ..results.experiment import Experiment
 from ..results.frames import load, write_tables
 from ..spec.io import log
-from ..spec.names import METRIC, TIME_ATTR, TRIALS_FILE, Status
+from ..spec.names import METRIC, RAY_ERROR, RAY_TERMINATED, TIME_ATTR, TRIALS_FILE, Status
 
 
 def _short(v: Any) -> str:
@@ -119,6 +122,9 @@ def progress_reporter(parameter_columns: list[str], exp: Experiment, summary=Non
     from ray import tune
 
     class Reporter(tune.CLIReporter):
+        def _print(self, msg: str) -> None:  # a log: stdout carries results and JSON only
+            print(msg, file=sys.stderr, flush=True)
+
         def _progress_str(self, trials, done, *sys_info, **kw):
             text = super()._progress_str(trials, done, *sys_info, **kw)
             return rewrite_progress(text, exp, summary(trials) if summary else None, best)
@@ -234,7 +240,7 @@ def record_states(exp: Experiment, results) -> dict[str, dict]:
     for r in results:
         trial_id = (r.metrics or {}).get("trial_id") or str(r.path).rsplit("/", 1)[-1]
         states[trial_id] = {
-            "status": "ERROR" if r.error else "TERMINATED", "path": str(r.path),
+            "status": RAY_ERROR if r.error else RAY_TERMINATED, "path": str(r.path),
             "error": f"{type(r.error).__name__}: {str(r.error)[:500]}" if r.error else None}
     exp.write_json(states, TRIALS_FILE)
     return states
