@@ -18,10 +18,11 @@ from tune_ablations.results.frames import Results
 from tune_ablations.spec.config import to_flat_dict
 from tune_ablations.spec.flops import count_params, flops_per_token
 from tune_ablations.spec.names import context_metric
-from tune_ablations.spec.presets import ABLATIONS
 from tune_ablations.spec.resolve import resolve, with_eval_contexts
 from tune_ablations.spec.runspec import RunSpec
 from tune_ablations.sweeps.searchers import ArmsSearcher
+
+ABLATIONS = RunSpec().arm_names  # the reference question: baseline and its five arms
 
 VOCAB = 1024
 

@@ -35,7 +35,6 @@ def write_out(out: str, result: dict[str, Any]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training.optimizers import check_available
     from .training.resolved import Resolver
     from .training.runtime import local_gpus
     from .training.trainer import train
@@ -48,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads={args.threads} must be >= 1")
         resolver = Resolver(log=log)
-        check_available(Resolver(prepare=False).config(spec).optim)  # before any data
         cfg, data = resolver.run(spec)  # budgets count the real vocabulary
         log(f"event=start {spec.log_fields()} steps={cfg.steps} tokens={cfg.total_tokens}")
         result = train(cfg, data=data, threads=args.threads, log=log)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..spec.names import METRIC, Status, context_metric
 from ..training.noise import batch_means_se
-from .confounds import Confound, confound_texts, confounds
+from .confounds import Confound, confound_texts, confounds, question_keys
 from .lr_curves import seeding_trials
 from .sequential import ALPHA, adjusted_p, decide, describe, paired_interval
 
@@ -145,9 +145,11 @@ def family(df, record: dict | None) -> list[str]:
     return [a for a in arms if a != BASELINE]
 
 
-def answer(res, record: dict | None = None, alpha: float = ALPHA) -> Answer | None:
+def answer(res, record: dict | None = None, alpha: float = ALPHA, *,
+           spec: dict | None = None) -> Answer | None:
     """Every arm against the baseline; None when the sweep has no baseline to compare with.
-    The lr sweep of `grid --tune-lr` is left out: its runs chose the lrs, the seeds answer."""
+    The lr sweep of `grid --tune-lr` is left out: its runs chose the lrs, the seeds answer.
+    `spec`: the sweep's stored spec, whose question says what each arm changes."""
     res = replace(res, trials=seeding_trials(res.trials)) if len(res.trials) else res
     df = res.trials
     if df.empty or BASELINE not in set(df["ablation"].dropna().astype(str)):
@@ -164,7 +166,8 @@ def answer(res, record: dict | None = None, alpha: float = ALPHA) -> Answer | No
                       baseline_n=len(losses.get(BASELINE, {})), baseline_lost=b_lost)
     outcome = decide(losses, arms, looks, max_seeds=max_seeds, alpha=alpha)
     tuned = frozenset({"lr"}) if (record or {}).get("tune_lr") else frozenset()
-    rows = [_arm_line(res, a, outcome, losses, arms, looks, max_seeds, base, tuned)
+    own = question_keys(spec)
+    rows = [_arm_line(res, a, outcome, losses, arms, looks, max_seeds, base, tuned, own)
             for a in arms]
     finals = [d.final for d in outcome.decisions.values() if d.final and d.final.n >= 2]
     dof = sum(t.n - 1 for t in finals)
@@ -195,7 +198,8 @@ def _mismatch(outcome, record: dict | None, looks: list[int]) -> str:
     return "; ".join(diff)
 
 
-def _arm_line(res, arm, outcome, losses, arms, looks, max_seeds, base, tuned) -> ArmAnswer:
+def _arm_line(res, arm, outcome, losses, arms, looks, max_seeds, base, tuned,
+              own) -> ArmAnswer:
     df = res.trials
     run, lost = _seeds(df, arm)
     d = outcome.decisions[arm]
@@ -214,7 +218,8 @@ def _arm_line(res, arm, outcome, losses, arms, looks, max_seeds, base, tuned) ->
         t.interval(d.nominal) if decided else (math.nan, math.nan),
         d.nominal if decided else math.nan,
         adjusted_p(losses, arms, looks, arm, max_seeds=max_seeds),
-        confounds(df, arm, tuned=tuned), same_windows(df, arm, d.last, looks, max_seeds),
+        confounds(df, arm, tuned=tuned, own_keys=own),
+        same_windows(df, arm, d.last, looks, max_seeds),
         se, paired, final.own_sd, final.prior_sd, run, lost)
 
 

@@ -2,10 +2,11 @@
 the resolved configs and results of the runs themselves (never from arm names).
 
 Design choices:
-- Each difference is classed: the arm's own change (the config keys the arm defines,
-  `spec.presets.defined_keys`), what follows from it (tokens per step from batch and context,
-  then optimizer steps and warmup steps at equal tokens, training FLOPs and parameters from the
-  shape), or something else that also differs (a precision chosen per shape, an override).
+- Each difference is classed: the arm's own change (the config keys the arm changes in the
+  sweep's stored question: `question_keys`), what follows from it (tokens per step from batch
+  and context, then optimizer steps and warmup steps at equal tokens, training FLOPs and
+  parameters from the shape), or something else that also differs (a precision chosen per
+  shape, an override).
 - A direction is stated only where it is known: a shorter context scores each token with less
   context, which raises the loss (favours the baseline); fewer training FLOPs or tokens favour
   the baseline; more optimizer steps at equal tokens can favour the arm. Learning rate,
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from ..spec.config import field_names
 from ..spec.names import Status
-from ..spec.presets import defined_keys
+from ..spec.runspec import RunSpec
 
 OWN, FOLLOWS, ALSO = "its change", "follows from it", "also differs"
 MODEL_KEYS = {"d_model", "n_heads", "n_layers", "d_ff", "ffn", "pos_encoding", "vocab_size"}
@@ -59,10 +60,26 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if float(v).is_integer() else f"{v:.3g}"
 
 
+def question_keys(spec: dict | None = None) -> Callable[[str], set[str]]:
+    """Each arm's own config keys (what it changes, `Arm.config_keys`), from a sweep's stored
+    spec (its question and preset; without one, the reference question)."""
+    run = RunSpec.from_dict(spec) if spec else RunSpec()
+
+    def keys(name: str) -> set[str]:
+        arm = run.arm(name)
+        if arm is None:
+            raise ValueError(f"arm {name!r} is not in the sweep's question")
+        return arm.config_keys(run.preset)
+
+    return keys
+
+
 def confounds(df, arm: str, baseline: str = "baseline", *, tuned: frozenset = frozenset(),
-              own_keys: Callable[[str], set[str]] = defined_keys) -> list[Confound]:
+              own_keys: Callable[[str], set[str]] | None = None) -> list[Confound]:
     """Every difference between `arm`'s completed runs and the baseline's, classed, with a
-    direction where known. `tuned`: keys chosen per arm by the sweep (`--tune-lr`: lr)."""
+    direction where known. `tuned`: keys chosen per arm by the sweep (`--tune-lr`: lr);
+    `own_keys`: each arm's own keys (`question_keys` of the sweep's spec)."""
+    own_keys = own_keys or question_keys()
     done = df[df["status"].astype(str) == Status.COMPLETED]
     a, b = done[done["ablation"].astype(str) == arm], done[done["ablation"].astype(str) ==
                                                             baseline]
@@ -70,7 +87,7 @@ def confounds(df, arm: str, baseline: str = "baseline", *, tuned: frozenset = fr
         return []
     try:
         own = set(own_keys(arm)) | set(tuned)
-    except ValueError:  # an arm the presets do not define: every difference is listed
+    except ValueError:  # an arm the question does not define: every difference is listed
         own = set(tuned)
     shape = bool(own & ({"batch_size", "seq_len"} | MODEL_KEYS))
     out = _budget(a, b, own, shape) + _compute(a, b, own, shape)

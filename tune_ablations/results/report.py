@@ -207,7 +207,7 @@ def write_report(res: Results, exp: Experiment, out: Path, *, plots: bool = True
     sweep = exp.read_json(SWEEP_FILE, default={}) or {}
     searched = list(sweep.get("searched", []))
     decisions = exp.read_json(DECISIONS_FILE) or {}
-    ans = None if searched else answer(res, decisions)
+    ans = None if searched else answer(res, decisions, spec=sweep.get("spec"))
     lines += answer_section(ans) + lr_tuning_section(df, decisions, ans)
     seeded = seeding_trials(df)  # a --tune-lr grid's lr sweep has its own section
     summary = summarize(seeded)

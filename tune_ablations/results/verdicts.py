@@ -14,10 +14,10 @@ Design choices:
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any
 
-from ..spec.names import DECISIONS_FILE, METRIC
+from ..spec.names import DECISIONS_FILE, METRIC, SWEEP_FILE
 from .answer import Answer, answer, answer_lines
 from .experiment import Experiment
 from .frames import Results
@@ -27,10 +27,13 @@ def experiment_answer(exp: Experiment, res: Results) -> tuple[Answer | None, dic
     """(the answer, decisions.json) of a finished or running grid; (None, ...) without a
     baseline to compare with."""
     decisions = exp.read_json(DECISIONS_FILE) or {}
-    return answer(res, decisions), decisions
+    spec = (exp.read_json(SWEEP_FILE, default={}) or {}).get("spec")
+    return answer(res, decisions, spec=spec), decisions
 
 
 def _plain(value: Any) -> Any:
+    if is_dataclass(value):  # a confound: {what, arm, baseline, kind, direction}
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item"):  # numpy scalars

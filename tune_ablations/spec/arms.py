@@ -102,6 +102,10 @@ def _pairs(arm: str, changes: Any) -> Changes:
     return tuple(sorted(out.items()))
 
 
+DERIVES = {"match_params": "d_ff", "ffn_mult": "d_ff", "head_dim": "n_heads", "lr_width": "lr"}
+"""A derived-width setting -> the config field it sets."""
+
+
 @dataclass(frozen=True, repr=False)
 class Arm:
     """One arm of a question: its name and what it changes from the baseline."""
@@ -136,6 +140,12 @@ class Arm:
         """`high_lr(lr=x10/3)`, and `@tiny(...)` for each preset's own values."""
         at = "".join(f" @{p}({_short(c).replace(',', ', ')})" for p, c in self.at_preset)
         return f"{self.name}({self.describe()}){at}"
+
+    def config_keys(self, preset: str) -> set[str]:
+        """The config fields the arm changes at `preset` (a derived-width setting names the
+        field it derives: `match_params` and `ffn_mult` d_ff, `head_dim` n_heads, `lr_width`
+        lr)."""
+        return {DERIVES.get(k, k) for k in self.changes_at(preset)}
 
     def changes_at(self, preset: str) -> dict[str, Any]:
         """The arm's changes at `preset` (its at_preset values replacing its own)."""

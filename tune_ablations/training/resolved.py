@@ -28,6 +28,7 @@ from ..spec.resolve import resolve
 from ..spec.runspec import RunSpec
 from .data import TokenData, check_fits, data_id, prepare_data
 from .domains import with_domains
+from .optimizers import check_available
 
 
 class Resolver:
@@ -50,6 +51,7 @@ class Resolver:
         first = resolve(spec)
         if not self.prepare:
             return first
+        check_available(first.optim)  # a missing optimizer package, before any data
         data = self.data(first.data)
         check_fits(data, first.data.seq_len)
         return resolve(spec, vocab_size=data.vocab_size)
