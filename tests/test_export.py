@@ -65,10 +65,19 @@ print(json.dumps({"logits": logits.tolist(), "tokens": tokens.tolist(),
 CASES = {"silu": ({}, "TuneAblationsForCausalLM"),
          "swiglu": ({"ffn": "swiglu"}, "LlamaForCausalLM"),
          "swiglu-no-rope": ({"ffn": "swiglu", "pos_encoding": "none"},
-                            "TuneAblationsForCausalLM")}
+                            "TuneAblationsForCausalLM"),
+         # muP's multipliers (x sqrt(16) in, x 1/2 out at d_model 32): folded or carried
+         "swiglu-mup": ({"ffn": "swiglu", "parametrization": "mup", "mup_base_width": 16},
+                        "LlamaForCausalLM"),
+         "silu-mup": ({"parametrization": "mup", "mup_base_width": 16},
+                      "TuneAblationsForCausalLM")}
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+EXTENDED = {"swiglu-mup", "silu-mup"}  # the fast check: test_parametrization's in-process load
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(c, marks=pytest.mark.extended) if c in EXTENDED else c for c in sorted(CASES)])
 def exported(request, tmp_path_factory, corpus_dir):
     overrides, cls = CASES[request.param]
     data = None

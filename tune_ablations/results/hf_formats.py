@@ -16,13 +16,13 @@ Design choices:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..spec.config import ModelConfig
+from ..training.parametrization import input_multiplier, output_multiplier
 
 REMOTE_CODE_FILE = "modeling_tune_ablations.py"
 LLAMA, REMOTE = "llama", "tune_ablations"
@@ -35,9 +35,10 @@ def stock_fits(m: ModelConfig) -> bool:
 
 def to_llama(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> LlamaForCausalLM's (identical logits)."""
-    embed = state["embed.weight"]
-    out = {"model.embed_tokens.weight": embed * math.sqrt(m.d_model),
-           "lm_head.weight": embed.clone(), "model.norm.weight": state["norm.weight"]}
+    embed = state["embed.weight"]  # muP's multipliers fold in as the standard one does
+    out = {"model.embed_tokens.weight": embed * input_multiplier(m),
+           "lm_head.weight": embed * output_multiplier(m),
+           "model.norm.weight": state["norm.weight"]}
     for i in range(m.n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         q, k, v = state[ours + "attn.qkv.weight"].chunk(3, dim=0)
@@ -54,7 +55,8 @@ def to_llama(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.
 
 def from_llama(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """LlamaForCausalLM's state dict (as `to_llama` wrote it) -> ours."""
-    out = {"embed.weight": state["lm_head.weight"], "norm.weight": state["model.norm.weight"]}
+    out = {"embed.weight": state["lm_head.weight"] / output_multiplier(m),
+           "norm.weight": state["model.norm.weight"]}
     for i in range(m.n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         attn, mlp = theirs + "self_attn.", theirs + "mlp."
@@ -92,7 +94,9 @@ def hf_config(m: ModelConfig, vocab: int, seq_len: int, eos: int | None,
                      "AutoModelForCausalLM": f"{stem}.TuneAblationsForCausalLM"},
         "d_model": m.d_model, "n_heads": m.n_heads, "n_layers": m.n_layers, "d_ff": m.d_ff,
         "ffn": m.ffn, "pos_encoding": m.pos_encoding, "rope_base": m.rope_base,
-        "max_seq_len": m.max_seq_len, "tie_word_embeddings": True}
+        "max_seq_len": m.max_seq_len, "tie_word_embeddings": True,
+        **({"embed_multiplier": input_multiplier(m), "logit_multiplier": output_multiplier(m)}
+           if m.parametrization == "mup" else {})}
 
 
 def write_remote_code(out: Path) -> None:

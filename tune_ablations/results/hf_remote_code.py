@@ -165,7 +165,8 @@ class TuneAblationsForCausalLM(PreTrainedModel, GenerationMixin):
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = _positions(attention_mask, past, T, input_ids.device)
-        x = self.embed(input_ids) * math.sqrt(c.d_model)  # (B, T, C)
+        # muP models carry their two multipliers (tune_ablations.training.parametrization)
+        x = self.embed(input_ids) * getattr(c, "embed_multiplier", math.sqrt(c.d_model))
         # Tables computed here, not buffers: transformers may build the model on the meta
         # device, where a non-persistent buffer would never be filled.
         cos, sin = rope_tables(position_ids, c.d_model // c.n_heads, c.rope_base)
@@ -175,6 +176,7 @@ class TuneAblationsForCausalLM(PreTrainedModel, GenerationMixin):
         for block in self.blocks:
             x = block(x, cos, sin, mask, cache)
         logits = F.linear(self.norm(x), self.embed.weight)  # tied output projection
+        logits = logits * getattr(c, "logit_multiplier", 1.0)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),

@@ -52,12 +52,22 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout on the embedding and on each block's attention and FFN output (0: none, as the
     reference)."""
+    parametrization: Literal["standard", "mup"] = "standard"
+    """How init, multipliers and per-layer learning rates depend on width: `standard` (the
+    reference's), or `mup` (Yang et al. 2022, for Adam: hidden init and lr / width_mult, the
+    logits x 1 / width_mult), so an lr tuned at `mup_base_width` transfers to wider models
+    (training/parametrization.py)."""
+    mup_base_width: int = 0
+    """`mup`: the d_model at which muP equals the standard model (where lr was tuned); 0: the
+    reference run's d_model (the resolver sets it)."""
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
 
+PARAMETRIZATIONS = ("standard", "mup")
+ADAM_LIKE = ("adamw", "lion", "schedule_free_adamw")
 OPTIMIZERS = ("adamw", "muon", "lion", "schedule_free_adamw", "sgd")
 MUON_LR_ADJUSTS = ("match_rms_adamw", "original")
 
@@ -254,6 +264,10 @@ def validate(cfg: RunConfig) -> None:
     _validate_optim(cfg.optim)
     _validate_data(cfg.data, cfg.model)
     _validate_run(cfg)
+    _check(cfg.model.parametrization != "mup" or cfg.optim.optimizer in ADAM_LIKE,
+           f"parametrization='mup' needs an Adam-like optimizer ({', '.join(ADAM_LIKE)}): its "
+           f"learning-rate rules are Yang et al.'s for Adam; got optimizer="
+           f"{cfg.optim.optimizer!r}")
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -270,6 +284,10 @@ def _validate_model(m: ModelConfig) -> None:
            f"pos_encoding={m.pos_encoding!r} must be one of 'rope', 'none'")
     _check(m.rope_base > 1, f"rope_base={m.rope_base} must be > 1")
     _check(0 <= m.dropout < 1, f"dropout={m.dropout} must be in [0, 1)")
+    _check(m.parametrization in PARAMETRIZATIONS, f"parametrization={m.parametrization!r} must "
+           "be one of " + ", ".join(repr(x) for x in PARAMETRIZATIONS))
+    _check(m.mup_base_width >= 0,
+           f"mup_base_width={m.mup_base_width} must be >= 0 (0: the reference run's d_model)")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -3,7 +3,9 @@
 Design choices:
 - Token embedding scaled by sqrt(d_model); pre-norm blocks with RMSNorm; causal attention through
   `F.scaled_dot_product_attention(is_causal=True)`; SiLU FFN (or SwiGLU); final RMSNorm; output
-  projection tied to the embedding; every weight initialised normal(0, 0.02), as the reference.
+  projection tied to the embedding; every weight initialised normal(0, 0.02), as the reference
+  (`parametrization="mup"` changes the init, the two multipliers and the hidden layers' rates
+  by width: `parametrization.py`).
 - RoPE rotates by *position*. The reference indexed (B, H, T, D) tensors as (B, T, H, D) and so
   rotated by head index, identically for q and k: q.k was unchanged and its model had no
   positional information. `pos_encoding="none"` reproduces that effective model as an ablation.
@@ -19,13 +21,12 @@ Design choices:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..spec.config import ModelConfig
+from .parametrization import init_weights, input_multiplier, output_multiplier
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float,
@@ -159,22 +160,20 @@ class TransformerLM(nn.Module):
         cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        # Width rules (standard or muP): initialisation and the two multipliers.
+        self.input_mult, self.output_mult = input_multiplier(cfg), output_multiplier(cfg)
+        init_weights(self, cfg)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size)."""
         T = idx.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} must be <= max_seq_len={self.cfg.max_seq_len}")
-        x = self.drop(self.embed(idx) * math.sqrt(self.cfg.d_model))  # (B, T, C)
+        x = self.drop(self.embed(idx) * self.input_mult)  # (B, T, C)
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin)
-        return F.linear(self.norm(x), self.embed.weight)  # tied output projection
+        logits = F.linear(self.norm(x), self.embed.weight)  # tied output projection
+        return logits if self.output_mult == 1.0 else logits * self.output_mult
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.8,

@@ -2,7 +2,8 @@
 
 Design choices:
 - Every optimizer keeps its own learning rate in `lr`; a param group's rate is the schedule's
-  `lr_at(step)` times the group's `lr_scale` (1, or `adamw_lr_ratio` for Muon's AdamW part),
+  `lr_at(step)` times the group's `lr_scale` (1, or `adamw_lr_ratio` for Muon's AdamW part,
+  times the parametrization's per-layer multiplier: 1 / width_mult for muP's hidden matrices),
   set by `step.train_step`. The schedule, cooldown probes and `--tune-lr` move every group
   together, so one lr sweep tunes an optimizer, split included.
 - Weight decay on 2-D weights only (norm gains never), in each optimizer's own form: decoupled
@@ -38,7 +39,8 @@ from typing import Any
 
 import torch
 
-from ..spec.config import OptimConfig, RunConfig
+from ..spec.config import ModelConfig, OptimConfig, RunConfig
+from .parametrization import lr_multiplier
 
 # (module, pip package) of the optimizers that live outside torch.
 PACKAGES = {"lion": ("lion_pytorch", "lion-pytorch"),
@@ -86,11 +88,18 @@ def assign(model: torch.nn.Module, cfg: RunConfig) -> dict[str, list[tuple[str, 
     return out
 
 
-def _groups(named: dict[str, list], o: OptimConfig, scale: float) -> list[dict[str, Any]]:
-    """The decayed and undecayed groups at `scale` x `lr`."""
-    return [{"params": [p for _, p in named[role]], "weight_decay": wd, "lr": o.lr * scale,
-             "lr_scale": scale}
-            for role, wd in (("decay", o.weight_decay), ("no_decay", 0.0)) if named[role]]
+def _groups(named: dict[str, list], o: OptimConfig, scale: float,
+            m: ModelConfig | None = None) -> list[dict[str, Any]]:
+    """The decayed and undecayed groups at `scale` x `lr`, each split by the
+    parametrization's per-layer lr multiplier (muP: 1 / width_mult for hidden matrices)."""
+    out = []
+    for role, wd in (("decay", o.weight_decay), ("no_decay", 0.0)):
+        by_mult: dict[float, list] = {}
+        for name, p in named[role]:
+            by_mult.setdefault(lr_multiplier(name, p, m) if m else 1.0, []).append(p)
+        out += [{"params": ps, "weight_decay": wd, "lr": o.lr * scale * mult,
+                 "lr_scale": scale * mult} for mult, ps in by_mult.items()]
+    return out
 
 
 # --- building ------------------------------------------------------------------------------
@@ -102,12 +111,12 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig,
     o = cfg.optim
     check_available(o)
     named = assign(model, cfg)
-    groups = _groups(named, o, 1.0)
+    groups = _groups(named, o, 1.0, cfg.model)
     if o.optimizer == "adamw":
         return _adamw(groups, o)
     if o.optimizer == "muon":
         return Combined(_muon(named["hidden"], cfg, amp),
-                        _adamw(_groups(named, o, o.adamw_lr_ratio), o))
+                        _adamw(_groups(named, o, o.adamw_lr_ratio, cfg.model), o))
     if o.optimizer == "lion":
         from lion_pytorch import Lion
 
