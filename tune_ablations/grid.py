@@ -36,6 +36,14 @@ def parser() -> argparse.ArgumentParser:
     add_grid_arguments(ap)
     ap.add_argument("--smoke-test", action="store_true", help="tiny preset, two arms, two "
                     "seeds, in a temporary folder unless --storage is given")
+    g = ap.add_argument_group("compute ladder (sweeps/ladder.py)")
+    g.add_argument("--ladder", metavar="N|M1,M2,...", help="run the question at N sizes "
+                   "(2^k x the baseline's non-embedding parameters, tokens scaled with them: "
+                   "about 4x compute per rung), or at the listed parameter multiples, smallest "
+                   "first, each a grid under --name; ends with the agreement across sizes")
+    g.add_argument("--ladder-max-seconds", type=float, default=0.0, help="refuse, before any "
+                   "training, a rung whose first look is estimated to take longer (default: "
+                   "0, no limit)")
     return ap
 
 
@@ -66,9 +74,52 @@ def print_end(outcome: SweepRun, *, as_json: bool) -> None:
     where(f"report:  python -m tune_ablations.analysis {exp}")
 
 
+def is_ladder(args: argparse.Namespace) -> bool:
+    """`--ladder`, or `--resume --name` of a ladder's folder."""
+    if args.ladder:
+        return True
+    if not (args.resume and args.name):
+        return False
+    from .results.experiment import Experiment, join
+    from .results.ladder import LADDER_FILE
+
+    return Experiment(join(args.storage, args.name)).exists(LADDER_FILE)
+
+
+def run_ladder(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """`--ladder`: every rung as a grid, then the agreement across sizes."""
+    from .results.ladder import ladder_text, load_ladder
+    from .sweeps.ladder import plan_ladder
+    from .sweeps.ladder import run_ladder as run_rungs
+
+    if args.smoke_test:
+        smoke_defaults(args, ap)
+    try:
+        code = run_rungs(args, build_plan)
+        root, _, _ = plan_ladder(_resumed(args)) if not args.dry_run else (None, None, None)
+    except ValueError as exc:
+        return fail(exc)
+    if root is None:
+        return code
+    for line in ladder_text(load_ladder(root)):
+        (log if args.json else say)(line)
+    (log if args.json else say)(f"ladder: {root}")
+    return code
+
+
+def _resumed(args: argparse.Namespace) -> argparse.Namespace:
+    import copy
+
+    a = copy.copy(args)
+    a.resume = True
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
+    if is_ladder(args):
+        return run_ladder(args, ap)
     outcome = run(args, ap)
     if outcome.error is not None:
         return fail(outcome.error)

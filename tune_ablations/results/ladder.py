@@ -1,0 +1,332 @@
+"""Does the answer survive scale? A ladder's rungs read back (`sweeps/ladder.py` ran them), and
+the agreement of their answers: per arm, its difference from the baseline at every rung with
+the rung's 95% interval and verdict (the grid's own answer, `answer.py`), whether the smallest
+rung's verdict holds, flips or becomes unresolved higher up; the trend of the difference with
+log compute and, where the fit is supported, its prediction at a larger size; the rank
+agreement of the arms between rungs with a bootstrap over seeds; a plot.
+
+Design choices:
+- Compute of a rung = training FLOPs of its baseline run (`spec.flops`, the project's one
+  convention), as the grid's plan counts them.
+- Trend: the per-seed paired differences at each rung give a mean and its variance (n - 1
+  degrees of freedom); a weighted least-squares line in log10 compute (weights 1 / variance);
+  the prediction's variance is the linear combination's, and its t quantile takes the
+  Welch-Satterthwaite degrees of freedom of that combination, so unequal noise and few seeds
+  are accounted for (coverage measured by simulation in tests/test_ladder_stats.py).
+  The fit is refused, with the reason, when it has fewer than 3 rungs with 2 or more seeds
+  (a line through two points checks nothing), when the rungs depart from a line (weighted
+  residual chi-square above its 95% point), or when the target lies further beyond the
+  largest rung than the ladder spans (in log compute).
+- Rank agreement: Kendall's tau-b between two rungs' orderings of the arms (the baseline
+  included, at 0), with a 95% percentile interval from resampling each rung's seeds
+  (paired: a resampled seed keeps all its arms); at least 3 arms.
+- The estimates use every seed that ran at a rung; after a sequential stop they lean slightly
+  away from zero (answer.py's note); the verdicts are the grid's own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .answer import BASELINE, Answer, final_losses
+from .experiment import Experiment, join
+from .frames import load
+from .verdicts import experiment_answer
+
+DECIDED = ("better", "worse")
+LADDER_FILE = "ladder.json"
+"""The ladder's record in its folder: the rungs' multiples and settings."""
+
+
+@dataclass
+class RungResult:
+    """One rung: its size, compute and the grid's answer."""
+    index: int
+    mult: float
+    sets: dict[str, Any]
+    compute: float
+    """Training FLOPs of the rung's baseline run."""
+    params: float
+    """Parameters of the rung's baseline (tied embedding once)."""
+    answer: Answer | None
+    diffs: dict[str, dict[int, float]] = field(default_factory=dict)
+    """{arm: {seed: arm loss - baseline loss}} over the seeds both completed."""
+
+
+@dataclass
+class Trend:
+    """The difference of one arm against log10 compute."""
+    arm: str
+    slope: float = math.nan
+    """Nats per 10x compute."""
+    slope_ci: tuple[float, float] = (math.nan, math.nan)
+    target: float = math.nan
+    """The compute (FLOPs) predicted at."""
+    predicted: float = math.nan
+    predicted_ci: tuple[float, float] = (math.nan, math.nan)
+    df: float = math.nan
+    refused: str = ""
+    """Why there is no prediction (empty: there is one)."""
+
+
+def paired_diffs(trials) -> dict[str, dict[int, float]]:
+    """{arm: {seed: arm - baseline}} from a grid's trials (completed seeds both ran)."""
+    losses = final_losses(trials)
+    base = losses.get(BASELINE, {})
+    return {a: {s: v - base[s] for s, v in by.items() if s in base}
+            for a, by in losses.items() if a != BASELINE}
+
+
+def load_ladder(root: Experiment | str) -> list[RungResult]:
+    """Every rung that has results, smallest first."""
+    from ..spec.config import from_flat_dict
+    from ..spec.flops import count_params, flops_per_token
+
+    root = root if isinstance(root, Experiment) else Experiment(root)
+    record = root.read_json(LADDER_FILE) or {}
+    out = []
+    for r in record.get("rungs", []):
+        exp = Experiment(join(root.location, f"rung{r['index']}"))
+        try:
+            res = load(exp)
+        except (FileNotFoundError, ValueError):
+            continue
+        df = res.trials
+        if df.empty:
+            continue
+        ans, _ = experiment_answer(exp, res)
+        base = [res.outcomes.get(t, {}).get("config") for t in
+                df[df["ablation"] == BASELINE]["trial_id"]]
+        base = [b for b in base if b]
+        compute = params = math.nan
+        if base:
+            c = from_flat_dict(base[0])
+            compute = flops_per_token(c.model, c.data.vocab_size, c.data.seq_len) * c.total_tokens
+            params = count_params(c.model, c.data.vocab_size)["params"]
+        out.append(RungResult(r["index"], r["mult"], r["sets"], compute, params, ans,
+                              paired_diffs(df)))
+    return out
+
+
+# --- verdicts across rungs -----------------------------------------------------------------
+
+def verdicts(rungs: list[RungResult]) -> dict[str, list[str]]:
+    """{arm: [verdict at each rung]} ('-' where the rung has no line for the arm)."""
+    arms = list(dict.fromkeys(a.arm for r in rungs if r.answer for a in r.answer.arms))
+    out = {}
+    for arm in arms:
+        out[arm] = [next((a.verdict for a in r.answer.arms if a.arm == arm), "-")
+                    if r.answer else "-" for r in rungs]
+    return out
+
+
+def transition(small: str, large: str) -> str:
+    """What became of the smaller rung's verdict at a larger one."""
+    if small in DECIDED:
+        if large == small:
+            return "holds"
+        return "flips" if large in DECIDED else "unresolved"
+    return f"resolves {large}" if large in DECIDED else "still unresolved"
+
+
+# --- the trend of a difference with compute ------------------------------------------------
+
+def fit_trend(x: np.ndarray, means: np.ndarray, variances: np.ndarray, dfs: np.ndarray,
+              target: float, arm: str = "", level: float = 0.95) -> Trend:
+    """Weighted least squares of `means` on `x` (log10 compute) with known-ish variances
+    (each with `dfs` degrees of freedom); the prediction at `target` (log10) with a
+    Welch-Satterthwaite t interval, or the reason it is refused."""
+    from scipy import stats
+
+    t = Trend(arm, target=10 ** target)
+    ok = np.isfinite(means) & np.isfinite(variances) & (variances > 0) & (dfs >= 1)
+    x, means, variances, dfs = x[ok], means[ok], variances[ok], dfs[ok]
+    if len(x) < 3:
+        t.refused = (f"{len(x)} rung(s) with 2 or more seeds: a line needs 3 to be checked "
+                     "against")
+        return t
+    w = 1 / variances
+    xbar = np.sum(w * x) / np.sum(w)
+    sxx = np.sum(w * (x - xbar) ** 2)
+    c_slope = w * (x - xbar) / sxx  # slope = sum(c_slope * means)
+    c_pred = w / np.sum(w) + (target - xbar) * c_slope  # prediction at target
+    slope, pred = float(c_slope @ means), float(c_pred @ means)
+    resid = means - (pred + slope * (x - target))
+    chi2 = float(np.sum(w * resid ** 2))
+    t.slope = slope
+    for coef, name in ((c_slope, "slope"), (c_pred, "predicted")):
+        var = float(np.sum(coef ** 2 * variances))
+        dof = var ** 2 / float(np.sum((coef ** 2 * variances) ** 2 / dfs))
+        half = stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(var)
+        value = slope if name == "slope" else pred
+        setattr(t, f"{name}_ci", (value - half, value + half))
+        if name == "predicted":
+            t.df = dof
+    p_fit = float(stats.chi2.sf(chi2, len(x) - 2))
+    span = float(x.max() - x.min())
+    if p_fit < 0.05:
+        t.refused = (f"the rungs' differences depart from a line in log compute "
+                     f"(weighted chi-square {chi2:.1f} on {len(x) - 2} df, p={p_fit:.3f})")
+    elif target - x.max() > span:
+        t.refused = (f"the target is {target - x.max():.2f} decades beyond the largest rung, "
+                     f"more than the ladder's own span of {span:.2f}")
+    if not t.refused:
+        t.predicted = pred
+    else:
+        t.predicted_ci = (math.nan, math.nan)
+    return t
+
+
+def trend(rungs: list[RungResult], arm: str, target: float) -> Trend:
+    """The arm's trend over the rungs, predicted at `target` FLOPs."""
+    x, m, v, d = [], [], [], []
+    for r in rungs:
+        seeds = np.array(list(r.diffs.get(arm, {}).values()))
+        if len(seeds) >= 2 and math.isfinite(r.compute):
+            x.append(math.log10(r.compute))
+            m.append(seeds.mean())
+            v.append(seeds.var(ddof=1) / len(seeds))
+            d.append(len(seeds) - 1)
+    return fit_trend(np.array(x), np.array(m), np.array(v), np.array(d, dtype=float),
+                     math.log10(target), arm)
+
+
+# --- rank agreement ---------------------------------------------------------------------------
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b of two score vectors (NaN when either is constant)."""
+    from scipy import stats
+
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def rank_agreement(small: RungResult, large: RungResult, *, draws: int = 1000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Kendall's tau between two rungs' orderings of the arms (baseline at 0) and a 95%
+    percentile interval from resampling each rung's seeds; NaN with fewer than 3 arms."""
+    arms = [a for a in small.diffs if a in large.diffs and len(small.diffs[a]) >= 2
+            and len(large.diffs[a]) >= 2]
+    out = {"small": small.index, "large": large.index, "arms": len(arms) + 1,
+           "tau": math.nan, "ci": (math.nan, math.nan), "draws": draws}
+    if len(arms) < 2:
+        return out
+
+    def table(r: RungResult) -> np.ndarray:  # (seeds, arms), NaN where a seed is missing
+        seeds = sorted({s for a in arms for s in r.diffs[a]})
+        return np.array([[r.diffs[a].get(s, np.nan) for a in arms] for s in seeds])
+
+    ta, tb = table(small), table(large)
+
+    def score(t: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], np.nanmean(t, axis=0)])
+
+    out["tau"] = kendall_tau(score(ta), score(tb))
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(draws):
+        sa = ta[rng.integers(0, len(ta), len(ta))]
+        sb = tb[rng.integers(0, len(tb), len(tb))]
+        with np.errstate(all="ignore"):
+            taus.append(kendall_tau(score(sa), score(sb)))
+    taus = np.array([t for t in taus if math.isfinite(t)])
+    if len(taus):
+        out["ci"] = (float(np.quantile(taus, 0.025)), float(np.quantile(taus, 0.975)))
+    return out
+
+
+# --- what the grid and the report print -------------------------------------------------------
+
+def default_target(rungs: list[RungResult]) -> float:
+    """The next rung's compute by the ladder's rule (compute ~ params^2): the largest rung's
+    times (its multiple / the one before)^2."""
+    last, prev = rungs[-1], rungs[-2]
+    return last.compute * (last.mult / prev.mult) ** 2
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if all(map(math.isfinite, ci)) else "[-]"
+
+
+def ladder_lines(rungs: list[RungResult], target: float | None = None) -> list[str]:
+    """The agreement across rungs as text lines (grid's end, the report's section)."""
+    if not rungs:
+        return ["ladder: no rung has results yet"]
+    lines = ["ladder: " + "; ".join(
+        f"rung {r.index}: {r.params / 1e6:.3g}M params, {r.compute:.3g} FLOPs"
+        for r in rungs)]
+    by = verdicts(rungs)
+    for arm, vs in by.items():
+        cells = []
+        for r in rungs:
+            a = next((x for x in r.answer.arms if x.arm == arm), None) if r.answer else None
+            cells.append("-" if a is None else f"{a.diff:+.4f} {_ci(a.ci)} {a.verdict} (n={a.n})")
+        lines.append(f"  {arm}: " + " | ".join(cells))
+        moves = [transition(vs[0], v) for v in vs[1:]]
+        lines.append(f"    rung 0's verdict ({vs[0]}) at rungs 1..{len(vs) - 1}: "
+                     + ", ".join(moves))
+    if len(rungs) >= 2:
+        target = target or default_target(rungs)
+        lines.append(f"trend of each difference with log10 compute (weighted fit over the "
+                     f"rungs' seeds), predicted at {target:.3g} FLOPs (the next rung):")
+        for arm in by:
+            t = trend(rungs, arm, target)
+            slope = (f"slope {t.slope:+.4f} nats/decade {_ci(t.slope_ci)}"
+                     if math.isfinite(t.slope) else "no slope")
+            pred = (f"predicted {t.predicted:+.4f} {_ci(t.predicted_ci)} (95%, {t.df:.1f} df)"
+                    if not t.refused else f"no prediction: {t.refused}")
+            lines.append(f"  {arm}: {slope}; {pred}")
+        lines.append("rank agreement of the arms (Kendall tau, baseline included; 95% "
+                     "bootstrap over seeds):")
+        for r in rungs[:-1]:
+            ra = rank_agreement(r, rungs[-1])
+            tau = (f"tau {ra['tau']:+.2f} {_ci(ra['ci'])}" if math.isfinite(ra["tau"])
+                   else "fewer than 3 arms with 2+ seeds")
+            lines.append(f"  rung {r.index} vs rung {rungs[-1].index} ({ra['arms']} arms, "
+                         f"{ra['draws']} draws): {tau}")
+    return lines
+
+
+def ladder_text(rungs: list[RungResult]) -> list[str]:
+    return ladder_lines(rungs)
+
+
+def ladder_plot(rungs: list[RungResult], out) -> str | None:
+    """Each arm's difference from the baseline against compute, with its rungs' 95% intervals
+    and the fitted trend where supported; the file name, or None without two rungs."""
+    if len(rungs) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import save
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    target = default_target(rungs)
+    for arm in verdicts(rungs):
+        xs, ys, lo, hi = [], [], [], []
+        for r in rungs:
+            a = next((x for x in r.answer.arms if x.arm == arm), None) if r.answer else None
+            if a is not None and math.isfinite(a.diff):
+                xs.append(r.compute)
+                ys.append(a.diff)
+                lo.append(a.diff - a.ci[0] if math.isfinite(a.ci[0]) else 0)
+                hi.append(a.ci[1] - a.diff if math.isfinite(a.ci[1]) else 0)
+        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+        t = trend(rungs, arm, target)
+        if not t.refused:
+            ax.errorbar([target], [t.predicted], yerr=[[t.predicted - t.predicted_ci[0]],
+                        [t.predicted_ci[1] - t.predicted]], marker="x", linestyle="none",
+                        color=line[0].get_color(), capsize=3)
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs of the rung's baseline")
+    ax.set_ylabel("val_loss: arm - baseline (nats)")
+    ax.set_title("Differences across the ladder (95% intervals; x: predicted)")
+    ax.legend(fontsize=7)
+    return save(fig, out / "ladder.png")
