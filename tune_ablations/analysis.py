@@ -53,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         args.path = str(smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-smoke-"))))
     if not args.path:
         return fail("the experiment (a folder or a URI) is required (or --smoke-test)")
+    from .results.ladder import LADDER_FILE, write_ladder_report
+
+    if Experiment(args.path).exists(LADDER_FILE):  # a ladder: its agreement across rungs
+        root = Experiment(args.path)
+        report = write_ladder_report(root, _out_folder(root, args.out), plots=not args.no_plots)
+        if root.remote and not args.out:
+            root.upload_dir(report.parent, REPORT_DIR)
+        say(f"event=report path={report}")
+        return 0
     try:
         exp = Experiment(args.path)
         res = load(exp)

@@ -88,7 +88,7 @@ def is_ladder(args: argparse.Namespace) -> bool:
 
 def run_ladder(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     """`--ladder`: every rung as a grid, then the agreement across sizes."""
-    from .results.ladder import ladder_text, load_ladder
+    from .results.ladder import ladder_records, ladder_text, load_ladder
     from .sweeps.ladder import plan_ladder
     from .sweeps.ladder import run_ladder as run_rungs
 
@@ -101,9 +101,14 @@ def run_ladder(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         return fail(exc)
     if root is None:
         return code
-    for line in ladder_text(load_ladder(root)):
+    rungs = load_ladder(root)
+    if args.json:
+        for record in ladder_records(rungs):
+            say(json.dumps(record))
+    for line in ladder_text(rungs):
         (log if args.json else say)(line)
     (log if args.json else say)(f"ladder: {root}")
+    (log if args.json else say)(f"report: python -m tune_ablations.analysis {root}")
     return code
 
 

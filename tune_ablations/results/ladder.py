@@ -56,6 +56,8 @@ class RungResult:
     answer: Answer | None
     diffs: dict[str, dict[int, float]] = field(default_factory=dict)
     """{arm: {seed: arm loss - baseline loss}} over the seeds both completed."""
+    chosen_lr: dict[str, float] = field(default_factory=dict)
+    """`--tune-lr`: each arm's chosen learning rate at this rung (empty without it)."""
 
 
 @dataclass
@@ -99,7 +101,8 @@ def load_ladder(root: Experiment | str) -> list[RungResult]:
         df = res.trials
         if df.empty:
             continue
-        ans, _ = experiment_answer(exp, res)
+        ans, decisions = experiment_answer(exp, res)
+        chosen = dict((decisions.get("tune_lr") or {}).get("chosen") or {})
         base = [res.outcomes.get(t, {}).get("config") for t in
                 df[df["ablation"] == BASELINE]["trial_id"]]
         base = [b for b in base if b]
@@ -109,7 +112,7 @@ def load_ladder(root: Experiment | str) -> list[RungResult]:
             compute = flops_per_token(c.model, c.data.vocab_size, c.data.seq_len) * c.total_tokens
             params = count_params(c.model, c.data.vocab_size)["params"]
         out.append(RungResult(r["index"], r["mult"], r["sets"], compute, params, ans,
-                              paired_diffs(df)))
+                              paired_diffs(df), chosen))
     return out
 
 
@@ -301,8 +304,81 @@ def ladder_lines(rungs: list[RungResult], target: float | None = None) -> list[s
     return lines
 
 
+def ladder_records(rungs: list[RungResult]) -> list[dict[str, Any]]:
+    """One record per rung and arm (`grid --ladder --json`, the Python API's DataFrame)."""
+    out = []
+    for r in rungs:
+        for a in (r.answer.arms if r.answer else []):
+            out.append({"rung": r.index, "mult": r.mult, "d_model": r.sets.get("d_model"),
+                        "n_layers": r.sets.get("n_layers"), "params": r.params,
+                        "compute": r.compute, "arm": a.arm, "diff": _num(a.diff),
+                        "ci_low": _num(a.ci[0]), "ci_high": _num(a.ci[1]),
+                        "verdict": a.verdict, "n": a.n,
+                        "chosen_lr": r.chosen_lr.get(a.arm)})
+    return out
+
+
+def _num(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def lr_width_lines(rungs: list[RungResult]) -> list[str]:
+    """`--tune-lr` on a ladder: each arm's chosen lr against width, beside what muP predicts
+    for a standard model (lr x base_width / width: hidden-layer rates scale as 1/width) and
+    what stays put (the standard practice, and muP's promise for a muP model), with the
+    fitted exponent of lr in width (-1: muP's rule, 0: stays)."""
+    tuned = [r for r in rungs if r.chosen_lr]
+    if len(tuned) < 2:
+        return []
+    first = tuned[0]
+    d0 = first.sets["d_model"]
+    lines = ["| arm | rung | d_model | chosen lr | if lr x 1/width (muP's rule) | if lr stays "
+             "|", "|---|---|---|---|---|---|"]
+    slopes = []
+    for arm, lr0 in first.chosen_lr.items():
+        pts = []
+        for r in tuned:
+            lr, d = r.chosen_lr.get(arm), r.sets["d_model"]
+            if lr is None:
+                continue
+            pts.append((math.log(d), math.log(lr)))
+            lines.append(f"| {arm} | {r.index} | {d} | {lr:.3g} | {lr0 * d0 / d:.3g} | "
+                         f"{lr0:.3g} |")
+        if len(pts) >= 2 and len({p[0] for p in pts}) >= 2:
+            x, y = np.array(pts).T
+            slopes.append(f"{arm} {np.polyfit(x, y, 1)[0]:+.2f}")
+    return lines + ["", "Fitted exponent of the chosen lr in d_model (least squares in "
+                    "log-log over the rungs; -1 is muP's 1/width, 0 is no change): "
+                    + (", ".join(slopes) or "-"), ""]
+
+
+def write_ladder_report(root: Experiment, out, *, plots: bool = True):
+    """report.md of a ladder (its rungs, the agreement, the lr against width, the plot) in
+    the local folder `out`; each rung's own report comes from `analysis <ladder>/rungK`."""
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rungs = load_ladder(root)
+    lines = [f"# Ladder report: {root.name}", "",
+             "The same question at each size (sweeps/ladder.py: width and depth x mult^(1/3), "
+             "tokens with the parameters built). Each rung's line: the arm's difference from "
+             "that rung's baseline in val_loss (nats), its 95% repeated interval, the verdict "
+             "and the seeds; then what became of the smallest rung's verdict.", "", "```",
+             *ladder_lines(rungs), "```", ""]
+    lr = lr_width_lines(rungs)
+    if lr:
+        lines += ["## Chosen learning rate against width", ""] + lr
+    if plots:
+        made = ladder_plot(rungs, out)
+        if made:
+            lines += ["## Plot", "", f"![{made}]({made})", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
+
+
 def ladder_text(rungs: list[RungResult]) -> list[str]:
-    return ladder_lines(rungs)
+    return ladder_lines(rungs) + [line for line in lr_width_lines(rungs) if line]
 
 
 def ladder_plot(rungs: list[RungResult], out) -> str | None:
