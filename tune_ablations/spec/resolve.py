@@ -64,6 +64,10 @@ def _shared(spec: RunSpec) -> dict[str, Any]:
     """Config fields every run of the spec shares (data, then the user's overrides); a Hub
     corpus gets a document count sized from the reference run's tokens."""
     flat = {**data_fields(spec), **dict(spec.overrides)}
+    if spec.max_steps and spec.budget in TOKEN_BUDGETS:
+        # the reference run's steps bound every arm's settings before its budget applies (a
+        # warmup longer than the preset's steps is valid for a longer reference run)
+        flat["max_steps"] = spec.max_steps
     if flat["corpus"].startswith(HUB_PREFIX) and "num_documents" not in flat:
         steps = {"max_steps": spec.max_steps} if spec.max_steps else {}
         probe = _build(spec, BASELINE, {**flat, **steps, "num_documents": 1}, {})

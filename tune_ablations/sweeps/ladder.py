@@ -3,9 +3,12 @@ one folder (`<storage>/<name>/ladder.json` and one grid per rung, `rung0`, `rung
 
 The rule (one, documented here and in the README). Rung k has `mult_k` times the non-embedding
 parameters of the question's baseline at the preset (rung 0 is that baseline, mult 1):
-- width and depth both scale by mult_k ** (1/3) (N ~ d_model^2 x n_layers): d_model rounded to
-  a multiple of the baseline's head_dim (heads grow, head_dim stays), n_layers rounded to a
-  whole number of layers (at least 1), d_ff / d_model kept;
+- width and depth both scale by about mult_k ** (1/3) (N ~ d_model^2 x n_layers): d_model a
+  multiple of the baseline's head_dim (heads grow, head_dim stays), n_layers whole, d_ff /
+  d_model kept; of those, the first by log-distance from mult_k x the parameters plus half
+  the log-distance of width / depth from the baseline's, at which every arm of the question
+  builds (an arm stated as a factor, e.g. d_model x2/3, must give a valid model); two rungs
+  that round to the same model are refused;
 - tokens scale with the parameters actually built (N_k / N_0 after rounding), so tokens per
   parameter stay fixed (Chinchilla's proportional rule) and compute grows as about mult_k^2;
   the reference run's steps scale so (batch_size and seq_len kept), and its warmup and
@@ -85,9 +88,12 @@ def parse_ladder(text: str) -> list[float]:
     return mults
 
 
-def build_rungs(ref: RunConfig, mults: list[float], budget: str) -> list[Rung]:
+def build_rungs(ref: RunConfig, mults: list[float], budget: str,
+                builds=lambda rung: True) -> list[Rung]:
     """The rungs of `ref` (the reference run: the baseline with the spec's settings) by the
-    module's rule. `budget`: the spec's (a token budget scales; published steps cannot)."""
+    module's rule. `budget`: the spec's (a token budget scales; published steps cannot).
+    `builds(rung)`: whether every arm of the question builds at a rung (the nearest size
+    that does is taken)."""
     if budget == "steps":
         raise ValueError("--ladder with --published-steps: every rung scales the reference "
                          "run's tokens; use --iso-tokens, --iso-flops or --tokens")
@@ -96,19 +102,48 @@ def build_rungs(ref: RunConfig, mults: list[float], budget: str) -> list[Rung]:
     base_steps = ref.budget.tokens if budget == "tokens" else ref.steps
     rungs = []
     for k, mult in enumerate(mults):
-        f = mult ** (1 / 3)
-        d = max(m.head_dim, round(m.d_model * f / m.head_dim) * m.head_dim)
-        layers = max(1, round(m.n_layers * f))
-        sized = replace(m, d_model=d, n_heads=d // m.head_dim, n_layers=layers,
-                        d_ff=max(1, round(m.d_ff * d / m.d_model)))
-        ratio = count_params(sized, vocab)["non_embedding_params"] / n0
-        sets = {"d_model": d, "n_heads": sized.n_heads, "n_layers": layers, "d_ff": sized.d_ff,
-                "warmup_steps": round(ref.optim.warmup_steps * ratio),
-                "eval_every": max(1, round(ref.eval.eval_every * ratio))}
-        if m.parametrization == "mup":
-            sets["mup_base_width"] = m.mup_base_width or m.d_model
-        rungs.append(Rung(k, mult, sets, max(1, round(base_steps * ratio)), ratio))
+        sets = ratio = None
+        for sized in _candidates(m, vocab, n0, mult):
+            ratio = count_params(sized, vocab)["non_embedding_params"] / n0
+            sets = {"d_model": sized.d_model, "n_heads": sized.n_heads,
+                    "n_layers": sized.n_layers, "d_ff": sized.d_ff,
+                    "warmup_steps": round(ref.optim.warmup_steps * ratio),
+                    "eval_every": max(1, round(ref.eval.eval_every * ratio))}
+            if m.parametrization == "mup":
+                sets["mup_base_width"] = m.mup_base_width or m.d_model
+            rung = Rung(k, mult, sets, max(1, round(base_steps * ratio)), ratio)
+            if builds(rung):
+                break
+        else:
+            raise ValueError(f"--ladder rung {k} (multiple {mult:g}): no width (a multiple of "
+                             f"head_dim={m.head_dim}) and depth near it where every arm of the "
+                             "question builds; check the arms at other sizes")
+        rungs.append(rung)
+    for a, b in zip(rungs, rungs[1:]):
+        if a.sets == b.sets:
+            raise ValueError(f"--ladder rungs {a.index} and {b.index} (multiples {a.mult:g} "
+                             f"and {b.mult:g}) build the same model ({_size(a)}): at this "
+                             "baseline's head_dim and depth the sizes are too close; space the "
+                             "multiples further apart")
     return rungs
+
+
+def _candidates(m, vocab: int, n0: int, mult: float) -> list:
+    """Models near `mult` x the non-embedding parameters, best first: widths that are
+    multiples of head_dim, whole depths, scored by the log-distance from the target
+    parameters plus half the log-distance of width / depth from the baseline's (so width and
+    depth grow together, about as mult^(1/3) each)."""
+    f = mult ** (1 / 3)
+    hd = m.head_dim
+    scored = []
+    for d in range(hd, 2 * round(m.d_model * f) + hd, hd):
+        for layers in range(1, 2 * round(m.n_layers * f) + 2):
+            c = replace(m, d_model=d, n_heads=d // hd, n_layers=layers,
+                        d_ff=max(1, round(m.d_ff * d / m.d_model)))
+            miss = abs(math.log(count_params(c, vocab)["non_embedding_params"] / n0 / mult))
+            shape = abs(math.log((d / layers) / (m.d_model / m.n_layers)))
+            scored.append((miss + 0.5 * shape, d, layers, c))
+    return [c for *_, c in sorted(scored, key=lambda t: t[:3])][:50]
 
 
 def rung_args(args, rung: Rung, folder: str, budget: str):
@@ -157,15 +192,26 @@ def plan_ladder(args) -> tuple[Experiment, list[Rung], str]:
                                   f"ladder's multiples {stored['mults']}; drop --ladder")
         rungs = [Rung(**{**r, "sets": dict(r["sets"])}) for r in stored["rungs"]]
         return root, rungs, stored["budget"]
-    rungs = build_rungs(reference_run(spec), parse_ladder(args.ladder), spec.budget)
     unprepared = Resolver(prepare=False)
-    for rung in rungs:  # every arm at every size, before any data or compute
-        rs, _ = spec_from_args(rung_args(args, rung, "", spec.budget),
-                               default_preset=spec.preset)
+    arms = getattr(args, "ablations", None) or spec.arm_names
+    errors: list[str] = []
+
+    def builds(rung: Rung) -> bool:  # every arm at this size and budget, without data
         try:
-            unprepared.configs([replace(rs, ablation=a) for a in rs.arm_names])
+            rs, _ = spec_from_args(rung_args(args, rung, "", spec.budget),
+                                   default_preset=spec.preset)
+            unprepared.configs([replace(rs, ablation=a) for a in arms])
         except ValueError as exc:
-            raise ValueError(f"--ladder rung {rung.index} ({_size(rung)}): {exc}") from None
+            errors.append(str(exc))
+            return False
+        return True
+
+    try:
+        rungs = build_rungs(reference_run(spec), parse_ladder(args.ladder), spec.budget,
+                            builds)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the last: {errors[-1]})" if errors and "no width" in str(exc)
+                         else str(exc)) from None
     return root, rungs, spec.budget
 
 
