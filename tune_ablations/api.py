@@ -7,6 +7,7 @@ the command line, and read any experiment back, with its results and its answer 
     sweep.answer     # one row per arm: diff, ci_low, ci_high, verdict, n, confounds, ...
     sweep.results    # one row per trial
     load_experiment("results/grid-cpu-...")  # or "s3://bucket/sweeps/grid-cpu-..."
+    ladder = run_ladder(ladder=3)  # grid --ladder 3: ladder.answer, ladder.rung(0), ...
 
 Design choices:
 - One code path with the commands: keyword arguments become the command line (each keyword is
@@ -89,6 +90,78 @@ class Sweep:
                                         if self.experiment.local_dir is not None
                                         else Path.cwd() / f"{self.experiment.name}-report")
         return write_report(self._load(), self.experiment, target, plots=plots)
+
+
+@dataclass
+class Ladder:
+    """A compute ladder (`grid --ladder`): its rungs as sweeps, and the agreement across
+    them."""
+    experiment: Experiment
+    """The ladder's folder (ladder.json and one grid per rung)."""
+    exit_code: int = 0
+
+    @property
+    def rungs(self) -> list:
+        """Every rung with results, smallest first (`results.ladder.RungResult`)."""
+        from .results.ladder import load_ladder as read
+
+        return read(self.experiment)
+
+    def rung(self, index: int) -> Sweep:
+        """Rung `index` as a sweep (its results, answer and report)."""
+        from .results.experiment import join
+
+        return load_experiment(join(self.experiment.location, f"rung{index}"))
+
+    @property
+    def answer(self):
+        """One row per rung and arm: size, compute, diff, interval, verdict, chosen lr."""
+        import pandas as pd
+
+        from .results.ladder import ladder_records
+
+        return pd.DataFrame(ladder_records(self.rungs))
+
+    def lines(self) -> list[str]:
+        """The agreement across rungs as the grid prints it."""
+        from .results.ladder import ladder_text
+
+        return ladder_text(self.rungs)
+
+    def report(self, out: str | os.PathLike | None = None, *, plots: bool = True) -> Path:
+        """Write the ladder's report.md (and plot) as `analysis <ladder>` does."""
+        from .results.ladder import write_ladder_report
+        from .spec.names import REPORT_DIR
+
+        target = Path(out) if out else (Path(self.experiment.path(REPORT_DIR))
+                                        if self.experiment.local_dir is not None
+                                        else Path.cwd() / f"{self.experiment.name}-report")
+        return write_ladder_report(self.experiment, target, plots=plots)
+
+
+def load_ladder(location: str | os.PathLike) -> Ladder:
+    """An existing ladder: a local folder or a URI."""
+    from .results.ladder import LADDER_FILE
+
+    exp = Experiment(location)
+    if not exp.exists(LADDER_FILE):
+        raise ValueError(f"{location!s} holds no ladder (no {LADDER_FILE})")
+    return Ladder(exp)
+
+
+def run_ladder(**options: Any) -> Ladder | None:
+    """`python -m tune_ablations.grid --ladder ...` with `options` as its flags
+    (`ladder=3` or `ladder="1,4,16"`); the finished ladder (None for `dry_run=True`)."""
+    from . import grid
+
+    ap = grid.parser()
+    ap.raise_errors = True
+    args = ap.parse_args(to_argv(ap, options))
+    if not grid.is_ladder(args):
+        raise ValueError("run_ladder needs ladder=N or ladder='M1,M2,...' (or resume=True "
+                         "with the name of a ladder)")
+    code, root = grid.run_ladder(args, ap)
+    return None if root is None else Ladder(root, code)
 
 
 def load_experiment(location: str | os.PathLike) -> Sweep:

@@ -86,30 +86,35 @@ def is_ladder(args: argparse.Namespace) -> bool:
     return Experiment(join(args.storage, args.name)).exists(LADDER_FILE)
 
 
-def run_ladder(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
-    """`--ladder`: every rung as a grid, then the agreement across sizes."""
-    from .results.ladder import ladder_records, ladder_text, load_ladder
+def run_ladder(args: argparse.Namespace, ap: argparse.ArgumentParser):
+    """`--ladder`: every rung as a grid (`sweeps.ladder`). Returns (exit code, the ladder's
+    folder; None for a dry run); bad input raises ValueError before any compute."""
     from .sweeps.ladder import plan_ladder
     from .sweeps.ladder import run_ladder as run_rungs
 
     if args.smoke_test:
         smoke_defaults(args, ap)
-    try:
-        code = run_rungs(args, build_plan)
-        root, _, _ = plan_ladder(_resumed(args)) if not args.dry_run else (None, None, None)
-    except ValueError as exc:
-        return fail(exc)
-    if root is None:
-        return code
+    code = run_rungs(args, build_plan)
+    if args.dry_run:
+        return code, None
+    root, _, _ = plan_ladder(_resumed(args))
+    return code, root
+
+
+def print_ladder_end(root, *, as_json: bool) -> None:
+    """The agreement across rungs (lines, or one JSON object per rung and arm), then where
+    the ladder and its report are."""
+    from .results.ladder import ladder_records, ladder_text, load_ladder
+
     rungs = load_ladder(root)
-    if args.json:
+    where = log if as_json else say
+    if as_json:
         for record in ladder_records(rungs):
             say(json.dumps(record))
     for line in ladder_text(rungs):
-        (log if args.json else say)(line)
-    (log if args.json else say)(f"ladder: {root}")
-    (log if args.json else say)(f"report: python -m tune_ablations.analysis {root}")
-    return code
+        where(line)
+    where(f"ladder: {root}")
+    where(f"report: python -m tune_ablations.analysis {root}")
 
 
 def _resumed(args: argparse.Namespace) -> argparse.Namespace:
@@ -124,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     if is_ladder(args):
-        return run_ladder(args, ap)
+        try:
+            code, root = run_ladder(args, ap)
+        except ValueError as exc:
+            return fail(exc)
+        if root is not None:
+            print_ladder_end(root, as_json=args.json)
+        return code
     outcome = run(args, ap)
     if outcome.error is not None:
         return fail(outcome.error)

@@ -133,6 +133,8 @@ def _candidates(m, vocab: int, n0: int, mult: float) -> list:
     multiples of head_dim, whole depths, scored by the log-distance from the target
     parameters plus half the log-distance of width / depth from the baseline's (so width and
     depth grow together, about as mult^(1/3) each)."""
+    if mult == 1:  # rung 0 is the baseline itself, or the question fails at its preset
+        return [m]
     f = mult ** (1 / 3)
     hd = m.head_dim
     scored = []
@@ -264,6 +266,7 @@ def _dry_runs(args, rungs: list[Rung], folder: str, budget: str, build_plan) -> 
     import contextlib
     import io
 
+    from .grid_plan import cost
     from .sweep import execute
 
     costs = []
@@ -279,22 +282,36 @@ def _dry_runs(args, rungs: list[Rung], folder: str, budget: str, build_plan) -> 
         if args.dry_run and not args.json:
             say(f"# rung {rung.index}: {_size(rung)}")
             say(text.rstrip())
-        costs.append(_total(text))
+        c = _total(text)
+        c["baseline_flops"] = cost(_baseline(outcome.plan))
+        costs.append(c)
     if args.dry_run:
-        base = costs[0]["pflop"] or math.nan
+        base = costs[0]["baseline_flops"]
         for rung, c in zip(rungs, costs):
             line = {"rung": rung.index, "mult": rung.mult, **rung.sets,
                     "params_ratio": round(rung.params_ratio, 3), "steps": rung.steps,
-                    "pflop": c["pflop"], "compute_ratio": round(c["pflop"] / base, 2),
+                    "baseline_flops": c["baseline_flops"], "pflop": c["pflop"],
+                    "compute_ratio": round(c["baseline_flops"] / base, 2),
                     "est_wall_seconds": c["est_wall_seconds"]}
             say(json_line(line) if args.json else
                 f"ladder rung={rung.index} {_size(rung).replace(', ', ' ')} "
-                f"steps={rung.steps} PFLOP={c['pflop']:.4f} compute={line['compute_ratio']}x "
+                f"steps={rung.steps} baseline_flops={c['baseline_flops']:.3g} "
+                f"compute={line['compute_ratio']}x trials_PFLOP={c['pflop']:.4g} "
                 f"est_wall_seconds={c['est_wall_seconds']:.0f}")
-        say(f"ladder total PFLOP={sum(c['pflop'] for c in costs):.4f} est_wall_seconds="
+        total = sum(c["pflop"] for c in costs)
+        (log if args.json else say)(
+            f"ladder total PFLOP={total:.4g} est_wall_seconds="
             f"{sum(c['est_wall_seconds'] for c in costs):.0f} (first looks; more seeds for "
             "undecided arms may follow)")
     return costs
+
+
+def _baseline(plan) -> RunConfig:
+    """The resolved baseline run of a rung's plan (settings only)."""
+    from ..training.resolved import Resolver
+
+    spec = replace(plan.base, ablation="baseline", seed=0, params=())
+    return Resolver(prepare=False).config(spec)
 
 
 def json_line(obj: dict) -> str:
