@@ -100,6 +100,26 @@ def test_resume_keeps_the_stored_ladder(tmp_path):
     assert [r.steps for r in rungs] == [30, 67] and grid.is_ladder(_args(base + ["--resume"]))
 
 
+def test_status_of_a_ladder_lists_its_rungs(tmp_path, capsys):
+    from tune_ablations import status
+    from tune_ablations.results.experiment import Experiment
+
+    Experiment(tmp_path / "l").write_json({"mults": [1.0, 2.0], "budget": "iso_tokens",
+                                           "rungs": [{"index": k, "mult": m,
+                                                      "sets": {"d_model": d}, "steps": 1,
+                                                      "params_ratio": m}
+                                                     for k, m, d in ((0, 1.0, 32),
+                                                                     (1, 2.0, 48))]},
+                                          "ladder.json")
+    assert status.main(["l", "--storage", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["ladder=l rung=0 mult=1 not started", "ladder=l rung=1 mult=2 not started"]
+    assert status.main(["l", "--storage", str(tmp_path), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["rung"], r["d_model"], r["status"]) for r in rows] == [(0, 32, None),
+                                                                      (1, 48, None)]
+
+
 def test_dry_run_shows_every_rung_and_its_cost(tmp_path, capsys):
     argv = ["--ladder", "3", "--preset", "tiny", "--seeds", "2", "--ablations", "baseline",
             "high_lr", "--storage", str(tmp_path), "--name", "l", "--dry-run"]
@@ -148,6 +168,11 @@ def test_ladder_end_to_end_resume_report_and_api(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "state=done" in err and "event=sweep_start" not in err
     assert len(ladder.rung(1).refresh().results) == n
+    from tune_ablations import status
+
+    assert status.main(["l", "--storage", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("finished=True" in line for line in lines)
     report = ladder.report(tmp_path / "report")
     text = report.read_text()
     assert "rung 0's verdict" in text and (tmp_path / "report" / "ladder.png").exists()

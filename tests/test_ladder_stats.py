@@ -13,6 +13,7 @@ from tune_ablations.results.ladder import (
     RungResult,
     fit_trend,
     ladder_lines,
+    lr_width_lines,
     rank_agreement,
     transition,
     trend,
@@ -125,3 +126,18 @@ def test_lines_show_every_rung_the_trend_and_the_agreement():
     t = trend(rungs, "wide", 10 ** 14.8)
     assert t.slope == pytest.approx(0.02 / 0.6, rel=0.15) and not t.refused
     assert "rung 0 vs rung 2 (3 arms" in text
+
+
+def test_chosen_lr_against_width_beside_mups_prediction():
+    rungs = []
+    for i, d in enumerate((64, 128, 256)):
+        r = _rung(i, 1e13 * 4 ** i, {"a": {0: 0.0, 1: 0.0}}, {"a": "not resolved"})
+        r.sets = {"d_model": d}
+        # baseline follows muP's 1/width exactly; arm "a" keeps its lr
+        r.chosen_lr = {"baseline": 4e-3 * 64 / d, "a": 2e-3}
+        rungs.append(r)
+    text = "\n".join(lr_width_lines(rungs))
+    assert "| baseline | 2 | 256 | 0.001 | 0.001 | 0.004 |" in text
+    assert "| a | 2 | 256 | 0.002 | 0.0005 | 0.002 |" in text
+    assert "baseline -1.00" in text and "a +0.00" in text
+    assert lr_width_lines(rungs[:1]) == []  # one tuned rung: nothing to compare

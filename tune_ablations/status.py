@@ -1,7 +1,8 @@
 """`python -m tune_ablations.status [NAME] [--storage ...] [--json] [--watch]`: any sweep, running
 or finished, local or on a URI: trials by status, the best completed trial, tokens done and
 planned, an ETA (`results.progress`), and the Ray Job's state when the sweep was submitted
-(`sweeps.jobs`). `--json` prints only JSON.
+(`sweeps.jobs`). `--json` prints only JSON. A ladder's folder (`grid --ladder`) gets one line
+per rung.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args.storage = str(smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-status-"))).parent)
         args.name = "smoke"
+    if args.name and _ladder_status(args):
+        return 0
     deadline = time.time() + 24 * 3600
     while True:
         try:
@@ -84,6 +87,32 @@ def main(argv: list[str] | None = None) -> int:
         if not args.watch or ended:
             return 0
         time.sleep(args.interval)
+
+
+def _ladder_status(args) -> bool:
+    """A ladder's folder (`grid --ladder`): one status line (or JSON object) per rung, `not
+    started` for a rung with no sweep yet. False when `name` is not a ladder."""
+    from .results.experiment import Experiment, join, open_experiment
+    from .results.ladder import LADDER_FILE
+    from .results.progress import sweep_status
+
+    root = Experiment(join(args.storage, args.name))
+    record = root.read_json(LADDER_FILE) if root.exists(LADDER_FILE) else None
+    if record is None:
+        return False
+    for r in record["rungs"]:
+        name = f"rung{r['index']}"
+        try:
+            s = sweep_status(open_experiment(root.location, name))
+        except (ValueError, OSError):
+            s = None
+        if args.json:
+            say(json.dumps({"ladder": args.name, "rung": r["index"], "mult": r["mult"],
+                            **r["sets"], "status": s}))
+        else:
+            say(f"ladder={args.name} rung={r['index']} mult={r['mult']:g} "
+                + (_line(s) if s else "not started"))
+    return True
 
 
 if __name__ == "__main__":

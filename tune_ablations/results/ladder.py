@@ -346,7 +346,7 @@ def lr_width_lines(rungs: list[RungResult]) -> list[str]:
                          f"{lr0:.3g} |")
         if len(pts) >= 2 and len({p[0] for p in pts}) >= 2:
             x, y = np.array(pts).T
-            slopes.append(f"{arm} {np.polyfit(x, y, 1)[0]:+.2f}")
+            slopes.append(f"{arm} {round(np.polyfit(x, y, 1)[0], 2) + 0.0:+.2f}")
     return lines + ["", "Fitted exponent of the chosen lr in d_model (least squares in "
                     "log-log over the rungs; -1 is muP's 1/width, 0 is no change): "
                     + (", ".join(slopes) or "-"), ""]
