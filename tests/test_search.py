@@ -151,6 +151,7 @@ def test_diverging_samples_do_not_hang_the_search(ray_session, corpus_dir, tmp_p
     assert all(v < 1e3 for t in study.trials for v in t.intermediate_values.values())
 
 
+@pytest.mark.extended  # also: tests/test_study_resume.py, and across hosts in test_hosts.py
 def test_killed_search_resumes_with_a_consistent_study(ray_session, corpus_dir, tmp_path):
     """Kill a search when its trials hold at a step and Ray's snapshot names their checkpoints
     (a state, not a sleep); --resume finishes it with every sample, and the study holds each

@@ -295,7 +295,7 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float,
         argv=exp.read_sweep().get("argv", []), resources=plan.resources.trial_resources,
         choice=choice.to_dict())
     slots = concurrency(plan.cpus, plan.gpus)
-    tracker = None if args.resume else _tracker(plan, exp, datasets)  # resume: Ray restores it
+    tracker = None if args.resume else _tracker(plan, exp, datasets, choice)  # resume: restored
     scheduler = plan.scheduler() if plan.scheduler else None
     tune_config = tune.TuneConfig(  # a scheduler names its own metric (ASHA may rank by probes)
         metric=None if scheduler else METRIC, mode=None if scheduler else MODE,
@@ -316,7 +316,7 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float,
     return SweepRun(finish(plan, exp, res, datasets, started), exp, plan)
 
 
-def _tracker(plan: SweepPlan, exp: Experiment, datasets: dict):
+def _tracker(plan: SweepPlan, exp: Experiment, datasets: dict, choice):
     """The `--tracker` callback of a new sweep (None without one)."""
     from .trackers import build_tracker
 
@@ -324,7 +324,7 @@ def _tracker(plan: SweepPlan, exp: Experiment, datasets: dict):
     return build_tracker(t.tracker, uri=t.tracker_uri, project=t.tracker_project,
                          sweep=exp.name, kind=plan.kind, base=plan.base.to_dict(),
                          vocab={k: d.vocab_size for k, d in datasets.items()},
-                         results=str(exp))
+                         results=str(exp), choice=choice.to_dict())
 
 
 def finish(plan: SweepPlan, exp: Experiment, res: Results, datasets: dict,

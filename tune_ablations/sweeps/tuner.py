@@ -224,7 +224,7 @@ def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_fail
             name=exp.name, storage_path=storage_path, storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # we prune (see above)
-            sync_config=tune.SyncConfig(sync_artifacts=True),
+            sync_config=_sync_config(),
             progress_reporter=progress_reporter(parameter_columns, exp, summary, best),
             verbose=1,
             callbacks=[*callbacks(exp, keep_checkpoints, live=True), *(extra_callbacks or [])],
@@ -232,6 +232,20 @@ def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_fail
         tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config,
                            run_config=run_config)
     return tuner.fit()
+
+
+def _sync_config():
+    """Artifacts (run.json, outcome.json) synced from every node: `ray.tune.SyncConfig` where
+    Tune has its own (newer Ray); on older Ray (2.41) that name is a stub that raises, and the
+    class is `ray.train.SyncConfig`, which Tune's RunConfig accepts there."""
+    from ray import tune
+
+    try:
+        return tune.SyncConfig(sync_artifacts=True)
+    except DeprecationWarning:
+        from ray.train import SyncConfig
+
+        return SyncConfig(sync_artifacts=True)
 
 
 def record_states(exp: Experiment, results) -> dict[str, dict]:
