@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ladder", metavar="N|M1,M2,...", help="run the question at N sizes "
                    "(2^k x the baseline's non-embedding parameters, tokens scaled with them: "
                    "about 4x compute per rung), or at the listed parameter multiples, smallest "
-                   "first, each a grid under --name; ends with the agreement across sizes")
+                   "first, each a grid under --name; ends with the agreement across sizes "
+                   "(default: off, one size)")
     g.add_argument("--ladder-max-seconds", type=float, default=0.0, help="refuse, before any "
                    "training, a rung whose first look is estimated to take longer (default: "
                    "0, no limit)")
