@@ -100,6 +100,22 @@ def test_resume_keeps_the_stored_ladder(tmp_path):
     assert [r.steps for r in rungs] == [30, 67] and grid.is_ladder(_args(base + ["--resume"]))
 
 
+def test_resume_trains_the_stored_flags_and_refuses_others():
+    from tune_ablations.results.experiment import ExperimentError
+    from tune_ablations.sweeps.ladder import given_flags, restored_args
+
+    started = _args(["--ladder", "2", "--preset", "tiny", "--seeds", "2", "--ablations",
+                     "baseline", "high_lr", "--name", "l"])
+    stored = given_flags(started)
+    assert stored == {"preset": "tiny", "seeds": 2, "ablations": ["baseline", "high_lr"]}
+    plain = _args(["--resume", "--name", "l"])  # the rungs not yet started train the same
+    assert vars(restored_args(plain, stored))["ablations"] == ["baseline", "high_lr"]
+    same = _args(["--resume", "--name", "l", "--seeds", "2"])
+    assert restored_args(same, stored).seeds == 2
+    with pytest.raises(ExperimentError, match="--seeds 3 differs from the stored ladder's 2"):
+        restored_args(_args(["--resume", "--name", "l", "--seeds", "3"]), stored)
+
+
 def test_status_of_a_ladder_lists_its_rungs(tmp_path, capsys):
     from tune_ablations import status
     from tune_ablations.results.experiment import Experiment

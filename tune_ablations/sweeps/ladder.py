@@ -27,7 +27,8 @@ Design choices:
   without data); `--ladder-max-seconds` refuses a rung whose estimated first look would take
   longer. `--dry-run` prints every rung's plan, the largest's included, and a cost table.
 - Resume: a rung whose trials.json exists is done and skipped; one with sweep.json only is
-  resumed; the rest start in order.
+  resumed; the rest start in order, with the flags the ladder was started with (ladder.json
+  stores them; a flag given with --resume that differs is refused by name).
 """
 
 from __future__ import annotations
@@ -217,6 +218,36 @@ def plan_ladder(args) -> tuple[Experiment, list[Rung], str]:
     return root, rungs, spec.budget
 
 
+WHERE = ("storage", "name", "resume", "dry_run", "json", "verbose", "address", "cache_dir",
+         "shared_storage", "smoke_test", "ladder", "ladder_max_seconds")
+"""Flags that say where and how a command runs, not what the ladder trains."""
+
+
+def given_flags(args) -> dict[str, Any]:
+    """What the user asked the rungs to train (every flag given, but where and how)."""
+    return {k: v for k, v in vars(args).items()
+            if k not in WHERE and v is not None and v is not False}
+
+
+def restored_args(args, stored: dict[str, Any]):
+    """On resume, the ladder's own flags (ladder.json), so a rung that has not started yet
+    trains what the others did; a flag given now that differs is refused by name."""
+    import argparse
+
+    given = given_flags(args)
+    for key, value in given.items():
+        was = stored.get(key)
+        if _plain(value) != was:
+            raise ExperimentError(f"--resume: --{key.replace('_', '-')} {value!r} differs from "
+                                  f"the stored ladder's {was!r} (ladder.json); a resumed ladder "
+                                  "keeps its own settings: drop it, or start another --name")
+    return argparse.Namespace(**{**vars(args), **stored})
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _size(r: Rung) -> str:
     s = r.sets
     return (f"d_model={s['d_model']} n_layers={s['n_layers']} n_heads={s['n_heads']} "
@@ -229,6 +260,9 @@ def run_ladder(args, build_plan) -> int:
 
     root, rungs, budget = plan_ladder(args)
     folder = root.location
+    stored = root.read_json(LADDER_FILE)
+    if stored:
+        args = restored_args(args, stored.get("args", {}))
     if args.dry_run or args.ladder_max_seconds:
         costs = _dry_runs(args, rungs, folder, budget, build_plan)
         too_long = [(r, c) for r, c in zip(rungs, costs)
@@ -242,8 +276,12 @@ def run_ladder(args, build_plan) -> int:
         if args.dry_run:
             return 0
     if not root.exists(LADDER_FILE):
+        from ..spec.io import redact
+
+        flags = {k: redact(v) if isinstance(v, str) else _plain(v)
+                 for k, v in given_flags(args).items()}
         root.write_json({"mults": [r.mult for r in rungs], "budget": budget,
-                         "rungs": [r.to_dict() for r in rungs]}, LADDER_FILE)
+                         "rungs": [r.to_dict() for r in rungs], "args": flags}, LADDER_FILE)
     for rung in rungs:
         state = _state(folder, rung)
         log(f"event=ladder_rung rung={rung.index} state={state} {_size(rung).replace(', ', ' ')}")
