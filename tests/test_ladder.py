@@ -192,3 +192,17 @@ def test_ladder_end_to_end_resume_report_and_api(tmp_path, capsys):
     report = ladder.report(tmp_path / "report")
     text = report.read_text()
     assert "rung 0's verdict" in text and (tmp_path / "report" / "ladder.png").exists()
+
+
+def test_api_runs_the_same_path(tmp_path, capsys):
+    from tune_ablations import api
+
+    assert api.run_ladder(ladder=2, preset="tiny", seeds=2, ablations=["baseline", "high_lr"],
+                          storage=str(tmp_path), name="l", dry_run=True) is None
+    assert "ladder rung=1 " in capsys.readouterr().out
+    with pytest.raises(ValueError, match="run_ladder needs ladder=N"):
+        api.run_ladder(preset="tiny")
+    with pytest.raises(ValueError, match="--ladder='1' must be"):
+        api.run_ladder(ladder=1, storage=str(tmp_path))
+    with pytest.raises(ValueError, match="holds no ladder"):
+        api.load_ladder(tmp_path)
