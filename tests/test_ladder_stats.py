@@ -141,3 +141,25 @@ def test_chosen_lr_against_width_beside_mups_prediction():
     assert "| a | 2 | 256 | 0.002 | 0.0005 | 0.002 |" in text
     assert "baseline -1.00" in text and "a +0.00" in text
     assert lr_width_lines(rungs[:1]) == []  # one tuned rung: nothing to compare
+
+
+def test_rank_bootstrap_covers_the_true_tau():
+    """Two rungs whose true orderings differ by one swap (true tau 0.4), 3 seeds each: the
+    95% seed-bootstrap interval holds the true tau (measured 0.97 at this noise over 300
+    ladders; asserted over 100, Monte-Carlo SE about 0.017)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    small = {"a": -0.10, "b": -0.05, "c": 0.03, "d": 0.08}
+    large = {"a": -0.08, "b": 0.02, "c": -0.02, "d": 0.10}
+    truth = stats.kendalltau([0, *small.values()], [0, *large.values()]).statistic
+
+    def rung(i, means):
+        return _rung(i, 1e13, {a: {s: m + rng.normal(0, 0.03) for s in range(3)}
+                               for a, m in means.items()}, dict.fromkeys(means, "better"))
+
+    sims, cover = 100, 0
+    for k in range(sims):
+        ra = rank_agreement(rung(0, small), rung(1, large), draws=150, seed=k)
+        cover += ra["ci"][0] <= truth <= ra["ci"][1]
+    assert cover / sims >= 0.9, cover / sims
