@@ -20,8 +20,8 @@ assert torch.cuda.is_available(), "no CUDA device"
 print(f"gpu={torch.cuda.get_device_name()!r} bf16={torch.cuda.is_bf16_supported()} "
       f"torch={torch.__version__} cuda={torch.version.cuda}")
 PY
-# 1. The gpu-marked tests (fp16 grad scaler, a tiny run on the GPU).
-python -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log" | tail -3
+# 1. The gpu-marked tests (fp16 grad scaler, a tiny run on the GPU, every optimizer).
+python -m pytest -q -m gpu tests/test_gpu.py tests/test_optimizers.py 2>&1 | tee "$out/gpu_tests.log" | tail -3
 echo "section=tests elapsed_s=$(( $(date +%s) - t0 ))"
 # 2. Where a step's time goes at the seed baseline's shape (d384, 12 layers, seq 512, batch 8):
 #    `profile ...` lines (step_ms, tokens_per_s, mfu vs the data sheet for bf16, gpu_busy,

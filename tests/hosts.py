@@ -65,6 +65,44 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
+class RoutedNamespace:
+    """A network namespace shaped like a real machine for the socket test: a non-loopback
+    address and a default route (a veth pair with both ends inside, the route through the other
+    end). Without a default route Ray falls back to loopback on its own, so a check there would
+    prove nothing. Nothing is sent anywhere: the route leads to the namespace itself."""
+
+    def __init__(self):
+        tag = f"tl{os.getpid() % 100000}{random.randint(0, 99)}"
+        self.netns, veth = tag, (f"{tag}x", f"{tag}y")
+        subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        self.ip = f"{subnet}.1"
+        _ip("netns", "add", tag)
+        _ip("link", "add", veth[0], "type", "veth", "peer", "name", veth[1])
+        for i, dev in enumerate(veth):
+            _ip("link", "set", dev, "netns", tag)
+            _ip("-n", tag, "addr", "add", f"{subnet}.{i + 1}/24", "dev", dev)
+            _ip("-n", tag, "link", "set", dev, "up")
+        _ip("-n", tag, "link", "set", "lo", "up")
+        _ip("-n", tag, "route", "add", "default", "via", f"{subnet}.2", "dev", veth[0])
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *cmd]
+
+    def listening(self) -> list[tuple[str, str, str]]:
+        """(protocol, local address, process) of every listening TCP and bound UDP socket."""
+        out = subprocess.run(self.argv(["ss", "-ltunpH"]), capture_output=True, text=True,
+                             check=True).stdout
+        rows = []
+        for line in out.splitlines():
+            cols = line.split()
+            if len(cols) >= 5:
+                rows.append((cols[0], cols[4].rsplit(":", 1)[0], " ".join(cols[6:])))
+        return rows
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+
+
 class Host:
     """One simulated machine: run commands in it, or kill everything it runs."""
 

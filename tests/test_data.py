@@ -71,17 +71,31 @@ def test_hub_code_path_on_local_files_in_the_same_format(tmp_path):
 
 
 def test_hub_unreachable_is_a_clear_error_at_once(monkeypatch):
-    import time
+    """Offline: no connection is even tried. Unreachable: one connection attempt, then the
+    error, never the client's minute of retries (`datasets.load_dataset` is not reached)."""
+    import socket
 
+    import datasets
+
+    attempts = []
+    real = socket.create_connection
+
+    def counted(address, *args, **kwargs):
+        attempts.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: pytest.fail("the Hub client's retries were reached"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    t0 = time.perf_counter()
     with pytest.raises(C.CorpusError, match="HF_HUB_OFFLINE is set; use an embedded corpus"):
         C.load_hub_documents("hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2", 3)
+    assert attempts == []
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(C.CorpusError, match=r"Hub \(127.0.0.1\) is not reachable.*local path"):
         C.load_hub_documents("hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2", 3)
-    assert time.perf_counter() - t0 < 10  # no minute of retries
+    assert attempts == [("127.0.0.1", 9)]
 
 
 def test_reference_corpus_at_the_cpu_preset_fails_cleanly(tmp_path, capsys):
@@ -98,7 +112,7 @@ def test_embedded_corpora_load_offline():
     assert len(pydoc) > 50 and all(isinstance(d, str) and d for d in pydoc)
     stdlib = C.load_stdlib_documents()
     assert len(stdlib) > 100
-    assert sum(map(len, stdlib)) > 3 * sum(map(len, pydoc))
+    assert sum(map(len, stdlib)) > 2 * sum(map(len, pydoc))  # 2.75x on 3.13, 3.5x on 3.11
 
 
 def test_split_groups_documents_sharing_passages():

@@ -19,6 +19,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 from conftest import WORDS
@@ -138,11 +139,11 @@ def cluster():
 
 
 @contextmanager
-def driver_on_a(c: Cluster, args: list[str]):
+def driver_on_a(c: Cluster, args: list[str], env: dict[str, str] | None = None):
     """A sweep's driver on host A, killed (every process of it) if still running at the end;
     holds are released either way."""
-    driver = c.a.popen([sys.executable, "-m", *args], c.env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+    driver = c.a.popen([sys.executable, "-m", *args], c.env | (env or {}),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield driver
     finally:
@@ -281,21 +282,36 @@ def test_a_search_writes_a_shared_postgres_study_live_and_resumes_consistently(c
     assert len(set(ids)) == 4 and None not in ids
 
 
+PG_USER = "planted"  # the role that needs a password (scram-sha-256); postgres is trusted
+
+
 def _postgres(c: Cluster) -> str:
-    """PostgreSQL from Debian's packages on host A, reachable from host B."""
+    """PostgreSQL from Debian's packages on host A, reachable from host B (started once): the
+    superuser trusted (database `optuna`), role PG_USER admitted by its password only
+    (`c.pg_password`; it owns database PG_USER)."""
     if PG is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; "
                     ".ci/run installs it)")
+    url = f"postgresql+psycopg://postgres@{c.a.ip}:5432/optuna"
+    if getattr(c, "pg_password", None):
+        return url
     net = c.a.ip.rsplit(".", 1)[0] + ".0/24"
     c.ok(c.a, ["sh", "-c", f"mkdir -p /tmp/pg && chown postgres /tmp/pg && su postgres -c "
                            f"'{PG}/initdb -D /tmp/pg -A trust -U postgres' >/dev/null && "
+                           f"echo 'host all {PG_USER} {net} scram-sha-256' >> "
+                           f"/tmp/pg/pg_hba.conf && "
                            f"echo 'host all all {net} trust' >> /tmp/pg/pg_hba.conf"])
     c.a.popen(["su", "postgres", "-c", f"{PG}/postgres -D /tmp/pg -k /tmp -c "
                f"listen_addresses={c.a.ip}"], c.env, stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL)
     _wait("PostgreSQL", lambda: c.a.run(["pg_isready", "-h", c.a.ip], c.env).returncode == 0)
     c.ok(c.a, ["su", "postgres", "-c", f"createdb -h {c.a.ip} optuna"])
-    return f"postgresql+psycopg://postgres@{c.a.ip}:5432/optuna"
+    password = "Pg/" + secrets.token_hex(8) + "@:x%"
+    c.ok(c.a, ["psql", "-h", c.a.ip, "-U", "postgres", "-d", "optuna", "-v", "ON_ERROR_STOP=1",
+               "-c", f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{password}'"])
+    c.ok(c.a, ["su", "postgres", "-c", f"createdb -h {c.a.ip} -O {PG_USER} {PG_USER}"])
+    c.pg_password = password
+    return url
 
 
 def test_every_process_of_host_b_killed_mid_trial(cluster):
@@ -318,3 +334,190 @@ def test_every_process_of_host_b_killed_mid_trial(cluster):
         if trial in held:
             assert outcome["resumed_from"] == [HOLD_STEP]
             assert c.read_json(exp, trial, "run.json")["node_ip"] == c.a.ip
+
+
+def _study_rows(c: Cluster, exp: str, name: str, host) -> list:
+    """The study the experiment keeps (study.db, uploaded at the end), as [state, ray trial
+    id, params] rows."""
+    return json.loads(c.py(
+        "import json, tempfile, optuna\n"
+        "from tune_ablations.results.experiment import Experiment\n"
+        "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
+        "path = tempfile.mkdtemp() + '/study.db'\n"
+        f"open(path, 'wb').write(Experiment({exp!r}).read_bytes('study.db'))\n"
+        f"s = optuna.load_study(study_name={name!r}, storage='sqlite:///' + path)\n"
+        "print(json.dumps([[t.state.name, t.user_attrs.get('ray_trial_id'), t.params]"
+        " for t in s.trials]))", host))
+
+
+def _table(c: Cluster, exp: str, host) -> list[dict]:
+    return json.loads(c.py(
+        "from tune_ablations.results.frames import load\n"
+        f"df = load({exp!r}).trials\n"
+        "print(df[['trial_id', 'status']].astype(str).to_json(orient='records'))", host))
+
+
+def _snapshotted(c: Cluster, exp: str, trials: list[str]) -> bool:
+    return all(_snapshot_names(c, exp, t)[-1:] == [HELD_CHECKPOINT] for t in trials)
+
+
+@pytest.mark.parametrize("kill", ["before_first_end", "midway", "after_last"])
+def test_a_search_killed_on_host_a_resumes_on_host_b(cluster, kill):
+    """The default study (SQLite on the driver's host) and S3 storage: the driver dies on host
+    A before any trial ends, mid-way (one finished, two holding) or after the last trial (the
+    driver holding once Ray's Tuner returned); the same command with --resume on host B
+    finishes it, and the study it keeps holds each trial Ray ran once, COMPLETE."""
+    c = cluster
+    name, held = f"sr-{kill.replace('_', '-')}", []
+    exp = f"{BUCKET}/{name}"
+    args = ["tune_ablations.search", "--space", "lr", "--preset", "tiny", "--data", CORPUS,
+            "--set", "vocab_size=300", "text_samples=0", "max_steps=400", "eval_every=100",
+            "--num-samples", "3", "--max-concurrent", "2", "--scheduler", "none",
+            "--trial-resource", "host_b=1", "--address", c.address, "--storage", BUCKET,
+            "--name", name]
+    if kill == "after_last":
+        c.release()  # the trials run through; the driver holds
+        with driver_on_a(c, args, env={"TUNE_ABLATIONS_TEST_HOLD_DRIVER": str(c.hold)}):
+            _wait("the driver to hold after the last trial",
+                  lambda: (c.hold / "held-driver").exists())
+        (c.hold / "held-driver").unlink()
+    else:
+        c.hold_trials()
+        with driver_on_a(c, args):
+            held = _wait("two trials to hold on host B", lambda: len(c.held()) == 2 and c.held())
+            if kill == "midway":
+                c.release(held[0])
+                _wait("one trial to finish", lambda: c.read_json(exp, held[0], "outcome.json"))
+                held = _wait("the third trial to hold", lambda: [
+                    t for t in c.held() if t != held[0]] if len(c.held()) == 3 else None)
+            _wait("the snapshot to name the held checkpoints",
+                  lambda: _snapshotted(c, exp, held), every=1)
+    r = c.cli(c.b, *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    table = _table(c, exp, c.b)
+    assert len(table) == 3 and {t["status"] for t in table} == {"completed"}, table
+    study = _study_rows(c, exp, name, c.b)
+    assert [row[0] for row in study] == ["COMPLETE"] * 3, study
+    assert sorted(row[1] for row in study) == sorted(t["trial_id"] for t in table)
+    hint = next(line for line in r.stdout.splitlines() if "optuna-dashboard" in line)
+    assert hint.startswith("study: optuna-dashboard sqlite:////") and "s3:" not in \
+        hint.split()[2], hint
+
+
+def test_a_tune_lr_grid_killed_on_host_a_resumes_on_host_b(cluster):
+    """--tune-lr: the driver dies on host A mid-way through the lr sweep (one trial finished,
+    two holding); --resume on host B runs the rest of the sweep and the seeds at each arm's
+    chosen lr, no trial twice."""
+    c = cluster
+    exp = f"{BUCKET}/tl"
+    args = grid_args(c, "tl", "--ablations", "baseline", "high_lr", "--seeds", "1",
+                     "--tune-lr", "3", "--trial-resource", "host_b=1")
+    c.hold_trials()
+    with driver_on_a(c, args):
+        held = _wait("two trials to hold on host B", lambda: len(c.held()) == 2 and c.held())
+        c.release(held[0])
+        _wait("one trial to finish", lambda: c.read_json(exp, held[0], "outcome.json"))
+        held = _wait("the next trial to hold", lambda: [
+            t for t in c.held() if t != held[0]] if len(c.held()) == 3 else None)
+        _wait("the snapshot to name the held checkpoints",
+              lambda: _snapshotted(c, exp, held), every=1)
+    r = c.cli(c.b, *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = _table(c, exp, c.b)
+    decisions = c.read_json(exp, "decisions.json", host=c.b)
+    assert set(decisions["tune_lr"]["chosen"]) == {"baseline", "high_lr"}, decisions
+    assert len(table) == 8 and {t["status"] for t in table} == {"completed"}, table
+    assert len({t["trial_id"] for t in table}) == 8
+
+
+def _job_state(c: Cluster, name: str) -> str | None:
+    """The job server's state of a submitted sweep, as `status` on host B reports it (None
+    until its driver has written sweep.json)."""
+    r = c.cli(c.b, "tune_ablations.status", name, "--storage", BUCKET, "--json",
+              "--job-address", c.jobs)
+    lines = r.stdout.strip().splitlines()
+    return json.loads(lines[-1]).get("job") if lines else None
+
+
+def _spellings(*values: str) -> list[str]:
+    forms = {f for v in values for f in (v, quote(v, safe=""), quote_plus(v, safe=""),
+                                         quote(v))}
+    return sorted(forms | {f.encode().hex() for f in forms})  # Ray's JSON holds pickles as hex
+
+
+def _found(c: Cluster, host, patterns: Path) -> str:
+    """`file:pattern` for each file on a host (its private /tmp with Ray's logs, its caches and
+    ~/.ray) that holds a pattern; empty when none does."""
+    r = host.run(["sh", "-c", f"grep -r -a -o -F -f {patterns} /tmp /root/.cache /root/.ray "
+                              "2>/dev/null | sort -u; true"], c.env)
+    return r.stdout.strip()
+
+
+def test_planted_secrets_reach_no_byte_the_sweep_writes(cluster):
+    """A unique secret in each place a user puts one: an S3 secret inside the --storage URI, an
+    S3 secret in the driver's environment, a PostgreSQL password inside --study-storage (a role
+    PostgreSQL admits by that password only), and a submitting machine's environment. Searched,
+    as is, URL-encoded and hex-encoded: every object in the bucket, every file on both hosts
+    (Ray's logs, caches, job records), the job server's records (its job list, drivers'
+    entrypoints included, and every job's logs) and each command's output."""
+    c = cluster
+    _postgres(c)
+    uri_s3, env_s3, job_s3 = ("S3uri/" + secrets.token_hex(6) + "@+k", "S3env/" +
+                              secrets.token_hex(6) + "+e", "S3job/" + secrets.token_hex(6))
+    planted = [uri_s3, env_s3, job_s3, c.pg_password]
+    patterns = c.bed.control / "patterns.txt"
+    patterns.write_text("\n".join(_spellings(*planted)) + "\n")
+    storage = f"s3://KEYID:{quote(uri_s3, safe='')}@sweeps/secrets"
+    study = (f"postgresql+psycopg://{PG_USER}:{quote(c.pg_password, safe='')}@{c.a.ip}:5432/"
+             f"{PG_USER}")
+    outputs = []
+    search = c.a.run([sys.executable, "-m", "tune_ablations.search", "--space", "lr",
+                      "--preset", "tiny", "--data", CORPUS, "--set", "vocab_size=300",
+                      "text_samples=0", "max_steps=200", "--num-samples", "2",
+                      "--trial-resource", "host_b=1", "--address", c.address, "--storage",
+                      storage, "--name", "planted", "--study-storage", study],
+                     c.env | {"AWS_SECRET_ACCESS_KEY": env_s3}, timeout=600)
+    outputs.append(search.stdout + search.stderr)
+    assert search.returncode == 0, search.stderr[-3000:]
+    status = c.cli(c.b, "tune_ablations.status", "planted", "--storage", storage, "--json")
+    outputs.append(status.stdout + status.stderr)
+    assert status.returncode == 0, status.stderr[-2000:]
+    sub_env = c.env | {"AWS_SECRET_ACCESS_KEY": job_s3}
+    refused = c.a.run([sys.executable, "-m", "tune_ablations.submit", "search", "--space", "lr",
+                       "--job-address", c.jobs, "--storage", BUCKET, "--study-storage",
+                       study], sub_env)
+    outputs.append(refused.stdout + refused.stderr)
+    assert refused.returncode == 2 and "PGPASSWORD" in refused.stderr, refused.stderr[-2000:]
+    sub = c.a.run([sys.executable, "-m", "tune_ablations.submit", "grid", "--job-address",
+                   c.jobs, "--python", sys.executable, *grid_args(
+                       c, "planted-job", "--ablations", "baseline", "--seeds", "1",
+                       "--trial-resource", "host_b=1", address=False)[1:]], sub_env)
+    outputs.append(sub.stdout + sub.stderr)
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    _wait("the job to end", lambda: _job_state(c, "planted-job") in (
+        "SUCCEEDED", "FAILED", "STOPPED"), every=2)
+    records = c.py(  # the job server's own records: every job (drivers too) and its logs
+        "from ray.job_submission import JobSubmissionClient\n"
+        f"client = JobSubmissionClient({c.jobs!r})\n"
+        "for job in client.list_jobs():\n"
+        "    print(repr(job))\n"
+        "    if job.submission_id:\n"
+        "        print(client.get_job_logs(job.submission_id))\n")
+    assert "planted-job" in records and "tune_ablations.search" in records
+    bucket = c.py(  # every object in the bucket that holds a planted secret
+        "import boto3\n"
+        f"patterns = [p.encode() for p in open({str(patterns)!r}).read().split()]\n"
+        "s3 = boto3.client('s3')\n"
+        "keys = [o['Key'] for page in s3.get_paginator('list_objects_v2').paginate("
+        "Bucket='sweeps') for o in page.get('Contents', [])]\n"
+        "assert any(k.startswith('secrets/planted/') for k in keys), keys\n"
+        "bodies = {k: s3.get_object(Bucket='sweeps', Key=k)['Body'].read() for k in keys}\n"
+        "print('\\n'.join(k for k, body in bodies.items() if any(p in body for p in patterns)))")
+    spellings = _spellings(*planted)
+    assert not [s for s in spellings if s in records], "a secret in the job server's records"
+    assert not [s for s in spellings for out in outputs if s in out], "a secret in an output"
+    assert bucket.strip() == "", f"objects holding a secret: {bucket}"
+    for host in c.bed.hosts:
+        found = _found(c, host, patterns)
+        assert found == "", f"files on host {host.name} hold a secret: {found}"

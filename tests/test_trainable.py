@@ -74,6 +74,20 @@ def test_trainable_called_directly(stub_tune, base):
     assert outcome["status"] == "completed" and outcome["samples"]
 
 
+def test_run_json_records_the_optimizer(stub_tune, base):
+    """A trial's run.json says which optimizer trained it, with its settings, the versions of
+    the packages it came from, and a reproducing command that trains the same."""
+    pytest.importorskip("schedulefree")
+    base = {**base, "overrides": {**base["overrides"], "optimizer": "schedule_free_adamw",
+                                  "max_steps": 10}}
+    run_trial({"ablation": "baseline", "seed": 0}, base=base, threads=1)
+    run = json.loads((stub_tune["trial_dir"] / "run.json").read_text())
+    assert run["config"]["optimizer"] == "schedule_free_adamw"
+    assert {"beta1", "beta2", "weight_decay", "lr"} <= set(run["config"])
+    assert run["versions"]["schedulefree"]
+    assert "optimizer=schedule_free_adamw" in run["reproduce"]
+
+
 def test_trainable_resumes_from_ray_checkpoint(stub_tune, base):
     from ray import tune
 

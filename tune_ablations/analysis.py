@@ -20,9 +20,11 @@ from .cli import build_parser
 from .spec.io import fail, say
 
 
-def smoke_experiment(root: Path, overrides: dict | None = None) -> Path:
+def smoke_experiment(root: Path, overrides: dict | None = None, data: str | None = None
+                     ) -> Path:
     """A real tiny experiment without Ray, in the results layout: baseline and high_lr x 2 seeds
-    at the tiny preset on the embedded corpus (seconds on a CPU), with `overrides` shared."""
+    at the tiny preset on the embedded corpus (or `data`; seconds on a CPU), with `overrides`
+    shared."""
     from dataclasses import replace
 
     from .results.experiment import Experiment
@@ -34,7 +36,8 @@ def smoke_experiment(root: Path, overrides: dict | None = None) -> Path:
     from .training.trainer import train
 
     exp = Experiment(root / "smoke")
-    base = RunSpec(preset="tiny", overrides={"text_samples": 0, **(overrides or {})})
+    base = RunSpec(preset="tiny", overrides={"text_samples": 0, **(overrides or {})},
+                   **({"data": data} if data else {}))
     data = prepare_data(resolve(base).data, log=lambda s: None)
     for ablation in ("baseline", "high_lr"):
         for seed in (0, 1):

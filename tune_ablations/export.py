@@ -20,6 +20,8 @@ def parser() -> argparse.ArgumentParser:
                     "temporary folder)")
     ap.add_argument("--smoke-test", action="store_true", help="export a tiny real run (trained "
                     "here, seconds) and check that the reloaded model gives identical logits")
+    ap.add_argument("--license", default="mit", help="the model card's license (a Hub "
+                    "license id; the training data's own terms apply too) (default: mit)")
     ap.add_argument("--cache-dir", help="token cache, for experiments made before tokenizers "
                     "were stored with them (default: $TUNE_ABLATIONS_CACHE or "
                     "~/.cache/tune_ablations)")
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.source or not args.out:
         return fail("export needs an experiment or trial folder and --out (or --smoke-test)")
     try:
-        out = export(args.source, args.out,
+        out = export(args.source, args.out, license=args.license,
                      cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     except (ValueError, ExperimentError, FileNotFoundError) as exc:
         return fail(exc)

@@ -41,6 +41,7 @@ from .sweeps.options import (
 )
 from .sweeps.plan import SweepPlan
 from .sweeps.sweep import add_sweep_args, sweep_main
+from .sweeps.tuner import arms_progress
 
 SMOKE_ABLATIONS = ("baseline", "high_lr")
 CPU_TIME_BUDGET = 300.0  # seconds: the default command answers in about 6 minutes on 2 cores
@@ -120,7 +121,9 @@ def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOption
         kind="grid", name=name, base=spec, trials=trials, planned=max_trials,
         searcher=searcher, record={"spec": spec.to_dict(), "grid": stored(opts)},
         resources=resources, gpus=gpus, parameter_columns=["ablation", "seed"],
-        forced=forced, after=print_answer)
+        forced=forced, after=print_answer, show_best=False,
+        progress=arms_progress(by_cost, opts.seeds, opts.max_seeds,
+                               len(arms) * opts.tune_lr))
     return with_lr_tuning(plan, opts, by_cost, budget) if opts.tune_lr else plan
 
 

@@ -44,6 +44,7 @@ from .sweeps.options import (
 from .sweeps.plan import SweepPlan
 from .sweeps.search_space import SearchSpace, find_space, load_space, parse_space
 from .sweeps.sweep import add_sweep_args, sweep_main
+from .sweeps.tuner import samples_progress
 
 SMOKE_SPACE = "lr"
 
@@ -93,8 +94,16 @@ def _derive(space: SearchSpace, base: RunSpec, opts: SearchOptions) -> tuple[Run
     return base, derived
 
 
+def _options(args) -> tuple[SearchOptions, set[str]]:
+    """The search's options as given, `--study-storage`'s password moved out of its URL."""
+    from .sweeps.study import study_url
+
+    opts, given = options_from_args(SearchOptions, args)
+    return replace(opts, study_storage=study_url(opts.study_storage)), given
+
+
 def _new(args, n_gpus: int) -> tuple[SearchSpace, RunSpec, SearchOptions, list, str]:
-    opts, _ = options_from_args(SearchOptions, args)
+    opts, _ = _options(args)
     if not opts.space:
         raise SweepError("--space is required: a shipped space (lr, lr_batch, "
                          "lr_batch_seq_dim, ...) or a TOML file")
@@ -114,7 +123,7 @@ def _stored(args, record: dict, text: str):
     base, opts = RunSpec.from_dict(record["spec"]), restore(SearchOptions, record["search"])
     given_spec, names = spec_from_args(args, default_preset=base.preset)
     refuse_spec_changes(base, given_spec, names - set(record.get("derived_keys", [])))
-    given_opts, names = options_from_args(SearchOptions, args)
+    given_opts, names = _options(args)
     refuse_changes(opts, given_opts, names, what="the search's settings")
     opts = with_secrets(opts, given_opts, names)
     return space, base, opts, record.get("derived_keys", []), text
@@ -140,6 +149,7 @@ def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOption
         (record or {}).get("gpus_per_trial",
                            default_gpus_per_trial(opts.max_concurrent or 4, n_gpus))
     probes = "probe_tokens" in derived
+    points, later = planned_samples(space, base, opts, samples)
     return SweepPlan(
         kind="search", name=name, base=base, trials=corners, planned=samples,
         searcher=_searcher(space, base, opts, samples), resources=resources, gpus=gpus,
@@ -149,20 +159,46 @@ def build_plan(args, record: dict | None, n_gpus: int, resources: ResourceOption
         parameter_columns=list(space.params), files={SPACE_FILE: text},
         scheduler=_scheduler(opts, milestone, max_t, probes), after=_after(base, space, opts,
                                                                            derived),
-        max_concurrent=opts.max_concurrent)
+        max_concurrent=opts.max_concurrent, later=later, progress=samples_progress(samples),
+        preview=[base.with_params(**p) for p in points])
+
+
+STARTUP = 4  # TPE's random start (sweeps.searchers.make_sampler): independent of any result
+
+
+def planned_samples(space: SearchSpace, base: RunSpec, opts: SearchOptions, samples: int
+                    ) -> tuple[list[dict[str, Any]], str]:
+    """(the samples the search will draw that are known before any result, what follows).
+    Random and QMC samplers draw every point from their seed alone: all are listed. TPE's
+    first STARTUP points (the base config first, then seeded random ones) are too; the rest
+    follow from the losses, so only their number is said."""
+    import optuna
+
+    from .sweeps.searchers import _quiet, make_sampler
+
+    known = samples if opts.sampler in ("random", "qmc") else min(samples, STARTUP)
+    with _quiet(optuna):
+        study = optuna.create_study(sampler=make_sampler(opts.sampler, opts.sampler_seed))
+        first = space.baseline_point(base)
+        if first:
+            study.enqueue_trial(first)
+        points = [dict(study.ask(space.distributions()).params) for _ in range(known)]
+    rest = samples - known
+    later = (f"{rest} more samples chosen by TPE from the results so far (which ones depends "
+             "on the losses)") if rest else ""
+    return points, later
 
 
 def _searcher(space: SearchSpace, base: RunSpec, opts: SearchOptions, samples: int):
     def make(location: str, slots: int):
         from .results.experiment import Experiment
         from .sweeps.searchers import OptunaSearcher
-        from .sweeps.study import study_location
 
         exp = Experiment(location)
-        url, _ = study_location(exp, opts.study_storage)
-        return OptunaSearcher(space.distributions(), storage=url, study_name=exp.name,
-                              sampler=opts.sampler, sampler_seed=opts.sampler_seed,
-                              num_samples=samples, first_point=space.baseline_point(base))
+        return OptunaSearcher(space.distributions(), storage=opts.study_storage,
+                              study_name=exp.name, sampler=opts.sampler,
+                              sampler_seed=opts.sampler_seed, num_samples=samples,
+                              first_point=space.baseline_point(base), experiment=location)
 
     return make
 
@@ -184,12 +220,13 @@ def _scheduler(opts: SearchOptions, milestone: int, max_t: int, probes: bool):
 
 def _after(base: RunSpec, space: SearchSpace, opts: SearchOptions, derived: list[str]):
     def after(exp, res, datasets: dict[str, Any]) -> None:
-        from .sweeps.study import finish_search, study_location
+        from .sweeps.searchers import study_location
+        from .sweeps.study import finish_search
 
         url, local_db = study_location(exp, opts.study_storage)
         keep = tuple((k, v) for k, v in base.overrides if k not in derived)
         finish_search(exp, res, replace(base, overrides=keep), list(space.params), url,
-                      local_db, datasets)
+                      local_db, datasets, space.distributions())
 
     return after
 

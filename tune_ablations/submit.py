@@ -135,6 +135,13 @@ def _check_sweep(kind: str, rest: list[str]) -> tuple[str, str]:
         raise ValueError("--storage holds credentials, which would be stored in the job's "
                          "entrypoint; give the cluster AWS_ACCESS_KEY_ID / "
                          "AWS_SECRET_ACCESS_KEY in its environment instead")
+    for i, arg in enumerate(rest):  # whatever the flag: the job server keeps its entrypoint
+        if redact(arg) != arg:
+            flag = rest[i - 1] if i and rest[i - 1].startswith("--") else arg.split("=")[0]
+            raise ValueError(f"{flag} {redact(arg)!r} holds a secret, which would be stored in "
+                             "the job's entrypoint; give it to the cluster in its environment "
+                             "or the client's config file instead (PostgreSQL: PGPASSWORD or "
+                             "~/.pgpass; S3: AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)")
     if args.address:
         raise ValueError("--address: a submitted sweep runs on the cluster it is submitted to "
                          "(drop --address; use --job-address for the job server)")

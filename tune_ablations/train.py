@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from .spec.config import check_paths
     from .training.data import prepare_data
     from .training.domains import with_domains
+    from .training.optimizers import check_available
     from .training.runtime import local_gpus
     from .training.trainer import train
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads={args.threads} must be >= 1")
         cfg = resolve(spec)
         check_paths(cfg.data)
+        check_available(cfg.optim)
         data = with_domains(prepare_data(cfg.data, log=log), cfg.data)
         cfg = resolve(spec, vocab_size=data.vocab_size)  # budgets count the real vocabulary
         log(f"event=start ablation={cfg.name} preset={spec.preset} steps={cfg.steps} "

@@ -63,7 +63,9 @@ def join(storage: str | os.PathLike, name: str) -> str:
     return f"{text.rstrip('/')}/{name}" if is_remote(text) else str(_local_path(text) / name)
 
 
-_INLINE = re.compile(r"^(?P<scheme>s3://)(?P<key>[^/@:]+):(?P<secret>[^/@]+)@(?P<rest>.+)$")
+# s3://KEY:SECRET@bucket/path: the secret runs to the last `@` (AWS secrets hold `/` and `+`;
+# written raw or URL-encoded), the bucket and path hold no `@`.
+_INLINE = re.compile(r"^(?P<scheme>s3://)(?P<key>[^/@:]+):(?P<secret>.+)@(?P<rest>[^@]+)$")
 
 
 def has_credentials(location: str) -> bool:
@@ -77,11 +79,15 @@ def strip_credentials(location: str) -> str:
     started from here and S3 clients read them. Nothing pickled or written holds them."""
     from urllib.parse import unquote
 
+    from ..spec.io import register_secret
+
     m = _INLINE.match(str(location))
     if not m:
         return str(location)
     os.environ["AWS_ACCESS_KEY_ID"] = unquote(m["key"])
     os.environ["AWS_SECRET_ACCESS_KEY"] = unquote(m["secret"])
+    register_secret(m["secret"])
+    register_secret(unquote(m["secret"]))
     return m["scheme"] + m["rest"]
 
 

@@ -12,6 +12,11 @@ means error; else a trial Ray terminated early (ASHA) is early_stopped; else run
 `best_completed` is the one definition of "the best trial": the final value of the metric
 among completed trials, in the metric's own direction. Status, the summary, the report and
 export all use it.
+
+One dtype per column and one meaning per name, in both tables: text is pandas' `string`
+(whatever pandas' own default for text), whole numbers `Int64`, flags `boolean`; `lr` is the
+configured peak learning rate everywhere, and the history's learning rate at each evaluation
+(after warmup and decay) is `scheduled_lr`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from ..spec.config import field_names
 from ..spec.names import (
+    HISTORY_NAMES,
     METRIC,
     OUTCOME_FILE,
     RAY_ERROR_FILE,
@@ -161,6 +167,8 @@ def load(source: Experiment | str) -> Results:
         hist += [{"trial_id": row["trial_id"], "ablation": row["ablation"], "seed": row["seed"],
                   **{k: r.get(k) for k in _HISTORY_KEYS}} for r in t.reports]
     history = pd.DataFrame(hist, columns=["trial_id", "ablation", "seed", *_HISTORY_KEYS])
+    history = one_dtype_per_column(history.rename(columns=HISTORY_NAMES), ("seed", "step",
+                                                                            "tokens_seen"))
     outcomes = {t.trial_id: t.outcome for t in trials if t.outcome}
     return Results(_typed(pd.DataFrame(rows)), history.sort_values(["trial_id", "step"],
                                                                    ignore_index=True), outcomes)
@@ -171,13 +179,39 @@ def _typed(df):
 
     if df.empty:
         return df
-    df["status"] = pd.Categorical(df["status"], categories=STATUSES)
-    for col in ("ablation", "trial_id", "path", "label"):
-        df[col] = df[col].astype("string")
-    for col in ("seed", "step", "tokens_seen", "params", "non_embedding_params",
-                "probe_tokens_trained"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    df = one_dtype_per_column(df, ("seed", "step", "tokens_seen", "params",
+                                   "non_embedding_params", "probe_tokens_trained"))
+    df["status"] = pd.Categorical(df["status"].astype(object), categories=STATUSES)
     return df.sort_values(["ablation", "seed", "trial_id"], ignore_index=True)
+
+
+def one_dtype_per_column(df, whole: tuple[str, ...] = ()):
+    """Text columns as `string`, flags as `boolean`, `whole` number columns as `Int64`, mixed
+    values as their text; numbers stay numbers; a column with no value at all is left as it
+    is."""
+    import pandas as pd
+
+    for col in df.columns:
+        if col in whole:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+            continue
+        if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+            continue
+        kinds = {type(v) for v in df[col] if v is not None and not _missing(v)}
+        if not kinds:  # nothing recorded: no type to choose (the readers treat it as missing)
+            continue
+        if kinds <= {bool}:
+            df[col] = df[col].astype("boolean")
+        elif kinds <= {int, float}:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+        elif not pd.api.types.is_bool_dtype(df[col]):
+            df[col] = df[col].map(lambda v: v if v is None or _missing(v) or isinstance(v, str)
+                                  else json.dumps(v, default=str)).astype("string")
+    return df
+
+
+def _missing(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
 
 
 def load_results(source: Experiment | str):

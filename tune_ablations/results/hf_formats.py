@@ -74,7 +74,7 @@ def hf_config(m: ModelConfig, vocab: int, seq_len: int, eos: int | None,
     """config.json for the format `stock_fits` picks; `meta` goes in as `tune_ablations`."""
     common = {"vocab_size": vocab, "rms_norm_eps": 1e-6, "torch_dtype": "float32",
               "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos,
-              "use_cache": False, "tune_ablations": meta}
+              "use_cache": True, "tune_ablations": meta}
     if stock_fits(m):
         return common | {
             "model_type": LLAMA, "architectures": ["LlamaForCausalLM"],

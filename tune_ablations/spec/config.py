@@ -58,16 +58,40 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
 
+OPTIMIZERS = ("adamw", "muon", "lion", "schedule_free_adamw", "sgd")
+MUON_LR_ADJUSTS = ("match_rms_adamw", "original")
+
+
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
+    optimizer: Literal["adamw", "muon", "lion", "schedule_free_adamw", "sgd"] = "adamw"
+    """`adamw` (reference); `muon` for the hidden matrices with AdamW for the rest (embeddings,
+    norms, output), as the modded-nanogpt records use it; `lion` and `schedule_free_adamw`
+    (the `optimizers` extra); `sgd` with momentum. See training/optimizers.py."""
     lr: float = 3e-4
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of the optimizer (`muon`: of the hidden matrices); the schedule and
+    `--tune-lr` scale it, and every other group's rate with it."""
+    adamw_lr_ratio: float = 1.0
+    """`muon`: peak lr of its AdamW part (embeddings, norms) as a multiple of `lr` (1 with
+    `muon_lr_adjust=match_rms_adamw`, whose updates match AdamW's size)."""
+    muon_lr_adjust: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
+    """`muon`: update scale per matrix of shape (A, B): `match_rms_adamw` 0.2 sqrt(max(A, B))
+    (Liu et al. 2025: AdamW's lr and weight decay carry over), or `original` (Jordan et al.
+    2024, the speedrun: sqrt(max(1, A / B)), lr ~0.02)."""
+    momentum: float = 0.95
+    """`muon` and `sgd`: momentum coefficient (0.95: torch.optim.Muon's and the speedrun's)."""
+    nesterov: bool = True
+    """`muon` and `sgd`: Nesterov momentum."""
     weight_decay: float = 0.1
-    """Decoupled weight decay, applied to 2-D weights only."""
+    """Weight decay of 2-D weights (norm gains never): decoupled, w <- w (1 - lr wd), for
+    adamw, lion, muon (at the unadjusted lr) and schedule_free_adamw (at its gradient point y);
+    for sgd an L2 term wd w added to the gradient (torch.optim.SGD)."""
     beta1: float = 0.9
-    """AdamW beta1."""
+    """beta1 of AdamW (also Muon's AdamW part) and of schedule_free_adamw (its interpolation,
+    > 0); Lion's update interpolation."""
     beta2: float = 0.95
-    """AdamW beta2."""
+    """beta2 of AdamW (also Muon's AdamW part) and of schedule_free_adamw; Lion's momentum
+    decay (its paper: 0.99)."""
     warmup_steps: int = 100
     """Linear warmup length, steps (0 reproduces the reference, which applied none)."""
     min_lr_ratio: float = 0.1
@@ -208,6 +232,8 @@ def validate(cfg: RunConfig) -> None:
     for section in (cfg.model, cfg.optim, cfg.data, cfg.budget, cfg.eval):
         for f in fields(section):
             v = getattr(section, f.name)
+            if f.type == "bool":
+                _check(isinstance(v, bool), f"{f.name}={v!r} must be true or false")
             if f.type in ("int", "float"):
                 _check(_is_number(v) and (f.type == "float" or isinstance(v, int)),
                        f"{f.name}={v!r} must be {'an integer' if f.type == 'int' else 'a number'}")
@@ -235,7 +261,18 @@ def _validate_model(m: ModelConfig) -> None:
 
 
 def _validate_optim(o: OptimConfig) -> None:
+    _check(o.optimizer in OPTIMIZERS, f"optimizer={o.optimizer!r} must be one of "
+           + ", ".join(repr(x) for x in OPTIMIZERS))
     _check(o.lr > 0, f"lr={o.lr} must be > 0")
+    _check(o.adamw_lr_ratio > 0, f"adamw_lr_ratio={o.adamw_lr_ratio} must be > 0")
+    _check(o.muon_lr_adjust in MUON_LR_ADJUSTS, f"muon_lr_adjust={o.muon_lr_adjust!r} must be "
+           "one of " + ", ".join(repr(x) for x in MUON_LR_ADJUSTS))
+    _check(0 <= o.momentum < 1, f"momentum={o.momentum} must be in [0, 1)")
+    _check(not (o.optimizer == "sgd" and o.nesterov and o.momentum == 0),
+           f"nesterov=True needs momentum > 0 for optimizer='sgd' (got momentum={o.momentum})")
+    _check(not (o.optimizer == "schedule_free_adamw" and o.beta1 == 0),
+           f"beta1={o.beta1} must be > 0 for optimizer='schedule_free_adamw' (its averaged "
+           "weights are recovered by dividing by beta1)")
     _check(o.weight_decay >= 0, f"weight_decay={o.weight_decay} must be >= 0")
     for name in ("beta1", "beta2"):
         _check(0 <= getattr(o, name) < 1, f"{name}={getattr(o, name)} must be in [0, 1)")

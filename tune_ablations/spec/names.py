@@ -81,6 +81,11 @@ RANK_METRIC = "rank_loss"
 REPORT_KEYS = ("step", "tokens_seen", "epoch", "lr", "train_loss", "grad_norm", *VAL_KEYS,
                "rank_loss", "unigram_val_loss", "unigram_val_bpb", "tokens_per_s",
                "steps_per_s", "mfu", "train_time_s", "eval_time_s", "diverged", "status")
+SCHEDULED_LR = "scheduled_lr"
+"""The name a history (tables, trackers) gives the trainer's reported `lr`: the rate at that step
+after warmup and decay, not the configured peak `lr`."""
+HISTORY_NAMES = {"lr": SCHEDULED_LR}
+"""Reported key -> the name every history of a trial shows it under."""
 
 
 def mode_of(metric: str) -> str:

@@ -12,8 +12,7 @@ Design choices:
 - `apply_flat` is the one interpreter of flat keys (`--set`, TOML files, search spaces' [fixed]
   tables): spec fields, the aliases older files use (`iso_tokens = true`, `corpus = ...`) and
   config fields; anything else is an error naming the closest valid key.
-- Files are TOML only, read with the standard library's `tomllib` (its backport `tomli` on
-  Python 3.10).
+- Files are TOML only, read with the standard library's `tomllib`.
 """
 
 from __future__ import annotations
@@ -290,11 +289,9 @@ def _toml_value(v: Any) -> str:
 
 
 def toml_module():
-    """stdlib `tomllib` (3.11+), else its backport `tomli` (same API)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    """The standard library's `tomllib`."""
+    import tomllib
+
     return tomllib
 
 

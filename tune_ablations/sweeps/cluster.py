@@ -12,15 +12,30 @@ Design choices:
   refuses it, naming the fix (a URI, or `--shared-storage` for a folder every node mounts).
 - Ray snapshots the experiment state only every >= 10 s by default; we set 1 s so a sweep killed
   mid-way resumes its trials from their checkpoints rather than from step 0.
+- A local Ray listens on 127.0.0.1 only. Ray (2.41 to 2.60 at least) takes the address of the
+  machine's default route as its node address, also when `_node_ip_address="127.0.0.1"` is
+  given (`services.resolve_ip_for_localhost` turns it back into that address), and then binds
+  GCS, raylet, object manager, workers and agents to it or to every interface, unauthenticated
+  before Ray 2.52. Ray's single-machine mode (what it uses on macOS and Windows,
+  `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read as `ray_constants.ENABLE_RAY_CLUSTER`) makes the
+  node address 127.0.0.1, and every server then binds loopback only (ray-project/ray#55484 and
+  #59852 bind to the node address). It is switched on only while the local head starts, so a
+  later `--address` in the same process still joins a cluster by its own address. Should a Ray
+  start elsewhere anyway, the sweep refuses to run unless that Ray requires its token
+  (`RAY_AUTH_MODE=token`, Ray >= 2.52). Checked with `ss` in a network namespace with a default
+  route: tests/test_loopback.py.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
 import sys
+from contextlib import contextmanager
 
+from ..spec.io import log
 from ..training.runtime import local_gpus
 from .options import SweepError
 
@@ -48,21 +63,114 @@ def quiet_third_parties(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                     "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_home() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial actor's runtime_env
+    (`tune.execution.class_cache.ENV_VARS_TO_PROPAGATE`), which Ray's GCS keeps and each node's
+    runtime-env agent logs. Not here: a local trial inherits them from the Ray it runs in, a
+    cluster's nodes use their own environment (the cluster's credentials, as the recipe says)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set):
+        propagated.difference_update(CLOUD_CREDENTIALS)
+
+
 def init_ray(address: str | None, *, num_cpus: int | None = None, verbose: bool = False) -> None:
     import ray
 
     quiet_third_parties(verbose)
+    keep_credentials_home()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     level = logging.WARNING if verbose else logging.ERROR
     if address:
-        ray.init(address=address, logging_level=level, log_to_driver=verbose,
-                 runtime_env=job_runtime_env())
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=local_gpus(),
+        with redacted_entrypoint():
+            ray.init(address=address, logging_level=level, log_to_driver=verbose,
+                     runtime_env=job_runtime_env())
+        return
+    with single_machine(), redacted_entrypoint():  # "local": a new Ray, never one found here
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=local_gpus(),
                  include_dashboard=False, dashboard_host="127.0.0.1", logging_level=level,
                  log_to_driver=verbose, configure_logging=True)
+    check_loopback()
+
+
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def single_machine():
+    """Ray's single-machine mode while a local head starts: node address 127.0.0.1, so every
+    server it starts binds loopback only (see the module's design notes)."""
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"  # for the processes Ray starts (agents, monitors)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time; `import ray` already read env
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = old_env
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or an IPv4-mapped loopback address (`::ffff:127.0.0.1`)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def check_loopback() -> None:
+    """Refuse a local Ray that started on a network address, unless it requires its token."""
+    import ray
+
+    node = ray.util.get_node_ip_address()
+    if is_loopback(node):
+        return
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        log(f"event=ray_not_loopback node={node} auth=token (its ports require the token)")
+        return
+    ray.shutdown()
+    raise SweepError(f"the local Ray (version {ray.__version__}) started on {node}, not "
+                     "127.0.0.1, so its ports are open to the network without authentication; "
+                     "set RAY_AUTH_MODE=token (Ray >= 2.52 then requires its token on every "
+                     "port), or start a head yourself and pass --address")
+
+
+@contextmanager
+def redacted_entrypoint():
+    """Ray records the driver's command line (from /proc, not sys.argv) as the job's entrypoint,
+    which its GCS keeps and its job server shows: give it the redacted one instead."""
+    try:
+        from ray._private import utils
+    except ImportError:  # a Ray without it records nothing of ours
+        yield
+        return
+    from ..spec.io import user_command
+
+    original = getattr(utils, "get_entrypoint_name", None)
+    if original is None:
+        yield
+        return
+    utils.get_entrypoint_name = lambda: " ".join(user_command())
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = original
 
 
 def job_runtime_env() -> dict:

@@ -22,7 +22,8 @@ from ..spec.io import say
 from ..spec.runspec import RunSpec
 from .options import ResourceOptions
 
-KEY_SETTINGS = ("lr", "batch_size", "seq_len", "d_model", "n_layers", "n_heads", "vocab_size")
+KEY_SETTINGS = ("optimizer", "lr", "batch_size", "seq_len", "d_model", "n_layers", "n_heads",
+                "vocab_size")
 
 
 @dataclass
@@ -61,6 +62,15 @@ class SweepPlan:
     """Trials at once (None: what the resources allow)."""
     later: str = ""
     """What the sweep decides to run after the listed trials (`--dry-run` says it)."""
+    tracker: Any = None
+    """The experiment tracker (`sweeps.trackers.TrackerOptions`); set by `sweep_main`."""
+    progress: Callable[[list], str] | None = None
+    """The progress table's summary line from Ray's trials (`tuner.arms_progress`, ...)."""
+    show_best: bool = True
+    """Whether the progress table names a "current best trial" (not for a grid's arms)."""
+    preview: list[RunSpec] | None = None
+    """The trials `--dry-run` lists when they are not `trials` (a search's own samples, where
+    they can be known before any result)."""
 
     @property
     def cpus(self) -> float:
@@ -79,7 +89,8 @@ def trial_rows(plan: SweepPlan, configs: list[RunConfig], data_by_id: dict, thre
     rows = []
     for spec, c in zip(plan.trials, configs):
         data = data_by_id[data_id(c.data)]
-        shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision, c.device, data.key)
+        shape = (c.model, c.data.batch_size, c.data.seq_len, c.precision, c.device, data.key,
+                 c.optim.optimizer)  # Muon's orthogonalisation costs time per step
         if shape not in step_time:
             step_time[shape] = estimate_step_seconds(c, data.vocab_size, threads, choice)
         probe = planned_probe_tokens(c)

@@ -16,6 +16,13 @@ Design choices:
   report, so optuna-dashboard follows a running search. After a driver kill, trials the study
   holds as RUNNING but Ray never scheduled are handed out again, so no trial is lost or
   duplicated.
+- Resuming from any host: the searcher's state, saved by Ray with every experiment snapshot,
+  holds each trial's record (params, reports, end) as told to the study. A restored searcher
+  checks the study it finds against those records: a study that is ahead (a shared database,
+  or this host's own file, written after the snapshot) is kept; one that is behind or holds
+  other trials (another host's local file, or none) is rebuilt from the records, so the study
+  and Ray's trials agree whichever host resumes. The default SQLite file is found on the host
+  that runs the driver, not at the path of the host that started the search.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 
 from ..results.experiment import Experiment
 from ..results.sequential import ALPHA, decide, describe
-from ..spec.names import DECISIONS_FILE, METRIC, MODE, TIME_ATTR, Status
+from ..spec.names import DECISIONS_FILE, METRIC, MODE, STUDY_FILE, TIME_ATTR, Status
 
 
 def _searcher_base():
@@ -91,6 +98,11 @@ class ArmsSearcher(_searcher_base()):
         state["live"] = {k: tuple(v) for k, v in state["live"].items()}
         self.__dict__.update(state)
         self.session = time.time()
+        # Restoring, Ray copies the experiment's *.json into its staging folder (beside this
+        # checkpoint) and uploads that folder with every snapshot and at the end: its copy of
+        # decisions.json would overwrite the one write_record keeps current in the experiment.
+        Path(checkpoint_path).with_name(DECISIONS_FILE).unlink(missing_ok=True)
+        self.write_record()
 
     # --- the procedure ----------------------------------------------------------------------
 
@@ -155,17 +167,20 @@ class ArmsSearcher(_searcher_base()):
 class OptunaSearcher(_searcher_base()):
     """Optuna's ask/tell, with honest trial states, in a persistent study."""
 
-    def __init__(self, distributions: dict[str, Any], *, storage: str, study_name: str,
+    def __init__(self, distributions: dict[str, Any], *, storage: str | None, study_name: str,
                  sampler: str, sampler_seed: int, num_samples: int,
-                 first_point: dict[str, Any] | None = None):
+                 first_point: dict[str, Any] | None = None, experiment: str | None = None):
         super().__init__(metric=METRIC, mode=MODE)
+        # storage None: the experiment's default study, located on the host running the driver
         self.distributions, self.storage, self.study_name = distributions, storage, study_name
         self.sampler_kind, self.sampler_seed = sampler, sampler_seed
         self.num_samples, self.first_point = num_samples, first_point
+        self.experiment = experiment
         self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self.storage_ids: dict[int, int] = {}  # Optuna trial number -> its id in the storage
+        self.records: dict[int, dict[str, Any]] = {}  # number -> what the study was told
         self.asked, self.told = 0, set()
-        self._study = None
+        self._study, self._check = None, False
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_study"}
@@ -175,10 +190,20 @@ class OptunaSearcher(_searcher_base()):
         self._study = None
 
     @property
+    def storage_url(self) -> str:
+        """The study's storage as seen from this host."""
+        if self.storage is not None:
+            return self.storage
+        return study_location(Experiment(self.experiment), None)[0]
+
+    @property
     def study(self):
         if self._study is None:
-            self._study = open_study(self.storage, self.study_name,
+            self._study = open_study(self.storage_url, self.study_name,
                                      make_sampler(self.sampler_kind, self.sampler_seed))
+            if self._check:
+                self._check = False
+                self._reconcile()
             if not self._study.trials and self.first_point:
                 self._study.enqueue_trial(self.first_point)  # where the reference stood
         return self._study
@@ -203,6 +228,9 @@ class OptunaSearcher(_searcher_base()):
     def _map(self, trial_id: str, number: int, storage_id: int) -> None:
         self.numbers[trial_id] = number
         self.storage_ids[number] = storage_id
+        params = self.study.get_trials(deepcopy=False)[number].params
+        self.records.setdefault(number, {"params": dict(params), "state": "RUNNING",
+                                         "value": None, "intermediate": {}, "attrs": {}})
 
     def _trial(self, number: int):
         import optuna
@@ -229,6 +257,10 @@ class OptunaSearcher(_searcher_base()):
         trial = self.study.get_trials(deepcopy=False)[number]
         if trial.state.is_finished():
             self.told.add(number)
+            if number in self.records:  # the record follows what the study holds
+                self.records[number].update(
+                    state=trial.state.name, value=trial.value, attrs=dict(trial.user_attrs),
+                    intermediate=dict(trial.intermediate_values))
             return True
         return False
 
@@ -240,8 +272,11 @@ class OptunaSearcher(_searcher_base()):
             return
         if self._finished_in_study(number):
             return
+        step = int(result.get(TIME_ATTR, 0))
         with _quiet(optuna):
-            self._trial(number).report(float(value), step=int(result.get(TIME_ATTR, 0)))
+            self._trial(number).report(float(value), step=step)
+        if number in self.records:  # (a sweep started before records were kept has none)
+            self.records[number]["intermediate"].setdefault(step, float(value))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -255,21 +290,100 @@ class OptunaSearcher(_searcher_base()):
         status = None if error or result is None else result.get("status")
         state, value = tell_state(status, (result or {}).get(METRIC))
         trial = self._trial(number)
-        trial.set_user_attr("status", _final_status(status, error))
-        trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr(TIME_ATTR, int((result or {}).get(TIME_ATTR) or 0))
+        attrs = {"status": _final_status(status, error), "ray_trial_id": trial_id,
+                 TIME_ATTR: int((result or {}).get(TIME_ATTR) or 0)}
+        for key, v in attrs.items():
+            trial.set_user_attr(key, v)
         self.study.tell(number, value, state=state, skip_if_finished=True)
+        if number in self.records:
+            self.records[number].update(state=state.name, value=value, attrs=attrs)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps({
             "numbers": self.numbers, "storage_ids": self.storage_ids, "asked": self.asked,
-            "told": sorted(self.told)}))
+            "told": sorted(self.told), "records": self.records}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers, self.asked = state["numbers"], state["asked"]
         self.storage_ids = {int(k): v for k, v in state["storage_ids"].items()}
         self.told = set(state["told"])
+        self.records = _records(state)
+        self._study, self._check = None, True  # checked against the records at first use
+
+    def _reconcile(self) -> None:
+        """After a restore: the study made consistent with the records (see the module's
+        design notes); the storage ids follow a rebuilt study."""
+        self._study, rebuilt = consistent_study(
+            self.storage_url, self.study_name, self.records, self.distributions,
+            make_sampler(self.sampler_kind, self.sampler_seed), study=self._study)
+        if rebuilt:
+            self.storage_ids = {t.number: t._trial_id for t in self._study.get_trials(
+                deepcopy=False)}
+
+
+SEARCHER_STATE_PREFIX = "searcher-state-"  # Ray's Searcher.CKPT_FILE_TMPL, one per session
+
+
+def _records(state: dict) -> dict[int, dict[str, Any]]:
+    return {int(n): r | {"intermediate": {int(k): v for k, v in r["intermediate"].items()}}
+            for n, r in state.get("records", {}).items()}
+
+
+def saved_records(exp: Experiment) -> dict[int, dict[str, Any]]:
+    """The trial records of the newest searcher state Ray saved with the experiment (sessions
+    are named by their start time), or none."""
+    names = sorted(n for n, is_dir in exp.listdir()
+                   if not is_dir and n.startswith(SEARCHER_STATE_PREFIX))
+    if not names:
+        return {}
+    try:
+        return _records(json.loads(exp.read_bytes(names[-1])))
+    except (ValueError, KeyError, AttributeError):  # not an OptunaSearcher's state
+        return {}
+
+
+def consistent_study(storage: str, name: str, records: dict[int, dict[str, Any]],
+                     distributions: dict[str, Any], sampler=None, study=None):
+    """(the study, whether it was rebuilt): kept when it holds every recorded trial at least
+    as far as the records go (it may be ahead: written after Ray's last snapshot), else
+    rebuilt from the records (it lagged behind, or holds other trials)."""
+    import optuna
+
+    study = study or open_study(storage, name, sampler)
+    trials = study.get_trials(deepcopy=False)
+    if all(n < len(trials) and _covers(trials[n], r) for n, r in records.items()):
+        return study, False
+    optuna.delete_study(study_name=name, storage=storage)
+    study = open_study(storage, name, sampler)
+    with _quiet(optuna):
+        for n in sorted(records):
+            study.add_trial(_from_record(records[n], distributions))
+    from ..spec.io import log
+
+    log(f"event=study_rebuilt trials={len(records)} storage={storage} (it lagged behind the "
+        "restored search)")
+    return study, True
+
+
+def _covers(trial, record: dict[str, Any]) -> bool:
+    """The study's trial is the recorded one, at least as far along."""
+    if trial.params != record["params"]:
+        return False
+    if trial.state.is_finished():
+        return True
+    return record["state"] == "RUNNING" and \
+        set(record["intermediate"]) <= set(trial.intermediate_values)
+
+
+def _from_record(record: dict[str, Any], distributions: dict[str, Any]):
+    """A trial as the searcher told it to the study."""
+    from optuna.trial import TrialState, create_trial
+
+    return create_trial(state=TrialState[record["state"]], value=record["value"],
+                        params=record["params"], distributions=distributions,
+                        intermediate_values=record["intermediate"],
+                        user_attrs=record["attrs"])
 
 
 def _final_status(status: str | None, error: bool) -> str:
@@ -319,6 +433,25 @@ class _quiet:
     def __exit__(self, *exc):
         self.catch.__exit__(*exc)
         self.optuna.logging.set_verbosity(self.level)
+
+
+def study_location(exp: Experiment, url: str | None) -> tuple[str, Path | None]:
+    """(Optuna storage URL, local SQLite file to upload at the end, if any)."""
+    if url:
+        return url, None
+    if exp.local_dir is not None:
+        exp.local_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{exp.path(STUDY_FILE)}", None
+    import hashlib
+
+    from ..training.runtime import cache_root
+
+    digest = hashlib.sha256(str(exp).encode()).hexdigest()[:12]
+    local = cache_root() / "studies" / f"{exp.name}-{digest}.db"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if not local.exists() and exp.exists(STUDY_FILE):  # resuming from another machine
+        local.write_bytes(exp.read_bytes(STUDY_FILE))
+    return f"sqlite:///{local}", local
 
 
 def open_study(storage: str, name: str, sampler=None):

@@ -20,6 +20,8 @@ Design choices:
 from __future__ import annotations
 
 import math
+import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import numpy as np
 
 from ..results.experiment import Experiment
 from ..results.frames import best_completed
-from ..spec.io import redact, say
+from ..spec.io import redact, register_secret, say
 from ..spec.names import BEST_FILE, METRIC, RUN_FILE, STUDY_FILE
 from ..spec.runspec import RunSpec
 
@@ -38,23 +40,28 @@ N_BOOT = 30
 MIN_HOLDOUT_WINDOWS = 8
 
 
-def study_location(exp: Experiment, url: str | None) -> tuple[str, Path | None]:
-    """(Optuna storage URL, local SQLite file to upload at the end, if any)."""
-    if url:
-        return url, None
-    if exp.local_dir is not None:
-        exp.local_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{exp.path(STUDY_FILE)}", None
-    import hashlib
+_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^/@:]*):(?P<password>.*)@(?P<rest>[^@]*)$")
 
-    from ..training.runtime import cache_root
 
-    digest = hashlib.sha256(str(exp).encode()).hexdigest()[:12]
-    local = cache_root() / "studies" / f"{exp.name}-{digest}.db"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    if not local.exists() and exp.exists(STUDY_FILE):  # resuming from another machine
-        local.write_bytes(exp.read_bytes(STUDY_FILE))
-    return f"sqlite:///{local}", local
+def study_url(url: str | None) -> str | None:
+    """`--study-storage` without its password. A PostgreSQL password moves into this process's
+    `PGPASSWORD`, which libpq reads (as it reads `~/.pgpass`), so the URL that the searcher
+    keeps, Ray pickles into the experiment (tuner.pkl, searcher state) and sweep.json stores
+    holds none. Another database's inline password is refused, naming where it belongs."""
+    from urllib.parse import unquote
+
+    m = _PASSWORD.match(url or "")
+    if not m:
+        return url
+    if not m["head"].startswith(("postgresql", "postgres")):
+        raise ValueError(f"--study-storage {redact(url)!r} holds a password, which would be "
+                         "stored with the experiment: give it to the database client in its "
+                         "own configuration (MySQL: ~/.my.cnf with ?read_default_file=...)")
+    password = unquote(m["password"])
+    os.environ["PGPASSWORD"] = password
+    register_secret(password)
+    register_secret(m["password"])
+    return f"{m['head']}@{m['rest']}"
 
 
 def importances(study, params: list[str], *, n_boot: int = N_BOOT, seed: int = 0
@@ -157,17 +164,20 @@ def holdout_check(exp: Experiment, df, datasets: dict) -> dict[str, Any]:
 
 
 def finish_search(exp: Experiment, res, base: RunSpec, params: list[str], storage: str,
-                  local_db: Path | None, datasets: dict) -> None:
-    """Importances, best.toml and the held-out check, with one line each; the study uploaded
-    when it was kept locally for a remote experiment."""
+                  local_db: Path | None, datasets: dict,
+                  distributions: dict[str, Any] | None = None) -> None:
+    """Importances, best.toml and the held-out check, with one line each; the study made
+    consistent with the searcher's saved records (a search resumed on another host after its
+    last trial never reopened it), and uploaded when it was kept locally for a remote
+    experiment."""
     from ..spec.names import HOLDOUT_FILE, IMPORTANCES_FILE
-    from .searchers import open_study
+    from .searchers import consistent_study, saved_records
 
     df = res.trials
     if df.empty:
         say("event=search_empty trials=0")
         return
-    study = open_study(storage, exp.name)
+    study, _ = consistent_study(storage, exp.name, saved_records(exp), distributions or {})
     imp = importances(study, params)
     exp.write_json(imp, IMPORTANCES_FILE)
     best = write_best(exp, df, base, params)
@@ -186,7 +196,9 @@ def finish_search(exp: Experiment, res, base: RunSpec, params: list[str], storag
             f"{k}={v:.3f}" for k, v in imp["importances"].items()))
     else:
         say(f"importances: {imp.get('skipped', imp.get('note'))}")
-    if local_db is not None:
+    if local_db is not None:  # optuna-dashboard reads no URI: the copy on this machine
         exp.write_bytes(local_db.read_bytes(), STUDY_FILE)
-    shown = f"sqlite:///{exp.where(STUDY_FILE)}" if storage.startswith("sqlite") else storage
-    say(f"study: optuna-dashboard {redact(shown)}")
+        say(f"study: optuna-dashboard sqlite:///{local_db} (this machine's copy; the "
+            f"experiment keeps {exp.where(STUDY_FILE)})")
+    else:
+        say(f"study: optuna-dashboard {redact(storage)}")

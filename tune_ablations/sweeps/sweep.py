@@ -34,6 +34,20 @@ from .cluster import (
 from .options import ResourceOptions, SweepError, options_from_args, refuse_changes, restore
 from .options import stored as stored_options
 from .plan import SweepPlan, epoch_rows, epoch_warnings, print_plan, trial_rows, warm_measurements
+from .trackers import TrackerOptions, open_tracker, tracker_from_args
+
+JSON_OUTPUTS: dict[str, str] = {}
+"""What `--json` prints without `--dry-run`, per sweep kind (with `--dry-run`: the plan, one
+object per trial). A kind without an entry refuses `--json` without `--dry-run` instead of
+ignoring it."""
+
+
+def check_json(args, kind: str) -> None:
+    """`--json` is refused where it has no meaning."""
+    if getattr(args, "json", False) and not args.dry_run and kind not in JSON_OUTPUTS:
+        raise SweepError(f"--json without --dry-run: a {kind} prints no JSON while it runs "
+                         "(--dry-run --json prints its plan, one JSON object per trial); "
+                         "drop --json, or add --dry-run")
 
 
 def add_sweep_args(ap, kind: str) -> None:
@@ -55,10 +69,11 @@ def add_sweep_args(ap, kind: str) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan (steps, tokens, FLOPs, epochs, seconds), train nothing")
     g.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per "
-                   "trial on stdout, nothing else there")
+                   "trial on stdout, nothing else there (refused where it means nothing)")
     g.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs "
                    "and warnings")
     add_options(ap, ResourceOptions, "resources")
+    add_options(ap, TrackerOptions, "experiment tracker (MLflow, Weights & Biases)")
 
 
 def sweep_main(args, kind: str, build_plan) -> int:
@@ -68,6 +83,7 @@ def sweep_main(args, kind: str, build_plan) -> int:
     sweep.json, else None)."""
     started = time.perf_counter()
     try:
+        check_json(args, kind)
         resources, given = options_from_args(ResourceOptions, args)
         if args.resume:
             exp = open_experiment(args.storage, args.name, kind=kind)
@@ -77,8 +93,10 @@ def sweep_main(args, kind: str, build_plan) -> int:
             resources = restore(ResourceOptions, record["resources"])
             plan = build_plan(args, record, 0, resources)
         else:
+            record = None
             plan = build_plan(args, None, available_gpus(args.address), resources)
             exp = new_experiment(args.storage, plan.name)
+        plan.tracker = tracker_from_args(args, record)
     except (ValueError, SweepError) as exc:
         return fail(exc)
     return run_sweep(plan, exp, args, started=started)
@@ -150,10 +168,20 @@ def _configs(plan: SweepPlan, datasets: dict | None = None):
 
 def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     """Run (or restore, or dry-run) a planned sweep; returns the exit code."""
+    from dataclasses import replace
+
+    from ..training.optimizers import check_available
+
+    shown = replace(plan, trials=plan.preview) if args.dry_run and plan.preview else plan
     try:
         check_local_resources(plan.cpus, plan.gpus, address=args.address)
-        datasets = prepare_all(_configs(plan), args.cache_dir, exp if args.resume else None)
-        configs = _configs(plan, datasets)
+        for c in _configs(plan) + (_configs(shown) if shown is not plan else []):
+            check_available(c.optim)  # a missing optimizer package, before data, tracker, Ray
+        if not args.dry_run:  # the tracker's store opens before any data is prepared
+            plan.tracker = open_tracker(plan.tracker, exp.name)
+        datasets = prepare_all(_configs(plan) + (_configs(shown) if shown is not plan else []),
+                               args.cache_dir, exp if args.resume else None)
+        configs = _configs(shown if args.dry_run else plan, datasets)
     except (ValueError, SweepError) as exc:
         return fail(exc)
     for data in datasets.values():
@@ -166,7 +194,7 @@ def run_sweep(plan: SweepPlan, exp: Experiment, args, *, started: float) -> int:
     choice = Choice.from_dict(stored_choice) if stored_choice else None
     if choice is None and not remote:  # here, before trials compete for the cores
         choice = _choose(plan, configs, datasets)
-    rows = trial_rows(plan, configs, datasets, max(1, int(plan.cpus)), choice) \
+    rows = trial_rows(shown, configs, datasets, max(1, int(plan.cpus)), choice) \
         if args.dry_run else epoch_rows(configs, datasets)
     _epochs(rows, configs[0].data.corpus)
     if args.dry_run:
@@ -230,7 +258,7 @@ def _write_start(plan: SweepPlan, exp: Experiment, args, datasets: dict,
                     "resources": stored_options(plan.resources), "gpus_per_trial": plan.gpus,
                     "forced_overrides": plan.forced, "planned_trials": plan.planned,
                     "runtime": runtime,
-                    "shared_storage": args.shared_storage,
+                    "shared_storage": args.shared_storage, "tracker": stored_options(plan.tracker),
                     "argv": user_command(), "storage": redact(args.storage),
                     "git_sha": git_sha(), "versions": package_versions(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, SWEEP_FILE)
@@ -240,7 +268,7 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float,
          choice) -> int:
     from ray import tune
 
-    from .trainable import build_trainable, git_sha
+    from .trainable import build_trainable, git_sha, hold_driver
     from .tuner import prune_checkpoints, record_states, run_tuner, trial_dirname
 
     for key, arms in plan.forced.items():
@@ -255,6 +283,7 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float,
         argv=exp.read_sweep().get("argv", []), resources=plan.resources.trial_resources,
         choice=choice.to_dict())
     slots = concurrency(plan.cpus, plan.gpus)
+    tracker = None if args.resume else _tracker(plan, exp, datasets)  # resume: Ray restores it
     scheduler = plan.scheduler() if plan.scheduler else None
     tune_config = tune.TuneConfig(  # a scheduler names its own metric (ASHA may rank by probes)
         metric=None if scheduler else METRIC, mode=None if scheduler else MODE,
@@ -265,14 +294,28 @@ def _fit(plan: SweepPlan, exp: Experiment, args, datasets: dict, started: float,
         results = run_tuner(trainable, exp=exp, resume=args.resume, tune_config=tune_config,
                             max_failures=plan.resources.max_failures,
                             keep_checkpoints=plan.resources.keep_checkpoints,
-                            parameter_columns=plan.parameter_columns)
+                            parameter_columns=plan.parameter_columns,
+                            extra_callbacks=[tracker] if tracker else [],
+                            summary=plan.progress, best=plan.show_best)
     except SweepError as exc:
         return fail(exc)
+    hold_driver()
     record_states(exp, results)
     res = load(exp)
     for folder in res.trials.get("folder", []):  # the final snapshot names each latest one
         prune_checkpoints(exp, str(folder), plan.resources.keep_checkpoints)
     return finish(plan, exp, res, datasets, started)
+
+
+def _tracker(plan: SweepPlan, exp: Experiment, datasets: dict):
+    """The `--tracker` callback of a new sweep (None without one)."""
+    from .trackers import build_tracker
+
+    t = plan.tracker or TrackerOptions()
+    return build_tracker(t.tracker, uri=t.tracker_uri, project=t.tracker_project,
+                         sweep=exp.name, kind=plan.kind, base=plan.base.to_dict(),
+                         vocab={k: d.vocab_size for k, d in datasets.items()},
+                         results=str(exp))
 
 
 def finish(plan: SweepPlan, exp: Experiment, res: Results, datasets: dict,

@@ -49,6 +49,10 @@ from .decide import pin_spec
 # for <folder>/release (all trials) or <folder>/release-<trial>: a kill test kills on that state,
 # never after a sleep.
 HOLD_ENV = "TUNE_ABLATIONS_TEST_HOLD"
+# Tests only: "<folder>" makes the driver, once Ray's Tuner has returned (every trial ended,
+# the final snapshot written), create <folder>/held-driver and wait for
+# <folder>/release-driver: a kill "after the last trial" on a state.
+HOLD_DRIVER_ENV = "TUNE_ABLATIONS_TEST_HOLD_DRIVER"
 VARIED = ("ablation", "seed")
 
 
@@ -73,7 +77,7 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("tune-ablations", "torch", "ray", "optuna", "numpy", "tokenizers", "datasets",
-                 "transformers"):
+                 "transformers", "lion-pytorch", "schedulefree"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -223,6 +227,16 @@ def _hold(name: str):
             time.sleep(0.05)
 
     return hold
+
+
+def hold_driver() -> None:
+    """The driver's test-only hold point (see HOLD_DRIVER_ENV); a no-op unless it is set."""
+    folder = os.environ.get(HOLD_DRIVER_ENV)
+    if not folder:
+        return
+    Path(folder, "held-driver").write_text(str(os.getpid()))
+    while not Path(folder, "release-driver").exists():
+        time.sleep(0.05)
 
 
 def _train_resuming(cfg, report, data, resume_dir: Path | None, threads: int,

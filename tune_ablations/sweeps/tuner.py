@@ -5,6 +5,10 @@ Tuner, and Ray's final view of each trial.
 Design choices:
 - The live table's `run` column is our status; a trial the scheduler stopped is marked
   `early_stopped` the moment it is stopped, so the live table and the final tables agree.
+- The table's head speaks of the sweep, not of Ray's open-ended trial count ("4/infinite"):
+  a grid's arms and seeds (the current look, trials planned, running and done), a search's
+  samples of the planned number. A grid shows no "current best trial" (arms are compared by
+  the answer at the end, not ranked by one trial).
 - Trial folders are named `<ablation>-s<seed>[-<varied values>]-<id>`.
 - Checkpoints are pruned by us, not by Ray: Ray's `num_to_keep` deletes checkpoints that its
   last persisted experiment snapshot may still name, and a driver killed then cannot resume
@@ -39,14 +43,85 @@ def trial_dirname(trial) -> str:
     return re.sub(r"[^\w.=+-]", "_", f"{name}-{trial.trial_id}")[:120]
 
 
-def progress_reporter(parameter_columns: list[str], exp: Experiment):
+def rewrite_progress(text: str, exp: Experiment, summary: str | None, best: bool) -> str:
+    """Ray's progress text with our results location, our summary line in place of its trial
+    count, and its "current best trial" only where one means something."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("Result logdir"):
+            line = f"Results: {exp}"
+        elif line.startswith("Number of trials:") and summary:
+            line = summary
+        elif line.startswith("Current best trial:") and not best:
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def _counts(trials) -> str:
+    """Trials by our status: running, done (completed, early-stopped, diverged), errored,
+    pending."""
+    from collections import Counter
+
+    by = Counter()
+    for t in trials:
+        ray_status = str(t.status)
+        ours = (t.last_result or {}).get("status")
+        if ray_status == "TERMINATED":
+            by[str(ours) if ours in (Status.EARLY_STOPPED, Status.DIVERGED) else "done"] += 1
+        else:
+            by[{"RUNNING": "running", "ERROR": "errored"}.get(ray_status, "pending")] += 1
+    order = ("running", "done", Status.EARLY_STOPPED.value, Status.DIVERGED.value, "errored",
+             "pending")
+    return ", ".join(f"{by[k]} {k.replace('_', '-')}" for k in order if by[k])
+
+
+def arms_progress(arms: list[str], seeds: int | str, max_seeds: int, lr_sweep: int = 0):
+    """A grid's summary line: arms and seeds, the current look (seeds so far, up to how many),
+    the lr sweep's trials with --tune-lr, trials by status and the most planned."""
+    from ..spec.names import LR_SWEEP_SEED
+
+    auto = seeds == "auto"
+    most = len(arms) * (max_seeds if auto else int(seeds)) + lr_sweep
+
+    def summary(trials) -> str:
+        sweep = [t for t in trials if (t.config or {}).get("seed") == LR_SWEEP_SEED]
+        seeded = [t for t in trials if t not in sweep]
+        look = 1 + max((int(t.config.get("seed", 0)) for t in seeded), default=-1)
+        parts = [f"{len(arms)} arms"]
+        if lr_sweep:
+            swept = sum(str(t.status) == "TERMINATED" for t in sweep)
+            parts.append(f"lr sweep: {swept} of {lr_sweep} trials done")
+        if auto:
+            parts.append(f"seeds: look at {look} of up to {max_seeds} per arm" if seeded
+                         else "seeds: none yet")
+        else:
+            parts.append(f"{seeds} seeds per arm")
+        parts.append(f"trials: {_counts(trials) or 'none yet'}")
+        parts.append(f"{len(trials)} so far, {'up to ' if auto else ''}{most} planned")
+        return "Grid: " + " | ".join(parts)
+
+    return summary
+
+
+def samples_progress(samples: int):
+    """A search's summary line: samples drawn of those planned, trials by status."""
+
+    def summary(trials) -> str:
+        return (f"Search: {len(trials)} of {samples} samples | trials: "
+                f"{_counts(trials) or 'none yet'}")
+
+    return summary
+
+
+def progress_reporter(parameter_columns: list[str], exp: Experiment, summary=None,
+                      best: bool = True):
     from ray import tune
 
     class Reporter(tune.CLIReporter):
         def _progress_str(self, trials, done, *sys_info, **kw):
             text = super()._progress_str(trials, done, *sys_info, **kw)
-            return "\n".join(f"Results: {exp}" if line.startswith("Result logdir") else line
-                             for line in text.splitlines())
+            return rewrite_progress(text, exp, summary(trials) if summary else None, best)
 
     return Reporter(
         metric_columns={"step": "step", TIME_ATTR: "tokens", METRIC: METRIC, "val_acc": "acc",
@@ -122,8 +197,10 @@ def prune_checkpoints(exp: Experiment, folder: str, keep: int) -> list[str]:
 
 def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_failures: int,
               keep_checkpoints: int, parameter_columns: list[str],
-              param_space: dict | None = None):
-    """Fit a new Tuner, or restore the one in `exp` (errored trials retried)."""
+              param_space: dict | None = None, extra_callbacks: list | None = None,
+              summary=None, best: bool = True):
+    """Fit a new Tuner, or restore the one in `exp` (errored trials retried; its callbacks,
+    `extra_callbacks` such as a tracker's included, come back from Ray's tuner.pkl)."""
     from ray import tune
 
     from .options import SweepError
@@ -142,8 +219,10 @@ def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_fail
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # we prune (see above)
             sync_config=tune.SyncConfig(sync_artifacts=True),
-            progress_reporter=progress_reporter(parameter_columns, exp), verbose=1,
-            callbacks=callbacks(exp, keep_checkpoints, live=True), log_to_file=True)
+            progress_reporter=progress_reporter(parameter_columns, exp, summary, best),
+            verbose=1,
+            callbacks=[*callbacks(exp, keep_checkpoints, live=True), *(extra_callbacks or [])],
+            log_to_file=True)
         tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config,
                            run_config=run_config)
     return tuner.fit()

@@ -28,6 +28,7 @@ import torch
 from ..spec.config import RunConfig
 from .data import sample_batch
 from .evaluation import evaluate
+from .optimizers import set_evaluating
 from .runtime import sync
 from .step import decay, lr_at, train_step
 
@@ -80,6 +81,7 @@ def run_probe(r, st, budget: int) -> None:
         x, y = (t.to(s.device) for t in sample_batch(r.data.train, cfg.data.batch_size,
                                                      cfg.data.seq_len, gen))
         train_step(s, x, y, floor + (peak - floor) * decay(i / steps, cfg.optim.decay_shape))
+    set_evaluating(s.opt, True)  # schedule-free: score the averaged weights; _restore undoes it
     m = evaluate(s.model, r.windows, r.token_bytes, cfg.data.batch_size, s.device, s.amp)
     _restore(s, saved)
     st.probes.append({"budget_tokens": budget, "branch_step": st.step, "cooldown_steps": steps,

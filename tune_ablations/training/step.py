@@ -2,8 +2,9 @@
 under one autocast context, the evaluation cadence and checkpoints. Never imports Ray.
 
 Design choices:
-- AdamW with weight decay on 2-D weights only; linear warmup, then cosine to `min_lr_ratio`
-  of the peak (or linear, constant, wsd): `lr_at` is a pure function, tested at every boundary.
+- Linear warmup, then cosine to `min_lr_ratio` of the peak (or linear, constant, wsd): `lr_at`
+  is a pure function, tested at every boundary. The optimizer is `optimizers.py`'s; each of
+  its param groups runs at `lr_at` times its own `lr_scale`.
 - `train_step` returns tensors, not floats, so the loop decides when to synchronise; the plan's
   and the probes' step-time estimates (`probes.py`) time this same function.
 - Precision and compilation are decided before the step is built (`probes.py`) and passed in.
@@ -25,6 +26,7 @@ from ..spec.config import RunConfig
 from ..spec.io import write_atomic
 from ..spec.names import CHECKPOINT_FILE
 from .model import TransformerLM
+from .optimizers import build_optimizer
 from .runtime import autocast
 
 
@@ -60,18 +62,6 @@ def lr_at(step: int, cfg: RunConfig) -> float:
                                           else "cosine")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    betas = (cfg.optim.beta1, cfg.optim.beta2)
-    try:  # fused kernels exist for CUDA and, in recent torch, CPU
-        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=betas)
-
-
 class NextTokenLoss(torch.nn.Module):
     """Mean next-token cross-entropy (in fp32) of `model` on inputs/targets (B, T): the unit
     that is compiled, so the loss's cast, log-softmax and their backward fuse with the model's
@@ -93,7 +83,8 @@ class Step:
     model: TransformerLM
     loss: Any
     """(x, y) -> mean loss: `NextTokenLoss(model)`, compiled when asked."""
-    opt: torch.optim.AdamW
+    opt: Any
+    """The optimizer (optimizers.build_optimizer): a torch optimizer or a `Combined`."""
     scaler: torch.amp.GradScaler
     device: torch.device
     amp: torch.dtype | None
@@ -112,7 +103,7 @@ def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
     `device`, in the given autocast dtype, compiled if asked (eager if compilation fails)."""
     torch.manual_seed(cfg.seed)
     model = TransformerLM(cfg.model, vocab_size).to(device)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg, amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     step = Step(cfg, model, NextTokenLoss(model), opt, scaler, device, amp,
                 autocast(device, amp))
@@ -123,10 +114,11 @@ def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
 
 def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on inputs/targets (B, T); returns (loss, grad norm) as tensors, so
-    the caller decides when to sync."""
-    for group in s.opt.param_groups:
-        group["lr"] = lr
+    """One optimizer step on inputs/targets (B, T) at the schedule's `lr` (each param group
+    at `lr` x its `lr_scale`); returns (loss, grad norm) as tensors, so the caller decides
+    when to sync."""
+    for group in s.opt.param_groups:  # each group's own rate, on the schedule (optimizers.py)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with s.ctx:
         loss = s.loss(x, y)
     s.scaler.scale(loss).backward()

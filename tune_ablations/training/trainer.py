@@ -48,6 +48,7 @@ from .data import (
 from .domains import check_fits_tokens, with_domains
 from .evaluation import evaluate, unigram_reference
 from .model import TransformerLM
+from .optimizers import set_evaluating
 from .probes import Choice, decide
 from .runtime import autocast_dtype, peak_flops_for, precision_name, resolve_device, sync
 from .step import build_step, eval_due, load_checkpoint, lr_at, save_checkpoint, train_step
@@ -186,6 +187,7 @@ def _restore(r: Run, path: Path, log) -> TrainState:
     r.step.scaler.load_state_dict(ck["scaler"])
     r.gen.set_state(ck["sampler_rng"])
     torch.set_rng_state(ck["torch_rng"])
+    set_evaluating(r.step.opt, False)  # saved while evaluating (schedule-free: weights x)
     st = TrainState(**ck["state"])
     st.resumed_from = [*st.resumed_from, st.step]
     log(f"event=resumed step={st.step}")
@@ -313,6 +315,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
         sync(device)
         t1 = time.perf_counter()
         st.train_time += t1 - t0
+        set_evaluating(r.step.opt, True)  # evaluation, samples, checkpoint (optimizers.py)
         m = _evaluate(r, st, (loss_sum / n_since).item(), lr, float(gnorm))
         sync(device)
         st.eval_time += time.perf_counter() - t1
@@ -328,6 +331,7 @@ def train(cfg: RunConfig, *, report: Report | None = None, data: TokenData | Non
                 on_end(result)
         if report is not None and _report(report, m, r, st) and st.status == Status.RUNNING.value:
             st.status = Status.STOPPED.value
+        set_evaluating(r.step.opt, False)
         sync(device)
         t0 = time.perf_counter()
     return result if result is not None else _result(r, st)
