@@ -27,8 +27,7 @@ from common import machine  # noqa: E402
 
 SIZES = {"small checkpoints (tiny preset)": [],
          "larger checkpoints (d_model 192, 3 layers)": ["d_model=192", "n_heads=6",
-                                                        "n_layers=3", "d_ff=768",
-                                                        "--force-set"]}
+                                                        "n_layers=3", "d_ff=768"]}
 
 
 def _server() -> dict[str, str]:
@@ -55,7 +54,7 @@ def _server() -> dict[str, str]:
 def measure(name: str, seeds: int, extra: list[str]) -> dict:
     from tune_ablations.results.experiment import Experiment
     from tune_ablations.results.frames import load
-    from tune_ablations.status import sweep_status
+    from tune_ablations.results.progress import sweep_status
 
     uri = f"s3://bench/status/{name}"
     with tempfile.TemporaryDirectory() as tmp:

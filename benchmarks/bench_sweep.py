@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine  # noqa: E402
 
-from tune_ablations.spec.presets import ABLATIONS  # noqa: E402
+from tune_ablations.spec.questions import reference  # noqa: E402
+
+ABLATIONS = ["baseline", *reference().names]  # the default grid's arms
 
 
 def _one(args: tuple[str, str, int]) -> float:

@@ -50,6 +50,7 @@ def test_results_frame_from_real_run(real_grid):
     per = {a: set(g["tokens_seen"]) for a, g in hist.groupby("ablation")}
     assert per["baseline"] == per["large_batch"] and len(per["baseline"]) == 3
     assert (df["unigram_val_loss"] > 0).all() and (df["val_loss_se"] > 0).all()
+    assert set(df["run_precision"]) <= {"fp32", "bfloat16", "float16"}  # what each run used
 
 
 def test_statuses_of_a_partial_sweep(synthetic):
@@ -203,3 +204,24 @@ def test_export_reloads_identical_logits(real_grid, tmp_path):
 def test_fit_refuses_too_few_runs(synthetic, tmp_path, capsys):
     assert analysis.main([str(synthetic), "--fit", "--out", str(tmp_path / "f")]) == 2
     assert "a scaling fit needs at least 5 completed runs" in capsys.readouterr().err
+
+
+def test_the_equal_token_table_reads_only_exact_probes_of_the_trials_compared():
+    """Probes are runs of their budget only under wsd; under cosine (the rungs of a --tune-lr
+    sweep or of ASHA) they are decay branches and never stand in for a budget's loss."""
+    from tune_ablations.results.frames import Results
+    from tune_ablations.results.report import _equal_token_section
+
+    df = pd.DataFrame({"trial_id": ["w", "c"], "ablation": ["baseline", "short_seq"],
+                       "status": ["completed"] * 2, "tokens_seen": [1000, 1000],
+                       "step": [10, 10], "val_loss": [4.0, 4.1]})
+    probe = {"budget_tokens": 500, "branch_step": 4, "cooldown_steps": 1, "tokens": 500,
+             "val_loss_se": 0.01, "val_bpb": 2.0}
+    outcomes = {"w": {"name": "baseline", "seed": 0, "config": {"schedule": "wsd"},
+                      "probes": [{**probe, "val_loss": 4.5}]},
+                "c": {"name": "short_seq", "seed": 0, "config": {"schedule": "cosine"},
+                      "probes": [{**probe, "val_loss": 4.6}]}}
+    text = "\n".join(_equal_token_section(df, Results(df, pd.DataFrame(), outcomes)))
+    assert "From cooldown probes" in text and "baseline" in text and "short_seq" not in text
+    cosine = "\n".join(_equal_token_section(df.iloc[1:], Results(df, pd.DataFrame(), outcomes)))
+    assert "From cooldown probes" not in cosine and "same token budget" in cosine

@@ -78,6 +78,62 @@ def test_train_bad_values(argv, message, capsys):
     _clean(capsys, code, message)
 
 
+QUESTION_ERRORS = [
+    (["--arm", "x:lrr=2"], "arm 'x': unknown key 'lrr'; did you mean 'lr'?"),
+    (["--arm", "x:vocab_size=2048"], "arm 'x': vocab_size sets the tokenizer, which every arm "
+     "shares"),
+    (["--arm", "x:ffn=x2"], "arm 'x': ffn='x2': a factor applies to numeric config fields"),
+    (["--arm", "x"], "--arm 'x' must look like NAME:KEY=VALUE"),
+    (["--arm", "same:lr=x1"], "arm 'same' (lr=x1) resolves to the baseline's config at preset "
+     "'tiny'"),
+    (["--arm", "a:lr=x2", "--arm", "b:lr=0.006"], "arms 'a' (lr=x2) and 'b' (lr=0.006) resolve "
+     "to the same config"),
+    (["--arm", "wide:n_heads=5"], "arm 'wide' (n_heads=5) cannot be built at preset 'tiny': "
+     "d_model=32 must be divisible by n_heads=5"),
+    (["--arm", "huge:batch_size=x100"], "arm 'huge': one step is 12,800 tokens (batch_size=400 "
+     "x seq_len=32), more than its budget of 3,840 tokens"),
+    (["--arm", "long:max_steps=100"], "arm 'long': max_steps=100 has no effect with "
+     "budget='iso_tokens'"),
+    (["--arm", "x:lr=x2", "--ablations", "baseline", "y"], "unknown ablation 'y'"),
+    (["--arms", "positonal"], "unknown question (name or .toml file) for --arms 'positonal'; "
+     "did you mean 'positional'?"),
+]
+
+
+@pytest.mark.parametrize("argv, message", QUESTION_ERRORS)
+def test_a_question_is_checked_before_any_compute(argv, message, corpus_dir, tmp_path, capsys,
+                                                  monkeypatch):
+    """Every bad arm, from a file or the command line: one line naming field, value and rule,
+    exit 2, nothing written, no Ray started."""
+    import tune_ablations.sweeps.sweep as sweep_module
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started before the question was checked")
+
+    monkeypatch.setattr(sweep_module, "init_ray", no_ray)
+    code = grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+                      "--storage", str(tmp_path / "out"), *argv])
+    _clean(capsys, code, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_question_file_and_an_arm_for_one_run(tmp_path, capsys):
+    bad = tmp_path / "q.toml"
+    bad.write_text('[baseline]\nlr = 1e-3\n[arms.a]\nlr = \n')
+    _clean(capsys, grid.main(["--arms", str(bad), "--storage", str(tmp_path)]),
+           "q.toml: TOML syntax error")
+    bad.write_text('[baseline]\nablation = "high_lr"\n[arms.a]\nlr = "x2"\n')
+    _clean(capsys, grid.main(["--arms", str(bad), "--storage", str(tmp_path)]),
+           "unknown key in [baseline] 'ablation'")
+    _clean(capsys, train.main(["--smoke-test", "--ablation", "mine"]),
+           "unknown ablation 'mine'")
+    assert train.main(["--smoke-test", "--arm", "mine:lr=x2", "--ablation", "mine", "--set",
+                       "text_samples=0", "max_steps=6", "eval_every=3", "--out",
+                       str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["config"]["lr"] == 0.006 and result["config"]["name"] == "mine"
+
+
 def test_bad_toml_config(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[config]\nlr = \n")

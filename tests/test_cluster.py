@@ -115,11 +115,13 @@ def test_defaults_come_from_the_cluster(cluster, corpus_dir):
     code = ("import json, sys\n"
             "from tune_ablations import grid\n"
             "from tune_ablations.sweeps.cluster import available_gpus\n"
+            "from tune_ablations.sweeps.grid_plan import build_plan\n"
             "from tune_ablations.sweeps.options import ResourceOptions\n"
+            "from tune_ablations.training.resolved import Resolver\n"
             f"args = grid.parser().parse_args(['--address', '{c.address}', '--data', "
             f"'{corpus_dir}'])\n"
             "n_gpus = available_gpus(args.address)\n"
-            "plan = grid.build_plan(args, None, n_gpus, ResourceOptions())\n"
+            "plan = build_plan(args, None, n_gpus, ResourceOptions(), Resolver(prepare=False))\n"
             "print(json.dumps({'preset': plan.base.preset, 'gpus': plan.gpus,"
             " 'n_gpus': n_gpus}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -12,9 +12,12 @@ from tune_ablations.spec.config import (
     with_overrides,
 )
 from tune_ablations.spec.names import DIVERGED_LOSS, METRIC, METRICS, MODE, Status
-from tune_ablations.spec.presets import ABLATIONS, CPU_LR_SCALE, build_ablation
+from tune_ablations.spec.presets import CPU_LR_SCALE, build_ablation
+from tune_ablations.spec.questions import reference
 from tune_ablations.spec.resolve import resolve, with_token_budget
 from tune_ablations.spec.runspec import RunSpec, load_spec_file, parse_sets
+
+ABLATIONS = ["baseline", *reference().names]
 
 
 def test_metric_named_once():
@@ -36,6 +39,8 @@ def test_reference_ablations_as_published():
     assert (o.weight_decay, o.beta1, o.beta2, o.grad_clip, o.min_lr_ratio) == (
         0.1, 0.9, 0.95, 1.0, 0.1)
     got = {n: build_ablation(n, "seed") for n in ABLATIONS}
+    assert list(got) == ["baseline", "high_lr", "low_lr", "large_batch", "short_seq",
+                         "small_model"]
     assert got["high_lr"].optim.lr == 1e-3
     assert got["low_lr"].optim.lr == 1e-4
     assert (got["large_batch"].data.batch_size, got["large_batch"].optim.lr) == (16, 5e-4)
@@ -46,7 +51,9 @@ def test_reference_ablations_as_published():
     # Everything not named in an ablation equals the baseline.
     for name, cfg in got.items():
         diff = {k for k, v in to_flat_dict(cfg).items() if to_flat_dict(base)[k] != v}
-        assert diff <= set(ABLATIONS[name]) | {"name"}, (name, diff)
+        defined = dict(reference().arms[ABLATIONS.index(name) - 1].changes) if name != \
+            "baseline" else {}
+        assert diff <= set(defined) | {"name"}, (name, diff)
 
 
 def test_warmup_zero_reproduces_reference_schedule():
@@ -92,6 +99,8 @@ def test_cpu_preset_keeps_relations(name):
     ({"eval_every": 0}, "eval_every=0 must be > 0"),
     ({"seed": -1}, "seed=-1 must be an integer >= 0"),
     ({"beta2": 1.0}, "beta2=1.0 must be in [0, 1)"),
+    ({"eval_contexts": "64,x"}, "eval_contexts='64,x' must be comma-separated context lengths"),
+    ({"eval_contexts": "1"}, "eval_contexts='1' must be comma-separated context lengths >= 2"),
 ])
 def test_validation_names_value_and_rule(overrides, message):
     with pytest.raises(ValueError) as err:

@@ -15,8 +15,12 @@ import pytest
 
 from tune_ablations import grid
 from tune_ablations.results.experiment import Experiment
+from tune_ablations.results.sequential import FIRST_LOOK
+from tune_ablations.spec.names import LR_SWEEP_SEED
 from tune_ablations.spec.runspec import RunSpec
+from tune_ablations.sweeps.grid_plan import build_plan
 from tune_ablations.sweeps.options import ResourceOptions, stored
+from tune_ablations.training.resolved import Resolver
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +50,8 @@ def test_two_ablation_grid_end_to_end(ray_session, corpus_dir, tmp_path, capsys)
         run = json.loads((Path(trial) / "run.json").read_text())
         assert {"spec", "config", "seed", "versions", "git_sha", "data", "argv"} <= set(run)
     out = capsys.readouterr().out
-    assert "Answer" in out and re.search(r"high_lr\s+[-+]\d\.\d{3} nats", out)
+    assert "Answer" in out and re.search(
+        r"high_lr\s+(better|worse|not resolved): [-+]\d\.\d{3} nats .* 95% interval", out)
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["grid"]["seeds"] == 2 and sweep["spec"]["budget"] == "iso_tokens"
     assert (exp / "tokenizer").is_dir()  # the tokenizer travels with the experiment
@@ -111,6 +116,8 @@ def test_dry_run_prints_plan_and_writes_nothing(corpus_dir, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--ablations", "baseline", "hi_lr"], "unknown ablation 'hi_lr'; did you mean 'high_lr'"),
     (["--seeds", "0"], "--seeds=0 must be >= 1"),
+    (["--max-seeds", "2"], "--max-seeds=2 must be >= 3 (the seeds every arm gets before"),
+    (["--seeds", "1001"], "--seeds=1001 must be <= 1000: seeds from 1000 on belong to runs"),
     (["--ablations", "high_lr"], "--seeds auto compares every arm with the baseline"),
     (["--set", "lr=-1"], "lr=-1 must be > 0"),
     (["--set", "d_model=250", "n_heads=4"], "d_model=250 must be divisible by n_heads=4"),
@@ -140,7 +147,7 @@ def _stored_sweep(tmp_path, corpus_dir) -> list[str]:
     """A grid stored as sweep.json records it; returns the command that made it."""
     argv = _args(corpus_dir, tmp_path, "r", "--ablations", "baseline", "--seeds", "1")
     args = grid.parser().parse_args(argv)
-    plan = grid.build_plan(args, None, 0, ResourceOptions())
+    plan = build_plan(args, None, 0, ResourceOptions(), Resolver())
     Experiment(tmp_path / "r").write_json({
         **plan.record, "kind": "grid", "name": "r", "resources": stored(ResourceOptions()),
         "created": "2026-01-01T00:00:00"}, "sweep.json")
@@ -170,6 +177,68 @@ def test_the_same_command_with_resume_appended_is_accepted(corpus_dir, tmp_path,
     assert grid.main([*argv, "--resume", "--dry-run"]) == 0, capsys.readouterr().err
     assert "baseline-s0" in capsys.readouterr().out
     assert grid.main(["--storage", str(tmp_path), "--resume", "--dry-run"]) == 0  # the newest
+
+
+def test_a_question_is_stored_verbatim_and_compared_on_resume(corpus_dir, tmp_path, capsys):
+    """question.toml holds the file as written (and the --arm additions); --resume takes the
+    same question again (a comment changed is the same question) and refuses changed arms by
+    name, with both values."""
+    q = tmp_path / "q.toml"
+    text = '# mine\n[baseline]\nschedule = "cosine"\n\n[arms.wsd]\nschedule = "wsd"\n'
+    q.write_text(text)
+    argv = _args(corpus_dir, tmp_path, "q", "--arms", str(q), "--arm", "hot:lr=x2",
+                 "--seeds", "2")
+    plan = build_plan(grid.parser().parse_args(argv), None, 0, ResourceOptions(), Resolver())
+    assert {t.ablation for t in plan.trials} == {"baseline", "wsd", "hot"}
+    stored_text = plan.files["question.toml"]
+    assert stored_text.startswith(text) and "[arms.hot]\nlr = \"x2\"" in stored_text
+    exp = Experiment(tmp_path / "q")
+    exp.write_bytes(stored_text, "question.toml")
+    exp.write_json({**plan.record, "kind": "grid", "name": "q",
+                    "resources": stored(ResourceOptions()), "created": "2026-01-01T00:00:00"},
+                   "sweep.json")
+    q.write_text(text.replace("# mine", "# mine, reworded"))
+    assert grid.main([*argv, "--resume", "--dry-run"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    q.write_text(text.replace('schedule = "wsd"', 'schedule = "linear"'))
+    assert grid.main([*argv, "--resume", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: --arms/--arm (wsd(schedule=linear), hot(lr=x2)) differs from the stored " \
+           "sweep's (wsd(schedule=wsd), hot(lr=x2))" in err, err
+    q.write_text(text)
+    changed = _args(corpus_dir, tmp_path, "q", "--arms", str(q), "--arm", "hot:lr=x3",
+                    "--seeds", "2")
+    assert grid.main([*changed, "--resume", "--dry-run"]) == 2
+    assert "hot(lr=x3)" in capsys.readouterr().err
+
+
+def test_dry_run_of_a_question_lists_its_arms(corpus_dir, tmp_path, capsys):
+    assert grid.main(_args(corpus_dir, tmp_path, "plan", "--arms", "positional",
+                           "--dry-run", "--json")) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((r["ablation"], r["seed"]) for r in rows) == [
+        (a, s) for a in ("baseline", "no_rope") for s in range(FIRST_LOOK)]
+    assert len({r["tokens"] for r in rows}) == 1 and not (tmp_path / "plan").exists()
+
+
+def test_a_question_plans_iso_flops_and_tune_lr_like_the_default(corpus_dir, tmp_path,
+                                                                   capsys):
+    """--iso-flops gives the wider arm fewer tokens (the baseline's FLOPs) and the matched one
+    the same; --tune-lr sweeps every arm of the question around its own lr."""
+    assert grid.main(_args(corpus_dir, tmp_path, "f", "--arms", "ffn", "--iso-flops",
+                           "--dry-run", "--json")) == 0
+    rows = {r["ablation"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    base, wide, matched = rows["baseline"], rows["swiglu_wide"], rows["swiglu"]
+    for arm in (wide, matched):  # the baseline's FLOPs, within one optimizer step
+        step_flops = arm["flops"] / arm["tokens"] * arm["tokens_per_step"]
+        assert base["flops"] <= arm["flops"] < base["flops"] + step_flops, arm
+    assert wide["tokens"] < matched["tokens"] <= base["tokens"]
+    assert grid.main(_args(corpus_dir, tmp_path, "t", "--arm", "hot:lr=x2", "--tune-lr", "3",
+                           "--dry-run", "--json")) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    swept = [r for r in rows if r["seed"] == LR_SWEEP_SEED]  # the rest: the second seeds
+    lrs = {a: sorted(r["lr"] for r in swept if r["ablation"] == a) for a in ("baseline", "hot")}
+    assert len(swept) == 6 and lrs["hot"] == pytest.approx([2 * lr for lr in lrs["baseline"]])
 
 
 def test_preflight_names_a_missing_custom_resource(ray_session, corpus_dir, tmp_path, capsys):

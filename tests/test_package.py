@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_license_matches_pyproject():
-    from tune_ablations.spec.runspec import toml_module
+    from tune_ablations.spec.toml import toml_module
 
     meta = toml_module().loads((ROOT / "pyproject.toml").read_text())["project"]
     assert meta["license"] == "MIT"
@@ -21,7 +21,7 @@ def test_license_matches_pyproject():
     assert "tune-ablations" in meta["scripts"]
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # builds and installs a wheel (~40 s); CI's extended step runs it
 def test_wheel_works_outside_the_checkout(tmp_path):
     """Build the wheel, install it (without dependencies) into a fresh venv that borrows this
     environment's dependencies, and run `search --smoke-test --space lr` from another folder."""

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tune_ablations.spec.presets import ABLATIONS, build_ablation
-from tune_ablations.spec.resolve import check_collapse, resolve
+from tune_ablations.spec.presets import build_ablation
+from tune_ablations.spec.questions import reference
+from tune_ablations.spec.resolve import resolve
 from tune_ablations.spec.runspec import RunSpec, add_spec_args, spec_from_args
 from tune_ablations.sweeps.options import ResourceOptions
 from tune_ablations.sweeps.search_space import SHIPPED, load_space
 from tune_ablations.training.step import eval_due
+
+ABLATIONS = ["baseline", *reference().names]
 
 
 def _args(argv, single=False):
@@ -27,28 +30,24 @@ def _spec(argv, single=True, preset="cpu"):
     return spec_from_args(_args(argv, single=single), default_preset=preset)
 
 
-def test_grid_set_lr_is_refused_naming_the_arms(corpus_dir, tmp_path, capsys):
+def test_set_moves_the_baseline_and_every_arm_keeps_its_relation(corpus_dir, tmp_path):
+    """`--set lr=...` sets the baseline's lr; arms stated as factors move with it (nothing
+    collapses onto the baseline), and an absolute arm value still wins over --set."""
     from tune_ablations import grid
-
-    code = grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "lr=3e-3",
-                      "--storage", str(tmp_path), "--dry-run"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "lr=0.003 would give high_lr, low_lr, large_batch the same lr" in err
-    assert "--force-set" in err
-
-
-def test_force_set_is_recorded_in_the_plan(corpus_dir, tmp_path):
-    from tune_ablations import grid
+    from tune_ablations.sweeps.grid_plan import build_plan
+    from tune_ablations.training.resolved import Resolver
 
     args = grid.parser().parse_args(["--preset", "tiny", "--data", str(corpus_dir), "--set",
-                                     "lr=3e-3", "--force-set", "--storage", str(tmp_path)])
-    plan = grid.build_plan(args, None, 0, ResourceOptions())
-    assert plan.forced == {"lr": ["high_lr", "low_lr", "large_batch"]}
-    assert {resolve(t).optim.lr for t in plan.trials} == {3e-3}
-    # Keys no arm defines pass without --force-set; an arm left out is not collapsed.
-    assert check_collapse({"weight_decay": 0.0}, list(ABLATIONS), force=False) == {}
-    assert check_collapse({"lr": 1e-3}, ["baseline", "short_seq"], force=False) == {}
+                                     "lr=2e-3", "vocab_size=300", "--storage", str(tmp_path)])
+    plan = build_plan(args, None, 0, ResourceOptions(), Resolver())
+    lrs = {t.ablation: resolve(t).optim.lr for t in plan.trials if t.seed == 0}
+    six = pytest.approx  # factors round to 6 significant digits
+    assert lrs == {"baseline": 2e-3, "high_lr": six(2e-3 * 10 / 3, rel=2e-6),
+                   "low_lr": six(2e-3 / 3, rel=2e-6), "large_batch": six(2e-3 * 5 / 3, rel=2e-6),
+                   "short_seq": 2e-3, "small_model": 2e-3}
+    spec, _ = _spec(["--preset", "cpu", "--set", "ffn=silu", "--arm", "g:ffn=swiglu",
+                     "--ablation", "g"])
+    assert resolve(spec).model.ffn == "swiglu"
 
 
 def test_best_toml_stays_unresolved_and_data_beats_its_corpus(tmp_path, corpus_dir):
@@ -59,11 +58,13 @@ def test_best_toml_stays_unresolved_and_data_beats_its_corpus(tmp_path, corpus_d
     assert spec.data == str(corpus_dir) and spec.budget == "iso_tokens"
     cfg = resolve(spec)
     base = build_ablation("baseline", "cpu")
-    # The file's batch_size is a shared setting: the baseline with it is the reference run.
+    # The file's batch_size is a shared setting: the baseline with it is the reference run,
+    # and an arm stated as a factor of the batch keeps its relation to it.
     assert cfg.data.batch_size == 16 and cfg.steps == base.steps
-    with pytest.raises(ValueError, match="batch_size=16 would give large_batch, short_seq, "
-                       "small_model the same batch_size"):
-        check_collapse(dict(spec.overrides), list(ABLATIONS), force=False, where="--config")
+    from dataclasses import replace
+
+    big = resolve(replace(spec, ablation="large_batch"))
+    assert big.data.batch_size == 32 and big.total_tokens == cfg.total_tokens
 
 
 def test_train_and_grid_flags_mean_the_same(corpus_dir):
@@ -72,9 +73,12 @@ def test_train_and_grid_flags_mean_the_same(corpus_dir):
     from tune_ablations import grid
 
     one, _ = _spec(["--preset", "cpu", "--tokens", "300000"])
-    sweep = grid.build_plan(grid.parser().parse_args(
+    from tune_ablations.sweeps.grid_plan import build_plan
+    from tune_ablations.training.resolved import Resolver
+
+    sweep = build_plan(grid.parser().parse_args(
         ["--preset", "cpu", "--tokens", "300000", "--ablations", "baseline", "--seeds", "1"]),
-        None, 0, ResourceOptions())
+        None, 0, ResourceOptions(), Resolver())
     assert resolve(one) == resolve(sweep.trials[0])
     assert resolve(one).optim.warmup_steps == build_ablation("baseline", "cpu").optim.warmup_steps
     via_set, _ = _spec(["--preset", "cpu", "--set", "iso_tokens=true", "--ablation",
@@ -114,11 +118,13 @@ def test_every_corner_of_every_space_trains_the_same_tokens(path, preset):
 def test_rungs_fall_on_a_report_of_every_trial():
     """Every ASHA rung (grace x eta^k, grace = the first milestone) is within one step after a
     report of every trial of the largest shipped space."""
-    from tune_ablations.search import _derive
     from tune_ablations.sweeps.options import SearchOptions
+    from tune_ablations.sweeps.search_plan import derive
+    from tune_ablations.training.resolved import Resolver
 
     space = load_space(SHIPPED / "lr_batch_seq_dim.toml")
-    base, _ = _derive(space, space.base_spec(RunSpec(preset="cpu")), SearchOptions())
+    base, _ = derive(space, space.base_spec(RunSpec(preset="cpu")), SearchOptions(),
+                     Resolver())
     configs = [resolve(c) for c in space.corners(base)]  # planned as the search plans them
     milestone = {c.eval.eval_every_tokens for c in configs}
     assert len(milestone) == 1
@@ -143,7 +149,7 @@ def test_seed_preset_uses_the_whole_corpus_and_hub_corpora_are_sized():
 def test_the_spec_round_trips_through_the_ray_boundary():
     for name in ABLATIONS:
         spec = RunSpec(preset="cpu", ablation=name, seed=2, overrides={"lr": 1e-3},
-                       params={"batch_size": 4}, force=True)
+                       params={"batch_size": 4})
         assert RunSpec.from_dict(spec.to_dict()) == spec
         assert resolve(RunSpec.from_dict(spec.to_dict())) == resolve(spec)
 
@@ -218,3 +224,18 @@ def test_iso_flops_small_model_sees_more_tokens_and_matched_swiglu():
     assert abs(a - b) / a < 0.01 and gated.model.d_ff == 512
     with pytest.raises(ValueError, match="each set the budget; keep one"):
         RunSpec.from_dict({"preset": "cpu", "iso_flops": True, "iso_tokens": True})
+
+
+def test_probes_are_checked_against_the_budgeted_run_not_the_presets_default():
+    """The tiny preset trains 30 steps (3,840 tokens); with the budget set to 60 steps a probe
+    at 5,120 tokens fits and resolves, whatever the arm's own default length; one past the
+    budget is refused naming the run's tokens."""
+    spec = RunSpec(ablation="baseline", preset="tiny", max_steps=60,
+                   overrides=(("probe_tokens", "1280,5120"),))
+    assert build_ablation("baseline", "tiny").total_tokens == 3840
+    for arm in ("baseline", "short_seq", "large_batch"):
+        cfg = resolve(RunSpec(**{**spec.__dict__, "ablation": arm}))
+        assert cfg.eval.probe_tokens == "1280,5120" and cfg.total_tokens == 7680
+    with pytest.raises(ValueError, match="probe_tokens budget 7680 must be < the run's 7680"):
+        resolve(RunSpec(ablation="baseline", preset="tiny", max_steps=60,
+                        overrides=(("probe_tokens", "7680"),)))

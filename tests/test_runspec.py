@@ -9,8 +9,13 @@ from dataclasses import fields, replace
 
 import pytest
 
+from tune_ablations.spec.arms import Arm
 from tune_ablations.spec.runspec import RunSpec, add_spec_args, spec_from_args, spec_from_toml
 from tune_ablations.sweeps.options import SweepError, refuse_spec_changes
+
+SWIGLU = Arm("swiglu", {"ffn": "swiglu", "match_params": True})
+BIG = Arm("big", {"d_model": "x2", "lr": 0.001, "n_heads": 12}, {"tiny": {"d_model": 64}})
+NOPE = Arm("no_rope", {"pos_encoding": "none"})
 
 SAMPLES = {
     "ablation": ["high_lr", "small_model"],
@@ -26,7 +31,7 @@ SAMPLES = {
     "match_params": [True],
     "overrides": [{"lr": 0.002}, {"ffn": "swiglu", "weight_decay": 0.0, "compile": True}],
     "params": [{"batch_size": 4}],
-    "force": [True],
+    "arms": [(SWIGLU,), (BIG, NOPE)],
     "seed": [3],
 }
 
@@ -62,7 +67,7 @@ def test_cli_toml_and_sweep_json_round_trip(spec):
 OTHER = {"ablation": "low_lr", "preset": "cpu", "data": "stdlib", "eval_data": ("stdlib",),
          "budget": "iso_tokens", "max_steps": 77, "token_budget": 12_345, "head_dim": 16,
          "ffn_mult": 4.0, "lr_width": 64, "match_params": False, "overrides": {"lr": 0.005},
-         "force": False, "seed": 9}
+         "arms": (Arm("other", {"lr": "x2"}),), "seed": 9}
 
 
 def _field_cases():

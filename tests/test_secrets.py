@@ -84,12 +84,13 @@ def test_the_searcher_ray_pickles_holds_no_password(monkeypatch, corpus_dir, tmp
 
     from tune_ablations import search
     from tune_ablations.sweeps.options import ResourceOptions
+    from tune_ablations.training.resolved import Resolver
 
     monkeypatch.delenv("PGPASSWORD", raising=False)
     url = f"postgresql+psycopg://planted:{quote(SECRET, safe='')}@127.0.0.1:9/optuna"
     args = search.parser().parse_args(["--space", "lr", "--preset", "tiny", "--data",
                                        str(corpus_dir), "--study-storage", url])
-    plan = search.build_plan(args, None, 0, ResourceOptions())
+    plan = search.build_plan(args, None, 0, ResourceOptions(), Resolver())
     searcher = plan.searcher(str(tmp_path / "exp"), 1)
     assert searcher.storage == "postgresql+psycopg://planted@127.0.0.1:9/optuna"
     for blob in (cloudpickle.dumps(searcher), pickle.dumps(plan.record)):

@@ -133,6 +133,29 @@ def test_rank_agreement_has_a_bootstrap_interval():
     assert math.isnan(few["rho"]) and "3 or more arms" in few["note"]
 
 
+def test_rank_agreement_pairs_the_windows_every_run_shares():
+    """Four arms 0.02 nats apart on every window, windows that differ from each other by 0.5
+    nats (hard and easy text), shared by every run: the arms' order is certain, and a
+    bootstrap that resamples the windows once for all runs says so. Drawn independently for
+    each run (the old way), the window draws alone would scramble the order."""
+    from tune_ablations.results.stats import rank_agreement
+
+    rng = np.random.default_rng(3)
+    hard_main, hard_dom = rng.normal(0, 0.5, 40), rng.normal(0, 0.5, 40)
+    rows, outcomes = [], {}
+    for k, arm in enumerate(["baseline", "a", "b", "c"]):
+        for seed in range(2):
+            rows.append((arm, seed, "completed", 3 + 0.02 * k, 1000, 10))
+            outcomes[f"{arm}-{seed}"] = {
+                "window_losses": list(3 + 0.02 * k + hard_main + rng.normal(0, 0.002, 40)),
+                "domain_window_losses": {"pydoc": list(4 + 0.02 * k + hard_dom
+                                                       + rng.normal(0, 0.002, 40))}}
+    df = _df(rows)
+    df["trial_id"] = [f"{a}-{s}" for a, s in zip(df["ablation"], df["seed"])]
+    r = rank_agreement(df, outcomes, "pydoc", n_boot=300)
+    assert r["paired"] and r["rho"] == pytest.approx(1.0) and r["low"] >= 0.8
+
+
 def test_the_report_says_what_each_domain_lost_and_how_sure_its_ranking_is():
     from tune_ablations.results.report import domains_section
 

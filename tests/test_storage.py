@@ -98,7 +98,7 @@ def test_status_of_a_bucket_reads_no_checkpoint(where, swept, s3_server, monkeyp
     """`status` (and `--watch`, every poll) reads small files only: never a checkpoint."""
     for k, v in s3_server.items():
         monkeypatch.setenv(k, v)
-    from tune_ablations.status import sweep_status
+    from tune_ablations.results.progress import sweep_status
 
     storage, _ = where["s3"]
     exp = open_experiment(storage, "grid")
@@ -130,7 +130,7 @@ def test_the_best_trial_is_one_definition(synthetic_exp):
     *final* loss in the metric's direction, never the best loss at any evaluation."""
     from tune_ablations.results.export import locate_trial
     from tune_ablations.results.frames import best_completed, load
-    from tune_ablations.status import sweep_status
+    from tune_ablations.results.progress import sweep_status
 
     res = load(synthetic_exp)
     best = best_completed(res.trials)

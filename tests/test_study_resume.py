@@ -129,6 +129,7 @@ def test_a_restored_grid_keeps_its_decisions_current(tmp_path):
     (it overwrote a resumed --tune-lr grid's record, and so its answer)."""
     import json
 
+    from tune_ablations.spec.names import LR_REPLICATE_SEED
     from tune_ablations.sweeps.lr_tuning import TuneLrSearcher
 
     exp, staging = tmp_path / "exp", tmp_path / "staging"
@@ -149,7 +150,12 @@ def test_a_restored_grid_keeps_its_decisions_current(tmp_path):
     for i in range(6):
         restored.on_trial_complete(f"t{i}", {METRIC: 4.0 + i / 10, "tokens_seen": 300,
                                              "status": "completed"})
-    assert restored.suggest("t6")["seed"] == 0  # the seeds at each arm's chosen lr
+    i = 6  # the replicates (a second seed at each arm's centre and ends), then the seeds
+    while (got := restored.suggest(f"t{i}"))["seed"] == LR_REPLICATE_SEED:
+        restored.on_trial_complete(f"t{i}", {METRIC: 4.0, "tokens_seen": 300,
+                                             "status": "completed"})
+        i += 1
+    assert i == 12 and got["seed"] == 0  # the seeds at each arm's chosen lr
     record = json.loads((exp / "decisions.json").read_text())
     assert record["tune_lr"]["phase"] == "seeds" and set(record["tune_lr"]["chosen"]) == {
         "baseline", "high_lr"}

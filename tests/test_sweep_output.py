@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tune_ablations import grid, search
+from tune_ablations import search
 from tune_ablations.sweeps.options import ResourceOptions
+from tune_ablations.sweeps.sweep import JSON_OUTPUTS
 from tune_ablations.sweeps.tuner import arms_progress, rewrite_progress, samples_progress
+from tune_ablations.training.resolved import Resolver
 
 
 def _trial(arm, seed, status="RUNNING", ours=None):
@@ -54,9 +56,11 @@ def test_rays_head_is_rewritten():
     assert "Current best trial" in rewrite_progress(text, "r", "Search: 4 of 16", best=True)
 
 
-@pytest.mark.parametrize("module, extra", [(grid, []), (search, ["--space", "lr"])])
-def test_json_without_dry_run_is_refused(module, extra, tmp_path, capsys):
-    assert module.main([*extra, "--preset", "tiny", "--json", "--storage", str(tmp_path)]) == 2
+def test_json_without_dry_run_is_refused(tmp_path, capsys):
+    """A search prints no JSON while it runs (a grid prints its answer: tests/test_api.py)."""
+    assert "search" not in JSON_OUTPUTS and "grid" in JSON_OUTPUTS
+    assert search.main(["--space", "lr", "--preset", "tiny", "--json", "--storage",
+                        str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--json without --dry-run" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before anything was written
@@ -70,7 +74,7 @@ def test_the_dry_run_lists_what_the_searcher_will_draw(sampler, known, corpus_di
                                        str(corpus_dir), "--num-samples", "6", "--sampler",
                                        sampler, "--study-storage",
                                        f"sqlite:///{tmp_path / 'study.db'}"])
-    plan = search.build_plan(args, None, 0, ResourceOptions())
+    plan = search.build_plan(args, None, 0, ResourceOptions(), Resolver())
     listed = [dict(spec.params) for spec in plan.preview]
     assert len(listed) == known
     assert listed[0] == {"lr": 3e-3}  # the tiny preset's lr: where the reference stood

@@ -126,10 +126,11 @@ def test_open_tracker_resolves_where_mlflow_runs_go(tmp_path, monkeypatch, offli
 def _stored_sweep(tmp_path, corpus_dir, *tracker) -> list[str]:
     from tune_ablations.results.experiment import Experiment
     from tune_ablations.sweeps.options import ResourceOptions
+    from tune_ablations.training.resolved import Resolver
 
     argv = _args(corpus_dir, tmp_path, "r", "--ablations", "baseline", "--seeds", "1", *tracker)
     args = grid.parser().parse_args(argv)
-    plan = grid.build_plan(args, None, 0, ResourceOptions())
+    plan = grid.build_plan(args, None, 0, ResourceOptions(), Resolver())
     Experiment(tmp_path / "r").write_json({
         **plan.record, "kind": "grid", "name": "r", "resources": stored(ResourceOptions()),
         "tracker": stored(trackers.tracker_from_args(args, None)),

@@ -220,8 +220,8 @@ def test_cooldown_probe_equals_a_run_of_that_budget(tiny_cfg, tiny_data):
     assert p["val_loss"] == pytest.approx(short["final"]["val_loss"], abs=1e-6)
     assert probed["probe_tokens_trained"] == 5 * wsd.tokens_per_step
     assert probed["probe_time_s"] > 0 and probed["train_time_s"] > 0
-    with pytest.raises(ValueError, match="needs schedule='wsd'"):
-        with_overrides(tiny_cfg, {"probe_tokens": str(budget)})
+    with pytest.raises(ValueError, match="needs a schedule that decays .* got 'constant'"):
+        with_overrides(tiny_cfg, {"probe_tokens": str(budget), "schedule": "constant"})
 
 
 def test_a_probe_equals_the_run_that_tokens_b_trains(tmp_path, corpus_dir):
@@ -272,6 +272,35 @@ def test_a_probe_restores_the_grad_scaler(tiny_cfg, tiny_data, monkeypatch, tmp_
     assert probed == plain
 
 
+def test_under_cosine_a_probe_is_a_decay_branch(tiny_cfg, tiny_data, monkeypatch):
+    """Cosine: the probe at B branches at B x (1 - decay_fraction), decays from the lr the run
+    has there to the floor (sqrt shape), leaves the run unchanged, and is what the rung ranks."""
+    from tune_ablations.training import cooldown
+
+    cos = with_overrides(tiny_cfg, {"max_steps": 40, "eval_every": 10, "text_samples": 0})
+    assert cos.optim.schedule == "cosine"
+    budget = 20 * cos.tokens_per_step
+    seen, lrs = [], []
+    real = cooldown.train_step
+    monkeypatch.setattr(cooldown, "train_step",
+                        lambda s, x, y, lr: (lrs.append(lr), real(s, x, y, lr))[1])
+    probed = train(with_overrides(cos, {"probe_tokens": str(budget)}), data=tiny_data,
+                   report=lambda m, save: seen.append(m))
+    (p,) = probed["probes"]
+    assert (p["branch_step"], p["cooldown_steps"]) == (16, 4)
+    floor = cos.optim.lr * cos.optim.min_lr_ratio
+    peak = lr_at(16, cos)
+    assert lrs == pytest.approx([floor + (peak - floor) * (1 - math.sqrt(i / 4))
+                                 for i in range(4)])
+    plain = train(cos, data=tiny_data)
+    def without(history):
+        return [{k: v for k, v in h.items() if k != "rank_loss"} for h in _strip(history)]
+
+    assert without(probed["history"]) == without(plain["history"])  # the run is unchanged
+    by_step = {m["step"]: m for m in seen}
+    assert by_step[20]["rank_loss"] == p["val_loss"] != by_step[20]["val_loss"]
+
+
 def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
     wsd = with_overrides(tiny_cfg, {"schedule": "wsd", "decay_fraction": 0.25,
                                     "max_steps": 40, "eval_every": 10, "text_samples": 0})
@@ -282,3 +311,26 @@ def test_rank_loss_is_the_probe_at_its_milestone(tiny_cfg, tiny_data):
     assert by_step[20]["rank_loss"] == r["probes"][0]["val_loss"] != by_step[20]["val_loss"]
     for step in (10, 30, 40):
         assert by_step[step]["rank_loss"] == by_step[step]["val_loss"]
+
+
+def test_the_last_evaluation_also_scores_the_shorter_contexts(tiny_cfg, tiny_data):
+    """`eval_contexts`: at its last evaluation a run is also scored on the windows of each
+    listed context up to its own (its own windows for its own seq_len); a run trained on the
+    shorter context is scored on exactly those windows as its val_loss."""
+    cfg = with_overrides(tiny_cfg, {"eval_contexts": "8,16,32,64", "max_steps": 10,
+                                    "eval_every": 5, "text_samples": 0,
+                                    "diverge_margin": 0.0})  # seq_len 32; 10 steps learn little
+    seen = []
+    out = train(cfg, data=tiny_data, report=lambda m, s: seen.append(m))
+    assert all("val_loss@ctx8" not in m for m in seen[:-1])
+    last = seen[-1]
+    assert last["val_loss@ctx32"] == last["val_loss"] and "val_loss@ctx64" not in last
+    assert all(0 < last[f"val_loss@ctx{c}"] < 10 for c in (8, 16))
+    windows = out["context_window_losses"]
+    assert sorted(windows, key=int) == ["8", "16", "32"]
+    assert windows["32"] == out["window_losses"]
+    assert len(windows["16"]) == cfg.eval.eval_tokens // 16
+    short = train(with_overrides(cfg, {"seq_len": 16}), data=tiny_data)
+    assert short["final"]["val_loss"] == pytest.approx(
+        np.mean(short["context_window_losses"]["16"]))
+    assert len(short["context_window_losses"]["16"]) == len(windows["16"])

@@ -1,12 +1,8 @@
 """`python -m tune_ablations.analysis <experiment> [--out DIR]`: the report (opening with the
 answer), plots and tables of any experiment, a local folder or a URI. Needs no Ray.
 
-In Python, the same numbers come from the results layer:
-
-    from tune_ablations.results.frames import load_results
-    from tune_ablations.results.stats import summarize
-    df = load_results("results/grid-cpu-...")        # or "s3://bucket/sweeps/grid-cpu-..."
-    summarize(df)
+In Python, `tune_ablations.load_experiment("results/grid-cpu-...")` (or a URI) gives the same
+experiment with its results and answer as DataFrames.
 """
 
 from __future__ import annotations
@@ -18,47 +14,7 @@ from pathlib import Path
 
 from .cli import build_parser
 from .spec.io import fail, say
-
-
-def smoke_experiment(root: Path, overrides: dict | None = None, data: str | None = None
-                     ) -> Path:
-    """A real tiny experiment without Ray, in the results layout: baseline and high_lr x 2 seeds
-    at the tiny preset on the embedded corpus (or `data`; seconds on a CPU), with `overrides`
-    shared."""
-    from dataclasses import replace
-
-    from .results.experiment import Experiment
-    from .spec.names import OUTCOME_FILE, RAY_RESULT_FILE, SWEEP_FILE, TOKENIZER_DIR
-    from .spec.resolve import resolve
-    from .spec.runspec import RunSpec
-    from .sweeps.trainable import run_metadata
-    from .training.data import prepare_data
-    from .training.trainer import train
-
-    exp = Experiment(root / "smoke")
-    base = RunSpec(preset="tiny", overrides={"text_samples": 0, **(overrides or {})},
-                   **({"data": data} if data else {}))
-    data = prepare_data(resolve(base).data, log=lambda s: None)
-    for ablation in ("baseline", "high_lr"):
-        for seed in (0, 1):
-            spec = replace(base, ablation=ablation, seed=seed)
-            cfg = resolve(spec, vocab_size=data.vocab_size)
-            trial = f"{spec.label}-smoke"
-            lines: list[str] = []
-
-            def report(m, save, lines=lines, trial=trial):
-                lines.append(json.dumps(m | {"trial_id": trial}))
-                save(Path(exp.path(trial, f"checkpoint_{len(lines):06d}")))
-
-            result = train(cfg, report=report, data=data)
-            exp.write_json(run_metadata(spec, cfg, data, trial_id=trial), trial, "run.json")
-            exp.write_bytes("\n".join(lines) + "\n", trial, RAY_RESULT_FILE)
-            exp.write_json(result | {"trial_id": trial}, trial, OUTCOME_FILE)
-    exp.write_bytes(data.tokenizer_json, TOKENIZER_DIR, data.key, "tokenizer.json")
-    exp.write_json({"kind": "grid", "name": exp.name, "spec": base.to_dict(),
-                    "grid": {"ablations": ["baseline", "high_lr"], "seeds": 2},
-                    "planned_trials": 4, "created": "2000-01-01T00:00:00"}, SWEEP_FILE)
-    return Path(exp.root)
+from .spec.names import FIT_FILE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from .results.frames import load, write_tables
     from .results.report import write_report
     from .spec.names import REPORT_DIR
+    from .sweeps.smoke import smoke_experiment
 
     args = parser().parse_args(argv)
     if args.smoke_test and not args.path:
@@ -128,7 +85,7 @@ def _fit(res, out: Path) -> int:
     except ValueError as exc:
         return fail(exc)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fit.json").write_text(json.dumps(fit, indent=2))
+    (out / FIT_FILE).write_text(json.dumps(fit, indent=2))
     say(f"event=fit {fit['summary']}")
     return 0
 

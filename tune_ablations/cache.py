@@ -12,13 +12,14 @@ from pathlib import Path
 
 from .cli import build_parser
 from .spec.io import fail, say
+from .spec.names import JOBS_DIR
 from .training.data import valid_cache
 from .training.runtime import cache_root
 
 
 def entries(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and p.name not in ("remote", "domains", "jobs", "studies")) \
+                  and p.name not in ("remote", "domains", JOBS_DIR, "studies")) \
         if root.exists() else []
 
 
@@ -77,12 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 def _smoke() -> int:
     import tempfile
 
-    from .spec.resolve import resolve
     from .spec.runspec import RunSpec
-    from .training.data import prepare_data
+    from .training.resolved import Resolver
 
     root = Path(tempfile.mkdtemp(prefix="ta-cache-"))
-    prepare_data(resolve(RunSpec(preset="tiny", data="pydoc")).data, root, log=lambda s: None)
+    Resolver(root).config(RunSpec(preset="tiny", data="pydoc"))  # builds the cache entry
     codes = [main([action, "--cache-dir", str(root), *extra])
              for action, extra in (("list", []), ("verify", []), ("clean", ["--all"]))]
     return 0 if codes == [0, 0, 0] and not entries(root) else 1

@@ -13,7 +13,12 @@ import sys
 
 
 class _Parser(argparse.ArgumentParser):
+    raise_errors = False
+    """True for the Python API: a bad argument raises ValueError instead of exiting."""
+
     def error(self, message: str):  # one line, no usage block: the same shape as our errors
+        if self.raise_errors:
+            raise ValueError(f"{self.prog}: {message}")
         print(f"error: {self.prog}: {message}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -4,7 +4,6 @@ format the Hugging Face ecosystem loads (see `results.export`), from a local fol
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from .cli import build_parser
@@ -47,45 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _smoke(out: str | None) -> int:
-    import torch
+    from .sweeps.smoke import export_round_trip
 
-    from .analysis import smoke_experiment
-    from .results.experiment import Experiment
-    from .results.export import export, load_pretrained, locate_trial
-    from .spec.config import from_flat_dict
-    from .spec.names import RUN_FILE
-    from .training.model import TransformerLM
-    from .training.step import load_checkpoint
-
-    root = Path(tempfile.mkdtemp(prefix="ta-export-"))
-    exp_dir = smoke_experiment(root)
-    target = export(exp_dir, out or root / "model")
-    exp, trial = locate_trial(exp_dir)
-    cfg = from_flat_dict(Experiment(exp.root).read_json(trial, RUN_FILE)["config"])
-    model = load_pretrained(target)
-    ref = TransformerLM(cfg.model, model.vocab_size).eval()
-    ref.load_state_dict(load_checkpoint(exp.fetch_checkpoint(trial))["model"])
-    x = torch.randint(0, model.vocab_size, (2, 16))
-    with torch.no_grad():
-        same = torch.equal(model(x), ref(x)) and _hf_logits_match(target, ref, x)
+    target, same = export_round_trip(out)
     say(f"event=exported path={target} identical_logits={same}")
     return 0 if same else 1
 
-
-def _hf_logits_match(target: Path, ref, x) -> bool:
-    """The exported folder loads through `transformers.AutoModelForCausalLM` (our remote code,
-    or Llama) and gives the trained model's logits; True when transformers is not installed."""
-    import torch
-
-    try:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return True
-    hf_logging.disable_progress_bar()
-    hf = AutoModelForCausalLM.from_pretrained(str(target), trust_remote_code=True).eval()
-    with torch.no_grad():
-        return torch.allclose(hf(x).logits.float(), ref(x), atol=1e-4, rtol=1e-4)
 
 if __name__ == "__main__":
     raise SystemExit(main())

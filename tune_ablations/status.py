@@ -1,9 +1,7 @@
 """`python -m tune_ablations.status [NAME] [--storage ...] [--json] [--watch]`: any sweep, running
 or finished, local or on a URI: trials by status, the best completed trial, tokens done and
-planned, an ETA, and the Ray Job's state when the sweep was submitted.
-
-Reads only the experiment (never a running Ray, never a checkpoint): a finished sweep from its
-results table, a running one from each trial's small files. `--json` prints only JSON.
+planned, an ETA (`results.progress`), and the Ray Job's state when the sweep was submitted
+(`sweeps.jobs`). `--json` prints only JSON.
 """
 
 from __future__ import annotations
@@ -13,55 +11,12 @@ import json
 import math
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .cli import build_parser
 from .spec.io import fail, say
-from .spec.names import DECISIONS_FILE, METRIC, STATUSES, TRIALS_FILE
-
-
-def planned_tokens(sweep: dict[str, Any], decisions: dict | None) -> int:
-    """Tokens the sweep will train if every trial it has planned runs its budget (an upper
-    bound for a search with ASHA; grows with each look of a grid with --seeds auto)."""
-    from dataclasses import replace
-
-    from .spec.presets import ABLATIONS
-    from .spec.resolve import resolve
-    from .spec.runspec import RunSpec
-
-    if sweep.get("kind") == "grid":
-        spec = RunSpec.from_dict(sweep["spec"])
-        grid = sweep.get("grid", {})
-        arms = grid.get("ablations") or list(ABLATIONS)
-        seeds = (decisions or {}).get("looks", [None])[-1] or (
-            grid.get("seeds") if isinstance(grid.get("seeds"), int) else 2)
-        return seeds * sum(resolve(replace(spec, ablation=a)).total_tokens for a in arms)
-    return int(sweep.get("num_samples", 0)) * int(sweep.get("max_t", 0))
-
-
-def sweep_status(exp) -> dict[str, Any]:
-    from .results.frames import best_completed, load
-
-    sweep = exp.read_sweep()
-    finished = exp.exists(TRIALS_FILE)
-    df = exp.read_table("results") if finished and exp.exists("results.parquet") else \
-        load(exp).trials
-    counts = {s: int((df["status"].astype(str) == s).sum()) if len(df) else 0 for s in STATUSES}
-    best = best_completed(df)
-    if best is not None:
-        best = {"trial_id": str(best["trial_id"]), "ablation": str(best["ablation"]),
-                METRIC: float(best[METRIC]), "tokens_seen": int(best["tokens_seen"])}
-    done = int(df["tokens_seen"].fillna(0).sum()) if len(df) else 0
-    planned = max(done, planned_tokens(sweep, exp.read_json(DECISIONS_FILE)))
-    elapsed = max(0.0, time.time() - datetime.fromisoformat(sweep["created"]).timestamp())
-    eta = None if finished or not done else elapsed * max(0, planned - done) / done
-    return {"experiment": exp.name, "kind": sweep.get("kind"), "finished": finished,
-            "trials": len(df), "statuses": {k: v for k, v in counts.items() if v},
-            "best": best, "tokens_done": done, "tokens_planned": planned,
-            "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
-            "bytes_read": exp.bytes_read}
+from .spec.names import JOB_ENDED, METRIC
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -77,7 +32,7 @@ def _line(s: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .submit import DEFAULT_JOB_ADDRESS
+    from .sweeps.jobs import DEFAULT_JOB_ADDRESS
 
     ap = build_parser("status", "Trials by status, the best completed trial, tokens and ETA of "
                       "a sweep.")
@@ -100,11 +55,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .results.experiment import ExperimentError, open_experiment
-    from .submit import job_logs_tail, job_state
+    from .results.progress import sweep_status
+    from .sweeps.jobs import job_logs_tail, job_state
 
     args = parser().parse_args(argv)
     if args.smoke_test:
-        from .analysis import smoke_experiment
+        from .sweeps.smoke import smoke_experiment
 
         args.storage = str(smoke_experiment(Path(tempfile.mkdtemp(prefix="ta-status-"))).parent)
         args.name = "smoke"
@@ -114,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             s = sweep_status(open_experiment(args.storage, args.name))
         except (ValueError, OSError, ExperimentError) as exc:
             job = job_state(args.name, args.job_address) if args.name else None
-            if job in ("STOPPED", "FAILED", "SUCCEEDED"):  # it will never write one now
+            if job in JOB_ENDED:  # it will never write one now
                 return fail(f"{exc}; its Ray job is {job}: {job_logs_tail(args.name)}")
             if not args.watch or time.time() > deadline:
                 return fail(exc)
@@ -124,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if job is not None:
             s["job"] = job
         say(json.dumps(s) if args.json else _line(s))
-        ended = s["finished"] or job in ("STOPPED", "FAILED", "SUCCEEDED")
+        ended = s["finished"] or job in JOB_ENDED
         if not args.watch or ended:
             return 0
         time.sleep(args.interval)

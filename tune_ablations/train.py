@@ -11,8 +11,8 @@ from typing import Any
 
 from .cli import build_parser
 from .spec.io import fail, log, say, write_atomic
+from .spec.names import Status
 from .spec.presets import default_preset
-from .spec.resolve import check_collapse, resolve
 from .spec.runspec import add_spec_args, spec_from_args
 
 
@@ -35,10 +35,7 @@ def write_out(out: str, result: dict[str, Any]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .spec.config import check_paths
-    from .training.data import prepare_data
-    from .training.domains import with_domains
-    from .training.optimizers import check_available
+    from .training.resolved import Resolver
     from .training.runtime import local_gpus
     from .training.trainer import train
 
@@ -47,16 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         args.preset = "tiny"
     try:
         spec, _ = spec_from_args(args, default_preset=default_preset(local_gpus()))
-        check_collapse(dict(spec.overrides), [spec.ablation], force=spec.force)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads={args.threads} must be >= 1")
-        cfg = resolve(spec)
-        check_paths(cfg.data)
-        check_available(cfg.optim)
-        data = with_domains(prepare_data(cfg.data, log=log), cfg.data)
-        cfg = resolve(spec, vocab_size=data.vocab_size)  # budgets count the real vocabulary
-        log(f"event=start ablation={cfg.name} preset={spec.preset} steps={cfg.steps} "
-            f"tokens={cfg.total_tokens} seed={cfg.seed}")
+        resolver = Resolver(log=log)
+        cfg, data = resolver.run(spec)  # budgets count the real vocabulary
+        log(f"event=start {spec.log_fields()} steps={cfg.steps} tokens={cfg.total_tokens}")
         result = train(cfg, data=data, threads=args.threads, log=log)
     except ValueError as exc:  # bad input, or a corpus that cannot be used (CorpusError)
         return fail(exc)
@@ -67,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"sample prompt={s['prompt']!r} text={s['text']!r}")
     if args.out:
         say(f"event=written path={write_out(args.out, result)}")
-    return 0 if result["status"] in ("completed", "stopped") else 1
+    return 0 if result["status"] in (Status.COMPLETED, Status.STOPPED) else 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..spec.config import from_flat_dict
 from ..spec.io import write_atomic
-from ..spec.names import OUTCOME_FILE, RUN_FILE, TOKENIZER_DIR
+from ..spec.names import OUTCOME_FILE, RUN_FILE, TOKENIZER_DIR, TOKENIZER_JSON
 from . import hf_formats
 from .experiment import Experiment, ExperimentError
 from .frames import best_completed, load_results
@@ -67,15 +67,15 @@ def locate_trial(source: str | Path) -> tuple[Experiment, str]:
 def tokenizer_json(exp: Experiment, run: dict, cache_dir: Path | None) -> str:
     """The trial's tokenizer: stored with the experiment, else from the token cache here."""
     key = (run.get("data") or {}).get("key")
-    if key and exp.exists(TOKENIZER_DIR, str(key), "tokenizer.json"):
-        return exp.read_text(TOKENIZER_DIR, str(key), "tokenizer.json")
+    if key and exp.exists(TOKENIZER_DIR, str(key), TOKENIZER_JSON):
+        return exp.read_text(TOKENIZER_DIR, str(key), TOKENIZER_JSON)
     from ..training.runtime import cache_root
 
     folder = (cache_dir or cache_root()) / str(key) / "tokenizer"
-    if not key or not (folder / "tokenizer.json").exists():
+    if not key or not (folder / TOKENIZER_JSON).exists():
         raise ExportError(f"tokenizer of data key {key!r} is neither stored with the "
                           f"experiment nor in the token cache {cache_dir or cache_root()}")
-    return (folder / "tokenizer.json").read_text()
+    return (folder / TOKENIZER_JSON).read_text()
 
 
 def export(source: str | Path, out: str | Path, *, cache_dir: Path | None = None,

@@ -31,10 +31,12 @@ from ..spec.names import (
     HISTORY_NAMES,
     METRIC,
     OUTCOME_FILE,
+    RAY_ERROR,
     RAY_ERROR_FILE,
     RAY_ERROR_PICKLE,
     RAY_PARAMS_FILE,
     RAY_RESULT_FILE,
+    RAY_TERMINATED,
     REPORT_KEYS,
     RUN_FILE,
     STATUSES,
@@ -105,9 +107,9 @@ def read_trials(exp: Experiment) -> list[Trial]:
 def trial_status(t: Trial, ray_state: dict | None) -> str:
     if t.outcome:
         return t.outcome.get("status", Status.COMPLETED.value)
-    if t.errored or (ray_state or {}).get("status") == "ERROR":
+    if t.errored or (ray_state or {}).get("status") == RAY_ERROR:
         return Status.ERROR.value
-    if (ray_state or {}).get("status") == "TERMINATED":
+    if (ray_state or {}).get("status") == RAY_TERMINATED:
         return Status.EARLY_STOPPED.value
     return Status.RUNNING.value
 
@@ -131,12 +133,13 @@ def _row(t: Trial, ray_state: dict | None, exp: Experiment) -> dict[str, Any]:
         row[f"best_{key}"] = best.get(key)
     row.update({k: last.get(k) for k in _LAST_KEYS})
     row["diverged"] = diverged
-    for key in sorted(k for k in last if "@" in k):  # extra evaluation domains
+    for key in sorted(k for k in last if "@" in k):  # extra domains, other contexts
         row[key] = math.nan if diverged else last[key]
     row["wall_time_s"] = outcome.get("wall_time_s", last.get("time_total_s"))
     data = outcome.get("data") or run.get("data") or {}
     row["train_tokens"], row["data_key"] = data.get("train_tokens"), data.get("key")
     row.update({k: outcome.get(k) for k in _OUTCOME_KEYS})
+    row["run_precision"] = outcome.get("precision")  # what ran (the config may say auto)
     if (ray_state or {}).get("error"):
         row["error"] = ray_state["error"]
     return row
@@ -217,7 +220,8 @@ def _missing(v: Any) -> bool:
 def load_results(source: Experiment | str):
     """One row per trial: ids, ablation, seed, status, the spec's preset/data/budget, every
     config field, final and best validation metrics, train loss, tokens, steps, epochs, times,
-    throughput, MFU, parameters, probe compute."""
+    throughput, MFU, parameters, probe compute, the precision the run trained in
+    (`run_precision`)."""
     return load(source).trials
 
 
@@ -240,15 +244,17 @@ def write_tables(res: Results, exp: Experiment) -> list[str]:
 
 
 def probes_frame(outcomes: dict[str, dict]):
-    """Cooldown probes (wsd runs with `probe_tokens`): one row per trial per budget, the loss a
-    run of that budget reaches with its learning rate decayed."""
+    """Cooldown probes (runs with `probe_tokens`): one row per trial per budget, its loss with
+    the learning rate decayed; under `schedule` wsd, exactly the loss a run of that budget
+    reaches (under cosine or linear, a decay branch that early stopping ranks by)."""
     import pandas as pd
 
-    rows = [{"trial_id": tid, "ablation": o.get("name"), "seed": o.get("seed"), **p}
+    rows = [{"trial_id": tid, "ablation": o.get("name"), "seed": o.get("seed"),
+             "schedule": (o.get("config") or {}).get("schedule"), **p}
             for tid, o in outcomes.items() for p in o.get("probes") or []]
-    return pd.DataFrame(rows, columns=["trial_id", "ablation", "seed", "budget_tokens",
-                                       "branch_step", "cooldown_steps", "tokens", "val_loss",
-                                       "val_loss_se", "val_bpb"])
+    return pd.DataFrame(rows, columns=["trial_id", "ablation", "seed", "schedule",
+                                       "budget_tokens", "branch_step", "cooldown_steps",
+                                       "tokens", "val_loss", "val_loss_se", "val_bpb"])
 
 
 def best_completed(df, metric: str = METRIC):

@@ -41,7 +41,7 @@ def _curves(history, out: Path) -> str:
 
 
 def _forest(ans, out: Path) -> str:
-    """Each arm's difference from the baseline with its interval (none where there is one
+    """Each arm's difference from the baseline with its 95% interval (none where there is one
     seed), around a line at zero: better arms to the left."""
     import matplotlib.pyplot as plt
 
@@ -54,7 +54,7 @@ def _forest(ans, out: Path) -> str:
         ax.plot([r.diff], [i], "o", color=color)
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(range(len(rows)), [f"{r.arm} ({r.verdict}, n={r.n})" for r in rows])
-    ax.set_xlabel(f"{METRIC} minus baseline (nats; interval at the decision's level)")
+    ax.set_xlabel(f"{METRIC} minus baseline (nats; 95% repeated interval, every seed)")
     ax.invert_yaxis()
     return save(fig, out / "forest.png")
 

@@ -24,7 +24,9 @@ from ..spec.names import (
     HOLDOUT_FILE,
     IMPORTANCES_FILE,
     METRIC,
+    SWEEP_FILE,
     Status,
+    is_context_metric,
 )
 from .answer import Answer, answer, answer_lines
 from .experiment import Experiment
@@ -67,30 +69,41 @@ def answer_section(ans: Answer | None) -> list[str]:
     if ans is None:
         return []
     lines = ["## Answer", "", f"Each arm's final {METRIC} minus the baseline's (negative is "
-             "better), over seeds shared with the baseline; the interval is at the level of "
-             "the procedure's decision and excludes 0 exactly when it decided; `corrected p` "
-             "is the smallest familywise level at which it would decide.", ""]
-    lines += [f"- {line}" for line in answer_lines(ans)] + [""]
-    rows = [{"arm": r.arm, "n": r.n, "diff": r.diff, "%": r.pct, "low": r.ci[0],
-             "high": r.ci[1], "corrected p": r.p_adj, "verdict": r.verdict,
-             "eval SE": r.eval_se, "eval pairing": "paired" if r.eval_paired else "unpaired",
-             "own seed SD": r.own_sd, "confounds": "; ".join(r.confounds) or "none"}
+             "better), averaged over every seed both ran, with its 95% repeated confidence "
+             "interval (valid whenever the sequential procedure stopped). `decided at` is the "
+             "seed count of the look whose test decided; that test's own interval, at its "
+             "nominal level (strict early), excludes 0 exactly when it decided. `corrected p` "
+             "is the smallest familywise level at which the procedure would decide.", ""]
+    for line in answer_lines(ans):
+        lines.append(f"  {line.strip()}" if line.startswith(" ") else f"- {line}")
+    lines.append("")
+    rows = [{"arm": r.arm, "verdict": r.verdict, "n": r.n, "decided at": r.decided_at,
+             "diff": r.diff, "%": r.pct, "95% low": r.ci[0], "95% high": r.ci[1],
+             "decision interval": "-" if r.decided_at is None else
+             f"[{r.decision_ci[0]:+.3f}, {r.decision_ci[1]:+.3f}] at {r.decision_level:.2g}",
+             "corrected p": r.p_adj, "own seed SD": r.own_sd, "pooled SD": r.pooled_sd,
+             "seeds lost": f"{r.lost} of {r.seeds_run}", "eval SE": r.eval_se,
+             "eval pairing": "paired" if r.eval_paired else "unpaired",
+             "same windows": "-" if r.same_windows is None else
+             f"{r.same_windows.diff:+.3f} (ctx {r.same_windows.context})"}
             for r in ans.arms]
     import pandas as pd
 
     lines += [md_table(pd.DataFrame(rows), spec=".3g"), ""]
-    lines += [f"Seed noise: the paired differences' SD across seeds, pooled over arms, is "
-              f"{fmt(ans.pooled_sd, '.3g')} nats; `own seed SD` is each arm's own (the pooled "
-              "test assumes they are "
-              "similar; an arm far above the pool deserves more seeds). `eval SE` is the "
-              "error of the difference from the finite eval set alone (batch means over "
-              "windows): differences smaller than about twice it are not resolved by this "
-              "eval set, however many seeds.", ""]
-    flagged = [r.arm for r in ans.arms if math.isfinite(r.own_sd)
-               and math.isfinite(ans.pooled_sd) and r.own_sd > 2 * ans.pooled_sd]
-    if flagged:
-        lines += [f"**Check**: {', '.join(flagged)} vary across seeds more than twice the "
-                  "pooled seed noise; their verdicts lean on the pooled estimate.", ""]
+    lines += [f"Seed noise: each arm is tested on its own paired differences, its variance "
+              f"moderated toward the SD pooled over the arms still undecided (over all arms at "
+              f"the last look: {fmt(ans.pooled_sd, '.3g')} nats, {ans.pooled_df} degrees of "
+              "freedom), so an arm much noisier than the others is judged on its own noise; "
+              "`own seed SD` is the arm's own. `eval SE` is the error of the difference from "
+              "the finite eval set alone (batch means over neighbouring windows): differences "
+              "smaller than about twice it are not resolved by this eval set, however many "
+              "seeds.", "",
+              "At a verdict the estimate is biased away from zero (a test that stops on a "
+              "large difference selects large estimates; Jennison and Turnbull 2000, ch. 8): "
+              "in simulation it averages 1.5x the true difference when that is 1 SD of a "
+              "paired difference, 1.1x at 2 SD and 1.02x at 3 SD (benchmarks/RESULTS.md "
+              "section 14). The 95% interval holds; the point estimate of a barely decided arm "
+              "overstates it.", ""]
     return lines
 
 
@@ -162,7 +175,8 @@ def _grid_tables(df, summary, res: Results) -> list[str]:
 def _equal_token_section(df, res: Results) -> list[str]:
     equal, why = equal_budgets(df)
     lines = ["## Equal-token comparison", ""]
-    probes = probes_frame(res.outcomes)
+    probes = probes_frame(res.outcomes)  # exact runs of their budget only under wsd
+    probes = probes[probes["trial_id"].isin(df["trial_id"]) & (probes["schedule"] == "wsd")]
     if len(probes):
         table = probes.groupby(["ablation", "budget_tokens"])["val_loss"].agg(
             ["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
@@ -190,10 +204,10 @@ def write_report(res: Results, exp: Experiment, out: Path, *, plots: bool = True
     if df.empty:
         (out / "report.md").write_text("\n".join(lines + ["No trials found."]) + "\n")
         return out / "report.md"
-    sweep = exp.read_json("sweep.json", default={}) or {}
+    sweep = exp.read_json(SWEEP_FILE, default={}) or {}
     searched = list(sweep.get("searched", []))
     decisions = exp.read_json(DECISIONS_FILE) or {}
-    ans = None if searched else answer(res, decisions)
+    ans = None if searched else answer(res, decisions, spec=sweep.get("spec"))
     lines += answer_section(ans) + lr_tuning_section(df, decisions, ans)
     seeded = seeding_trials(df)  # a --tune-lr grid's lr sweep has its own section
     summary = summarize(seeded)
@@ -248,14 +262,15 @@ def domains_section(df, outcomes: dict) -> list[str]:
     rank the same as on the main validation set (Spearman with a bootstrap interval)."""
     from .stats import rank_agreement
 
-    cols = [c for c in df.columns if c.startswith("val_loss@")]
+    cols = [c for c in df.columns if c.startswith("val_loss@") and not is_context_metric(c)]
     if not cols:
         return []
     done = df[df["status"].astype(str) == Status.COMPLETED]
     uni = [c for c in df.columns if c.startswith("unigram_val_loss@")]
     means = done.groupby("ablation", observed=True)[[METRIC, *cols, *uni]].mean()
     lines = ["## Evaluation domains (documents sharing no document and no 12-word passage "
-             "with the training split)", "", md_table(means.reset_index()), ""]
+             "with the training split nor the main validation split)", "",
+             md_table(means.reset_index()), ""]
     facts = next((o.get("domains") for o in outcomes.values() if o.get("domains")), {}) or {}
     for c in cols:
         label = c.split("@", 1)[1]
@@ -263,14 +278,17 @@ def domains_section(df, outcomes: dict) -> list[str]:
         if f:
             lines.append(f"- {label} ({f['corpus']}): {f['documents']} of {f['total']} documents "
                          f"scored; {f['dropped']} left out because they are, or share a 12-word "
-                         "passage with, training documents.")
+                         "passage with, training documents"
+                         + (f"; {f['in_validation']} because they are, or share one with, main "
+                            "validation documents (the check would be the validation set "
+                            "against itself)" if f.get("in_validation") else "") + ".")
         r = rank_agreement(df, outcomes, label)
         if math.isfinite(r["rho"]):
             verdict = "agrees" if r["low"] > 0 else "agreement not supported"
             lines.append(f"- ranking of {r['arms']} arms on {label} vs the main validation set: "
                          f"Spearman {r['rho']:.2f} (95% bootstrap interval {r['low']:.2f} to "
-                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and eval windows): "
-                         f"{verdict}.")
+                         f"{r['high']:.2f} over {r['seeds']} runs' seeds and the eval windows, "
+                         f"resampled once for every run that shares them): {verdict}.")
         else:
             lines.append(f"- ranking on {label}: {r['note']}.")
     return lines + [""]
@@ -293,10 +311,10 @@ def search_section(exp: Experiment, df, params: list[str], k: int = 5) -> list[s
                                                   ""]
     data = exp.read_json(IMPORTANCES_FILE)
     if data:
-        lines += [f"Importances ({data.get('evaluator')}, {data.get('n_trials')} full-budget "
-                  f"trials): " + (", ".join(f"{a}={b:.3f}" for a, b in
-                                            data.get("importances", {}).items())
-                                  or data.get("skipped", "-")), ""]
+        covers = data.get("covers") or f"over {data.get('n_trials')} full-budget trials"
+        lines += [f"Importances ({data.get('evaluator')}, {covers}): "
+                  + (", ".join(f"{a}={b:.3f}" for a, b in data.get("importances", {}).items())
+                     or data.get("skipped", "-")), ""]
     return lines
 
 
@@ -335,25 +353,36 @@ def lr_tuning_section(df, record: dict, ans: Answer | None) -> list[str]:
     found = fits(df)
     sweep = sweep_trials(df)
     counts = sweep["status"].astype(str).value_counts().to_dict()
+    second = tuning.get("replicate_seed")
     lines = ["## Every arm at its own best learning rate", "",
              f"The lr sweep: {tuning['k']} learning rates per arm, evenly in log scale from "
              f"lr/{tuning['span']:g} to lr*{tuning['span']:g} around each arm's configured lr, "
-             f"seed {tuning['seed']}, equal tokens; early stopping compares trials of one arm "
-             f"only ({tuning['stopping']}). {len(sweep)} trials: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ". The chosen lr of "
-             "each arm then ran with seeds 0, 1, ... (runs independent of those that chose it).",
-             "", md_table(_fit_table(df, found, tuning), spec=".4g"), ""]
-    lines += [f"- {f.arm}: no optimum given: {f.refused}." for f in found.values() if f.refused]
-    lines += ["", "Optimum and loss at the optimum: a parabola in log(lr) through the "
-              "full-budget points, with a 95% parametric-bootstrap interval (noise: the arm's "
-              "seed SD at its chosen lr); `interior` is the share of refits whose optimum lies "
+             f"seed {tuning['seed']}, equal tokens"
+             + (f", and a second seed ({second}) at the configured lr and the lowest and "
+                "highest lrs that ran to the end" if second is not None else "")
+             + f"; early stopping compares trials of one arm only ({tuning['stopping']}). "
+             f"{len(sweep)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+             + ". The chosen lr of each arm then ran with seeds 0, 1, ... (runs independent of "
+             "those that chose it).", "", md_table(_fit_table(df, found, tuning), spec=".4g"),
+             ""]
+    lines += [f"- {f.arm}: no interval: {f.refused}." for f in found.values() if f.refused]
+    lines += [f"- {f.arm}: a bracket, not a parabola's optimum: {f.why_bracket}."
+              for f in found.values() if f.kind == "bracket"]
+    lines += ["", "`optimum lr` and its interval: a parabola in log(lr) weighted by the "
+              "measured seed noise (`noise measured at`: lrs with 2 or more runs; "
+              "log-interpolated between), reported only when it fits the points (lack-of-fit "
+              "test) and its 95% interval (the hull of bootstrap intervals of the parabola, of "
+              "the parabola through the best point and its neighbours, and of a cubic) lies "
+              "inside the range. Otherwise `interval` is a bracket: the optimum lies between "
+              "the nearest swept lrs that are measurably worse than the best (`cannot be told "
+              "apart` lists the lrs in between; Bonferroni-corrected z tests on the measured "
+              "noise). `interior` is the share of the parabola's refits whose optimum lies "
               "inside the range. `sensitivity` is Wortsman et al.'s: the mean over the swept "
               "lrs of the loss above the arm's best (diverged runs count as the initial loss; "
               "early-stopped ones are left out).", ""]
     if ans is not None:
         lines += ["The Answer above compares every arm at its own chosen lr.", ""]
-        fixed = fixed_lr(df, tuning["centres"], ans.pooled_sd, ans.pooled_df)
-        lines += changed_section(fixed, ans)
+        lines += changed_section(fixed_lr(df, tuning["centres"]), ans)
     return lines
 
 
@@ -367,8 +396,11 @@ def _fit_table(df, found: dict[str, LrFit], tuning: dict):
         g = seeds[seeds["ablation"].astype(str) == arm][METRIC].astype(float)
         rows.append({
             "arm": arm, "configured lr": tuning["centres"].get(arm),
-            "full-budget points": f"{len(f.lrs)}/{tuning['k']}",
-            "optimum lr": f.opt_lr, "lr 95% CI": _ci(f.opt_lr_ci, ".3g"),
+            "full-budget lrs": f"{len(f.lrs)}/{tuning['k']}",
+            "noise measured at": f.noise or "-",
+            "optimum lr": f.opt_lr, "interval": f.kind or "-",
+            "lr 95% CI": _ci(f.opt_lr_ci, ".3g"),
+            "cannot be told apart": ", ".join(f"{v:.3g}" for v in f.indistinct) or "-",
             "loss at optimum": f.opt_loss, "loss 95% CI": _ci(f.opt_loss_ci, ".4f"),
             "interior": f.interior, "chosen lr": tuning["chosen"].get(arm, f.chosen),
             "seeds at chosen lr": (f"{g.mean():.4f} ± {g.std(ddof=1):.4f} SD (n={len(g)})"
@@ -378,7 +410,10 @@ def _fit_table(df, found: dict[str, LrFit], tuning: dict):
 
 
 def _ci(ci: tuple[float, float], spec: str) -> str:
-    return "-" if not all(math.isfinite(v) for v in ci) else f"[{ci[0]:{spec}}, {ci[1]:{spec}}]"
+    if not any(math.isfinite(v) for v in ci):
+        return "-"
+    lo, hi = (f"{v:{spec}}" if math.isfinite(v) else "open" for v in ci)
+    return f"[{lo}, {hi}]"
 
 
 def _sensitivity(df, arm: str) -> float:
@@ -392,10 +427,12 @@ def _sensitivity(df, arm: str) -> float:
 def changed_section(fixed: dict[str, FixedLr], ans: Answer) -> list[str]:
     """Each arm whose verdict at fixed lr differs from its verdict at its own best lr."""
     own = {r.arm: r for r in ans.arms}
+    dof = next((f.dof for f in fixed.values()), 0)
     lines = ["### Conclusions that change at each arm's own best lr", "",
-             "At fixed lr: each arm's run at its configured lr minus the baseline's (one "
-             "paired seed of the lr sweep), unadjusted 95% t interval from the seeding phase's "
-             "pooled seed SD of a paired difference; at its own best lr: the Answer above.", ""]
+             "At fixed lr: each arm's runs at its configured lr minus the baseline's, paired by "
+             "seed (the lr sweep's two seeds there), unadjusted 95% t interval from the pooled "
+             f"SD of those paired differences ({dof} degrees of freedom: noise measured at the "
+             "configured lrs); at its own best lr: the Answer above.", ""]
     changed = []
     for arm, f in fixed.items():
         r = own.get(arm)
@@ -410,9 +447,9 @@ def changed_section(fixed: dict[str, FixedLr], ans: Answer) -> list[str]:
 
 
 def _looked(f: FixedLr) -> str:
-    size = f"{abs(f.diff):.3f} nats (± {f.half_width:.3f})"
+    size = f"{abs(f.diff):.3f} nats (± {f.half_width:.3f}, {f.n} paired seeds)"
     if f.verdict == "better":
         return f"better by {size}"
     if f.verdict == "worse":
         return f"worse by {size}"
-    return f"{f.verdict}: {f.diff:+.3f} nats (± {fmt(f.half_width, '.3f')})"
+    return f"{f.verdict}: {f.diff:+.3f} nats (± {fmt(f.half_width, '.3f')}, {f.n} paired seeds)"

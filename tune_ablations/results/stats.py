@@ -236,8 +236,11 @@ def rank_agreement(df, outcomes: dict, label: str, *, n_boot: int = 1000, seed: 
                    ) -> dict[str, Any]:
     """Whether arms rank the same on extra domain `label` as on the main validation set:
     Spearman's rho between the arms' mean losses on the two, with a bootstrap 95% interval
-    that resamples each arm's seeds and each set's eval windows (windows of one text are not
-    independent draws of the language, and three to six arms give a coarse rho)."""
+    that resamples each arm's seeds and the eval windows (windows of one text are not
+    independent draws of the language, and three to six arms give a coarse rho). The windows
+    are shared: every run scores the same windows of a set (the same text, at the same places
+    for runs of one seq_len), so each resample draws one set of window positions per set and
+    applies it to every run, paired, as the arms' differences are measured on shared text."""
     from scipy.stats import spearmanr
 
     done = df[df["status"].astype(str) == Status.COMPLETED]
@@ -248,7 +251,7 @@ def rank_agreement(df, outcomes: dict, label: str, *, n_boot: int = 1000, seed: 
         if main and dom:
             arms.setdefault(str(row.ablation), []).append((np.asarray(main), np.asarray(dom)))
     out: dict[str, Any] = {"label": label, "arms": len(arms), "n_boot": n_boot,
-                           "seeds": sum(len(v) for v in arms.values())}
+                           "seeds": sum(len(v) for v in arms.values()), "paired": True}
     if len(arms) < 3:
         return {**out, "rho": math.nan, "low": math.nan, "high": math.nan,
                 "note": "needs 3 or more arms with per-window losses"}
@@ -259,14 +262,17 @@ def rank_agreement(df, outcomes: dict, label: str, *, n_boot: int = 1000, seed: 
         return float(spearmanr(*zip(*means)).statistic)
 
     rng = np.random.default_rng(seed)
+    longest = [max(len(w[i]) for runs in arms.values() for w in runs) for i in (0, 1)]
     boots = []
     for _ in range(n_boot):
-        sample = []
-        for runs in arms.values():
-            picked = [runs[i] for i in rng.integers(0, len(runs), len(runs))]
-            sample.append([(m[rng.integers(0, len(m), len(m))], d[rng.integers(0, len(d),
-                                                                               len(d))])
-                           for m, d in picked])
+        at = [rng.random(n) for n in longest]  # one draw of positions per window set
+
+        def pick(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+            return w[(u[:len(w)] * len(w)).astype(int)]
+
+        sample = [[(pick(m, at[0]), pick(d, at[1]))
+                   for m, d in (runs[i] for i in rng.integers(0, len(runs), len(runs)))]
+                  for runs in arms.values()]
         boots.append(rho(sample))
     boots = [b for b in boots if math.isfinite(b)]
     return {**out, "rho": rho(list(arms.values())),

@@ -151,11 +151,18 @@ class EvalConfig:
     """Validation tokens scored per evaluation: windows of seq_len spread evenly over the whole
     validation split, so every trial with this seq_len is scored on the same text."""
     probe_tokens: str = ""
-    """`wsd` only: comma-separated token budgets B; at B x (1 - decay_fraction) tokens the run
-    branches a cooldown of B x decay_fraction tokens, evaluates it (the loss a run of budget B
-    would reach) and continues its stable phase unchanged."""
+    """Comma-separated token budgets B; at B x (1 - decay_fraction) tokens the run branches a
+    cooldown of B x decay_fraction tokens to the floor, evaluates it and continues unchanged.
+    Under `wsd` the probe is exactly the loss a run of budget B reaches; under `cosine` or
+    `linear` it is a short decay branch, a loss that reflects the end of training (what early
+    stopping ranks by). Not with `constant`, which never decays."""
     text_samples: int = 3
     """Text samples generated at the end from fixed prompts (0: none)."""
+    eval_contexts: str = ""
+    """Comma-separated context lengths (tokens): at its last evaluation the run is also scored
+    on the windows of each length up to its own seq_len (`val_loss@ctx<N>`), so runs trained
+    with different contexts can be compared on the same windows. A grid whose arms differ in
+    seq_len sets it to the shorter ones."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,6 +218,11 @@ class RunConfig:
     @property
     def total_tokens(self) -> int:
         return self.steps * self.tokens_per_step
+
+    @property
+    def eval_context_lengths(self) -> list[int]:
+        """`eval_contexts` as sorted integers."""
+        return sorted({int(t) for t in self.eval.eval_contexts.replace(" ", "").split(",") if t})
 
     @property
     def probe_budgets(self) -> list[int]:
@@ -332,13 +344,17 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(e.eval_tokens >= cfg.data.seq_len,
            f"eval_tokens={e.eval_tokens} must be >= seq_len={cfg.data.seq_len} (one window)")
     _check(e.text_samples >= 0, f"text_samples={e.text_samples} must be >= 0")
+    _check(isinstance(e.eval_contexts, str) and all(
+        t.strip().isdigit() and int(t) >= 2 for t in e.eval_contexts.split(",") if t.strip()),
+        f"eval_contexts={e.eval_contexts!r} must be comma-separated context lengths >= 2 "
+        "(tokens)")
     if e.probe_tokens:
         _check(isinstance(e.probe_tokens, str) and all(
             t.strip().isdigit() for t in e.probe_tokens.split(",")),
             f"probe_tokens={e.probe_tokens!r} must be comma-separated token counts")
-        _check(cfg.optim.schedule == "wsd", f"probe_tokens={e.probe_tokens!r} needs "
-               f"schedule='wsd' (got {cfg.optim.schedule!r}): cooldowns branch from a stable "
-               "phase")
+        _check(cfg.optim.schedule != "constant", f"probe_tokens={e.probe_tokens!r} needs a "
+               "schedule that decays (wsd, cosine or linear), got 'constant': its final loss "
+               "is read at the peak lr, like every mid-run loss")
         for b in cfg.probe_budgets:
             _check(cfg.tokens_per_step <= b * cfg.optim.decay_fraction and b < cfg.total_tokens,
                    f"probe_tokens budget {b} must be < the run's {cfg.total_tokens} tokens and "

@@ -1,5 +1,9 @@
-"""Parameter and FLOP counts from a model config alone (no torch): what budgets, iso-FLOP
-comparisons, MFU and scaling fits are computed from."""
+"""Parameter and FLOP counts from a model config alone (no torch): the project's one
+convention for N and compute. `--iso-flops` budgets (spec.resolve) and MFU (the trainer) call
+these functions; the trainer records their values with every run (`params`,
+`flops_per_token`), and scaling fits (results.scaling) read those records, so a fit's N and
+compute axis are exactly what `--iso-flops` equalises. Count new architectures (MoE, GQA,
+sliding windows) here and every consumer follows."""
 
 from __future__ import annotations
 

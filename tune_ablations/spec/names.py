@@ -88,6 +88,18 @@ HISTORY_NAMES = {"lr": SCHEDULED_LR}
 """Reported key -> the name every history of a trial shows it under."""
 
 
+def context_metric(context: int, metric: str = METRIC) -> str:
+    """`val_loss@ctx64`: a run's metric on the windows of another context length (the same
+    windows for every run of a sweep, whatever its own seq_len)."""
+    return f"{metric}@ctx{context}"
+
+
+def is_context_metric(column: str) -> bool:
+    """True for `context_metric` columns (not an evaluation domain's `val_loss@<corpus>`)."""
+    tail = column.partition("@")[2]
+    return tail.startswith("ctx") and tail[3:].isdigit()
+
+
 def mode_of(metric: str) -> str:
     """`min` or `max` for a metric of the table (extra-domain losses `val_loss@x` are `min`)."""
     return METRIC_BY_NAME.get(metric.split("@", 1)[0], METRIC_BY_NAME[METRIC]).mode
@@ -103,16 +115,32 @@ SPACE_FILE, BEST_FILE = "space.toml", "best.toml"
 STUDY_FILE, IMPORTANCES_FILE, HOLDOUT_FILE = "study.db", "importances.json", "holdout.json"
 DECISIONS_FILE = "decisions.json"
 """The seeds procedure's looks and verdicts (grids with --seeds auto)."""
-LR_SWEEP_SEED = 1000
+QUESTION_FILE = "question.toml"
+"""A grid's question (its baseline and arms), verbatim as the user gave it."""
+RESULTS_TABLE, HISTORY_TABLE = "results", "history"
+"""The tables a sweep writes (`<name>.parquet` and `<name>.csv`)."""
+FIT_FILE, REPORT_FILE = "fit.json", "report.md"
+TUNING_SEEDS_FROM = 1000
+"""Runs that choose a setting (the lr sweep of `grid --tune-lr`, the preset's own lr search in
+benchmarks/bench_preset_lr.py) use seeds from here on; a grid's comparison uses seeds 0, 1, ...
+below it, so the runs that report a comparison never include the runs that chose its settings
+(no winner's curse)."""
+LR_SWEEP_SEED = TUNING_SEEDS_FROM
 """`grid --tune-lr`: the seed of every lr-sweep trial. The seeding phase then runs seeds 0, 1, ...
 at each arm's chosen lr, independent of the runs that chose it (no winner's curse)."""
+LR_REPLICATE_SEED = 1001
+"""`grid --tune-lr`: the lr sweep's second seed, at each arm's configured lr and at the lowest and
+highest lrs that ran to the end: the seed noise the fit weights by, measured across the range."""
 DATA_DIR = "data"
 """Token data of a corpus read from a local path, stored with the experiment (by data id), so a
 sweep resumes on a machine that lacks the corpus file."""
 TOKENIZER_DIR = "tokenizer"
 """The tokenizer, stored with the experiment so export works from any machine."""
+TOKENIZER_JSON, MANIFEST_FILE = "tokenizer.json", "manifest.json"
+"""A tokenizer's file (Hugging Face's format), and a token cache folder's manifest (written
+last: its presence says the folder is complete)."""
 REPORT_DIR = "report"
-TABLES = ("results", "history")
+TABLES = (RESULTS_TABLE, HISTORY_TABLE)
 # Ours, in each trial folder.
 RUN_FILE, OUTCOME_FILE = "run.json", "outcome.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -122,3 +150,9 @@ RAY_ERROR_PICKLE = "error.pkl"
 RAY_CHECKPOINT_PREFIX = "checkpoint_"
 RAY_TUNER_FILE = "tuner.pkl"
 RAY_STATE_PREFIX = "experiment_state-"
+RAY_TERMINATED, RAY_ERROR = "TERMINATED", "ERROR"
+"""Ray Tune's final trial states, as trials.json records them."""
+JOB_ENDED = ("STOPPED", "SUCCEEDED", "FAILED")
+"""Ray Jobs' terminal job states: a sweep's driver will not write again."""
+JOBS_DIR = "jobs"
+"""Where `submit` keeps a record of each job it submitted (under the cache folder)."""

@@ -1,35 +1,28 @@
-"""The six reference ablations and the scale presets: what each arm is, at each scale.
+"""The scale presets: the baseline each preset trains (what the arms of a question change).
 
 Design choices:
-- `ABLATIONS` holds the six reference ablations as published (preset `seed`, for a GPU): each
-  is a set of overrides of the baseline.
-- The `cpu` and `tiny` presets rescale them while keeping each arm's relation to the baseline
-  (the same learning-rate ratios, batch-size and sequence-length ratios, small_model at 2/3 of
-  the baseline's width, depth and heads).
+- `seed` holds the reference's published baseline (for a GPU). `cpu` rescales it for a 2-core
+  CPU by rules (widths x1/2, depths and sequence lengths x1/4, learning rate x CPU_LR_SCALE),
+  and `tiny` is for tests and --smoke-test. What each arm is lives in question files
+  (`questions.py`; the six reference ablations are the shipped `reference` question), stated
+  relative to the baseline, so every arm keeps its relation to the baseline at every preset.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .arms import BASELINE
 from .config import (
     EMBEDDED_CORPORA,
     HUB_PREFIX,
     PRESETS,
     RunConfig,
+    to_flat_dict,
     unknown_key_error,
     with_overrides,
 )
-
-# Exactly as published (preset `seed`): overrides of the baseline.
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "high_lr": {"lr": 1e-3},
-    "low_lr": {"lr": 1e-4},
-    "large_batch": {"batch_size": 16, "lr": 5e-4},
-    "short_seq": {"seq_len": 256, "batch_size": 12},
-    "small_model": {"d_model": 256, "n_heads": 4, "n_layers": 8, "d_ff": 1024, "batch_size": 12},
-}
+from .questions import reference
 
 _SEED_BASE: dict[str, Any] = {
     "d_model": 384, "n_heads": 6, "n_layers": 12, "d_ff": 1536, "batch_size": 8, "lr": 3e-4,
@@ -47,12 +40,13 @@ _CPU_FIXED: dict[str, Any] = {  # warmup 10%: at 5%, rates above 1.2e-3 lost up 
     "max_steps": 120, "eval_every": 40, "warmup_steps": 12, "num_documents": 0,
     "vocab_size": 1024, "eval_tokens": 16384, "precision": "auto",
 }
-# `tiny`: for tests and --smoke-test; minutes become seconds, relations are not kept.
+# `tiny`: for tests and --smoke-test; minutes become seconds.
 _TINY_FIXED: dict[str, Any] = {
     "d_model": 32, "n_heads": 2, "n_layers": 2, "d_ff": 64, "seq_len": 32, "batch_size": 4,
     "max_steps": 30, "eval_every": 10, "warmup_steps": 3, "vocab_size": 512, "eval_tokens": 1024,
     "num_documents": 0, "text_samples": 1,
 }
+CPU_TIME_BUDGET = 300.0
 # Roughly the tokens of one document of the reference corpus (cosmopedia-v2, SmolLM tokenizer):
 # used to size a Hub corpus to about one epoch of the preset's budget.
 HUB_TOKENS_PER_DOCUMENT = 700
@@ -63,13 +57,11 @@ def default_preset(n_gpus: int) -> str:
     return "seed" if n_gpus > 0 else "cpu"
 
 
-def preset_overrides(name: str, preset: str) -> dict[str, Any]:
-    """Flat overrides that make ablation `name` at `preset` from the default dataclasses."""
-    if name not in ABLATIONS:
-        raise unknown_key_error(name, list(ABLATIONS), what="ablation")
+def baseline_settings(preset: str) -> dict[str, Any]:
+    """Flat settings of the baseline at `preset` (keys not named keep the config's defaults)."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} must be one of {', '.join(PRESETS)}")
-    flat = {**_SEED_BASE, **ABLATIONS[name]}
+    flat = dict(_SEED_BASE)
     if preset == "cpu":
         for key, factor in _CPU_SCALE.items():
             flat[key] = max(1, round(flat[key] * factor))
@@ -77,31 +69,28 @@ def preset_overrides(name: str, preset: str) -> dict[str, Any]:
         flat.update(_CPU_FIXED)
     elif preset == "tiny":
         flat.update(_TINY_FIXED)
-        if name == "short_seq":
-            flat["seq_len"] = 16
-        elif name == "large_batch":
-            flat["batch_size"] = 8
-        elif name == "small_model":
-            flat.update(d_model=16, n_layers=1, n_heads=2, d_ff=32)
-        flat["lr"] = float(f"{10 * flat['lr']:.6g}")  # 30 steps visibly learn; LR ratios kept
+        flat["lr"] = float(f"{10 * flat['lr']:.6g}")  # 30 steps visibly learn
     return flat
 
 
+def time_budget(preset: str) -> float:
+    """Seconds a grid's --seeds auto may spend before it stops adding seeds, unless given
+    (0: none): the `cpu` preset's default command answers in about 6 minutes on 2 cores."""
+    return CPU_TIME_BUDGET if preset == "cpu" else 0.0
+
+
 def build_ablation(name: str, preset: str = "seed", **overrides: Any) -> RunConfig:
-    """The named reference ablation at a scale preset, with optional config-field overrides
-    (no budgets or derived widths: those go through `resolve`)."""
-    flat = preset_overrides(name, preset)
+    """Arm `name` of the reference question at a scale preset, with optional config-field
+    overrides applied last (no budgets or derived widths: those go through `resolve`)."""
+    flat = baseline_settings(preset)
+    if name != BASELINE:
+        arms = {a.name: a for a in reference().arms}
+        if name not in arms:
+            raise unknown_key_error(name, [BASELINE, *arms], what="ablation")
+        full = {**to_flat_dict(RunConfig()), **flat}
+        flat.update(arms[name].apply(full, preset))
     flat.update(overrides)
     return with_overrides(RunConfig(name=name), flat)
-
-
-def defined_keys(name: str) -> set[str]:
-    """Config keys that ablation `name` sets differently from the baseline."""
-    if name not in ABLATIONS:
-        raise unknown_key_error(name, list(ABLATIONS), what="ablation")
-    return set(ABLATIONS[name])
-
-
 
 
 def is_named_corpus(name: str) -> bool:

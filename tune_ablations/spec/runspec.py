@@ -6,9 +6,14 @@ Design choices:
 - The budget is one choice: `iso_tokens` (default: every run trains the reference run's
   tokens), `iso_flops` (its training FLOPs), `tokens` (`token_budget` each) or `steps` (each
   arm's published step count, or `max_steps` each).
-- `overrides` are config fields every run shares (`--set`); `params` are the settings a sweep
-  varies per trial (a search's samples, an lr grid's rates): they are not applied to the
-  reference run that budgets are measured against.
+- `overrides` are the baseline's settings (`--set`): every arm shares them, and an arm's
+  changes apply on top (a factor scales the baseline's value, so `--set lr=1e-3` moves high_lr
+  with it); `params` are the settings a sweep varies per trial (a search's samples, an lr
+  grid's rates): they apply last and not to the reference run that budgets are measured
+  against.
+- `arms` is the question (`questions.py`): the arms `ablation` names one of. Empty means the
+  shipped reference question (the six reference ablations), so a spec without arms stays
+  short and every older record reads back.
 - `apply_flat` is the one interpreter of flat keys (`--set`, TOML files, search spaces' [fixed]
   tables): spec fields, the aliases older files use (`iso_tokens = true`, `corpus = ...`) and
   config fields; anything else is an error naming the closest valid key.
@@ -18,15 +23,17 @@ Design choices:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .arms import BASELINE, Arm, arms_from_table, merge_arms
 from .config import PRESETS, field_names, field_type, unknown_key_error
-from .presets import ABLATIONS, is_named_corpus
+from .presets import is_named_corpus
+from .questions import arm_toml, load_question, reference
+from .toml import toml_module, toml_value
 
 BUDGETS = ("iso_tokens", "iso_flops", "tokens", "steps")
 # Config fields the resolver sets from the spec; a user sets the spec field instead.
@@ -40,9 +47,11 @@ def _flag(name: str, doc: str = "") -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
-    """What to train: an ablation at a preset on some data with a budget and overrides."""
-    ablation: str = field(default="baseline", metadata=_flag("--ablation"))
-    """Reference ablation the run starts from."""
+    """What to train: an arm of a question at a preset on some data with a budget and
+    overrides."""
+    ablation: str = field(default=BASELINE, metadata=_flag("--ablation"))
+    """The arm this run trains: `baseline` or one of `arms` (the reference ablations when
+    `arms` is empty)."""
     preset: str = field(default="cpu", metadata=_flag("--preset"))
     """Scale: `seed` (published, for a GPU), `cpu` (a 2-core CPU in minutes), `tiny` (tests)."""
     data: str = field(default="embedded", metadata=_flag("--data"))
@@ -71,8 +80,8 @@ class RunSpec:
     """Config fields every run shares, sorted by key."""
     params: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("params"))
     """Config fields this trial of a sweep varies (not applied to the reference run)."""
-    force: bool = field(default=False, metadata=_flag("--force-set"))
-    """Allow overriding a key that an ablation defines (that arm collapses onto the baseline)."""
+    arms: tuple[Arm, ...] = field(default=(), metadata=_flag("--arms/--arm"))
+    """The question's arms besides the baseline; empty: the six reference ablations."""
     seed: int = field(default=0, metadata=_flag("--seed"))
     """Seed of initialisation, batch order and text samples."""
 
@@ -80,7 +89,24 @@ class RunSpec:
         object.__setattr__(self, "overrides", _pairs(self.overrides, "--set"))
         object.__setattr__(self, "params", _pairs(self.params, "params"))
         object.__setattr__(self, "eval_data", tuple(self.eval_data))
+        object.__setattr__(self, "arms", merge_arms(
+            a if isinstance(a, Arm) else Arm.from_dict(a) for a in self.arms))
         _validate(self)
+
+    @property
+    def question(self) -> tuple[Arm, ...]:
+        """The arms besides the baseline (the reference ablations when `arms` is empty)."""
+        return self.arms or reference().arms
+
+    @property
+    def arm_names(self) -> list[str]:
+        """`baseline` and every arm's name, in the question's order."""
+        return [BASELINE, *(a.name for a in self.question)]
+
+    def arm(self, name: str | None = None) -> Arm | None:
+        """The arm `name` (default: this run's); None for the baseline."""
+        name = self.ablation if name is None else name
+        return next((a for a in self.question if a.name == name), None)
 
     @property
     def label(self) -> str:
@@ -88,19 +114,26 @@ class RunSpec:
         extra = "".join(f"-{k}{_short(v)}" for k, v in self.params)
         return f"{self.ablation}-s{self.seed}{extra}"
 
+    def log_fields(self) -> str:
+        """`ablation=... preset=... seed=...`: the spec in a log line."""
+        return f"ablation={self.ablation} preset={self.preset} seed={self.seed}"
+
     def with_params(self, **params: Any) -> RunSpec:
         return replace(self, params=tuple({**dict(self.params), **params}.items()))
 
     def settled(self) -> RunSpec:
-        """The params folded into the overrides: a fixed run (what best.toml stores)."""
+        """The params folded into the overrides and the question reduced to this run's arm: a
+        fixed run (what best.toml stores, what a trial's reproducing command says)."""
+        arms = self.arms if not self.arms else tuple(a for a in self.arms
+                                                      if a.name == self.ablation)
         return replace(self, overrides=tuple({**dict(self.overrides), **dict(self.params)
-                                              }.items()), params=())
+                                              }.items()), params=(), arms=arms)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (sweep.json, run.json, Ray): every field, overrides and params as tables."""
         out = asdict(self)
         out.update(eval_data=list(self.eval_data), overrides=dict(self.overrides),
-                   params=dict(self.params))
+                   params=dict(self.params), arms=[a.to_dict() for a in self.arms])
         return out
 
     @classmethod
@@ -108,22 +141,26 @@ class RunSpec:
         """The inverse of `to_dict`; also reads the flat form (selectors and config fields at
         the top level), through `apply_flat`."""
         d = dict(d)
+        d.pop("force", None)  # records of sweeps before arms were data (it has no meaning now)
         tables = {k: dict(d.pop(k) or {}) for k in ("overrides", "params", "config") if k in d}
         spec, _ = apply_flat(cls(), d)
         spec, _ = apply_flat(spec, {**tables.get("config", {}), **tables.get("overrides", {})})
         return replace(spec, params=tuple(tables.get("params", {}).items()))
 
     def to_toml(self, comment: str = "") -> str:
-        """TOML (`best.toml`, `--config`): scalars at the top, overrides under [config]."""
+        """TOML (`best.toml`, `--config`): scalars at the top, overrides under [config], a
+        question's arms as [arms.<name>] tables."""
         lines = [f"# {c}" for c in comment.splitlines()]
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("overrides", "params") or v is None:
+            if f.name in ("overrides", "params", "arms") or v is None:
                 continue
-            lines.append(f"{f.name} = {_toml_value(list(v) if isinstance(v, tuple) else v)}")
+            lines.append(f"{f.name} = {toml_value(list(v) if isinstance(v, tuple) else v)}")
         for table, pairs in (("config", self.overrides), ("params", self.params)):
             if pairs:
-                lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in pairs]
+                lines += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in pairs]
+        for arm in self.arms:
+            lines += ["", *arm_toml(arm)]
         return "\n".join(lines) + "\n"
 
     def to_argv(self, *, single: bool = True) -> list[str]:
@@ -144,7 +181,7 @@ class RunSpec:
                  if getattr(self, k) is not None]
         sets += ["match_params=true"] if self.match_params else []
         argv += ["--set", *sets] if sets else []
-        return argv + (["--force-set"] if self.force else [])
+        return argv + [flag for a in self.arms for f in a.to_flags() for flag in ("--arm", f)]
 
     def diff(self, other: RunSpec) -> list[tuple[str, Any, Any]]:
         """(field, this value, other value) for every field that differs."""
@@ -174,8 +211,8 @@ def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
 
 
 def _validate(s: RunSpec) -> None:
-    if s.ablation not in ABLATIONS:
-        raise unknown_key_error(str(s.ablation), list(ABLATIONS), what="ablation")
+    if s.ablation not in s.arm_names:
+        raise unknown_key_error(str(s.ablation), s.arm_names, what="ablation")
     if s.preset not in PRESETS:
         raise ValueError(f"preset={s.preset!r} must be one of {', '.join(PRESETS)}")
     if s.budget not in BUDGETS:
@@ -192,16 +229,16 @@ def _validate(s: RunSpec) -> None:
                          f"budget={s.budget!r}): give --tokens alone")
     if s.ffn_mult is not None and not (isinstance(s.ffn_mult, (int, float)) and s.ffn_mult > 0):
         raise ValueError(f"ffn_mult={s.ffn_mult!r} must be a number > 0")
-    for name in ("match_params", "force"):
-        if not isinstance(getattr(s, name), bool):
-            raise ValueError(f"{name}={getattr(s, name)!r} must be true or false")
+    if not isinstance(s.match_params, bool):
+        raise ValueError(f"match_params={s.match_params!r} must be true or false")
     if not isinstance(s.seed, int) or isinstance(s.seed, bool) or s.seed < 0:
         raise ValueError(f"seed={s.seed!r} must be an integer >= 0")
 
 
 # --- flat keys ---------------------------------------------------------------------------------
 
-SPEC_KEYS = tuple(f.name for f in fields(RunSpec) if f.name not in ("overrides", "params"))
+SPEC_KEYS = tuple(f.name for f in fields(RunSpec)
+                  if f.name not in ("overrides", "params", "arms"))
 _BUDGET_ALIASES = ("iso_tokens", "iso_flops", "token_budget")
 FLAT_SPEC_KEYS = (*SPEC_KEYS, "iso_tokens", "iso_flops", "corpus")
 """Every flat key `apply_flat` reads as a spec field (besides config fields)."""
@@ -237,6 +274,11 @@ def apply_flat(spec: RunSpec, flat: Mapping[str, Any]) -> tuple[RunSpec, set[str
         elif key == "eval_data":
             items = value.split(",") if isinstance(value, str) else list(value)
             changes["eval_data"] = tuple(normalize_data(c.strip()) for c in items if c.strip())
+        elif key == "arms":
+            changes["arms"] = tuple(a if isinstance(a, Arm) else Arm.from_dict(a)
+                                    for a in value)
+        elif key == "force":  # written by earlier versions (best.toml, sweep.json): no meaning
+            continue
         elif key in SPEC_KEYS:
             changes[key] = value
         elif key in field_names():
@@ -263,6 +305,31 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def parse_arm_flags(items: list[str] | None) -> tuple[Arm, ...]:
+    """`["swiglu:ffn=swiglu,match_params=true", "big@tiny:d_model=48"]` -> arms, in order
+    (`NAME@PRESET:...` gives arm NAME's values at one preset)."""
+    own: dict[str, dict[str, Any]] = {}
+    at: dict[str, dict[str, dict[str, Any]]] = {}
+    for item in items or []:
+        head, sep, body = item.partition(":")
+        name, _, preset = head.partition("@")
+        pairs = [p.partition("=") for p in body.split(",") if p.strip()] if sep else []
+        if not sep or not name or not pairs or any(not s or not k.strip() for k, s, _ in pairs):
+            raise ValueError(f"--arm {item!r} must look like NAME:KEY=VALUE[,KEY=VALUE...] "
+                             "(e.g. swiglu:ffn=swiglu,match_params=true)")
+        changes = {k.strip(): parse_value(v.strip()) for k, _, v in pairs}
+        if preset:
+            at.setdefault(name, {})[preset] = changes
+        elif name in own:
+            raise ValueError(f"--arm {name!r} is given twice; give each arm once")
+        else:
+            own[name] = changes
+    for name in at:
+        if name not in own:
+            raise ValueError(f"--arm {name}@...: no --arm {name}:KEY=VALUE defines arm {name!r}")
+    return tuple(Arm(n, c, at.get(n, {})) for n, c in own.items())
+
+
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """`["lr=1e-3", "ffn=swiglu"]` -> {"lr": 0.001, "ffn": "swiglu"}."""
     out: dict[str, Any] = {}
@@ -282,19 +349,6 @@ def _cli_value(v: Any) -> str:
         v, float) else str(v)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, float):
-        return repr(v)
-    return json.dumps(v)
-
-
-def toml_module():
-    """The standard library's `tomllib`."""
-    import tomllib
-
-    return tomllib
-
-
 def spec_from_toml(text: str, source: str) -> tuple[RunSpec, set[str]]:
     """A TOML run file -> (spec, the spec fields it sets). Top level: spec fields (and the
     aliases older files use); [config]: overrides; [params]: a trial's varied settings;
@@ -304,15 +358,18 @@ def spec_from_toml(text: str, source: str) -> tuple[RunSpec, set[str]]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"--config {source!r}: TOML syntax error: {exc}") from None
-    tables = {k: doc.pop(k) for k in ("config", "params", "meta") if k in doc}
+    tables = {k: doc.pop(k) for k in ("config", "params", "meta", "arms") if k in doc}
+    doc.pop("force", None)  # written by earlier versions: no meaning now
     for key in doc:
         if key not in (*SPEC_KEYS, *_BUDGET_ALIASES, "corpus"):
-            raise unknown_key_error(key, [*SPEC_KEYS, "config", "params", "meta"],
+            raise unknown_key_error(key, [*SPEC_KEYS, "config", "params", "meta", "arms"],
                                     what=f"top-level key in {source}")
     valid = field_names()
     for key in tables.get("config", {}):
         if key not in valid and key not in ("corpus", "eval_data"):
             raise unknown_key_error(key, valid, what=f"config key in {source}")
+    if "arms" in tables:
+        doc["arms"] = arms_from_table(tables["arms"], source)
     spec, given = apply_flat(RunSpec(), {**doc, **tables.get("config", {})})
     return replace(spec, params=tuple(tables.get("params", {}).items())), given
 
@@ -327,13 +384,14 @@ def load_spec_file(path: str | os.PathLike) -> tuple[RunSpec, set[str]]:
 
 # --- the command-line argument group ----------------------------------------------------------
 
-def add_spec_args(ap: argparse.ArgumentParser, *, single: bool) -> None:
-    """The options that make a RunSpec. `single`: one run (`--ablation`, `--seed`). Every
-    default is None, so what the user gave is known (a resumed sweep compares only that)."""
+def add_spec_args(ap: argparse.ArgumentParser, *, single: bool, arms: bool = True) -> None:
+    """The options that make a RunSpec. `single`: one run (`--ablation`, `--seed`); `arms`:
+    a question's arms (`--arms`, `--arm`). Every default is None, so what the user gave is
+    known (a resumed sweep compares only that)."""
     g = ap.add_argument_group("what to train")
     if single:
-        g.add_argument("--ablation", help="reference ablation (default: baseline, or the "
-                       "config file's)")
+        g.add_argument("--ablation", help="the arm to train: baseline or an arm of the question "
+                       "(default: baseline, or the config file's)")
         g.add_argument("--seed", type=int, help="seed of initialisation and batch order "
                        "(default: 0)")
     g.add_argument("--preset", choices=PRESETS, help="scale (default: the config file's, else "
@@ -359,15 +417,32 @@ def add_spec_args(ap: argparse.ArgumentParser, *, single: bool) -> None:
                    "preset's)")
     g.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="override config fields or spec fields; repeatable (default: none)")
-    g.add_argument("--force-set", action="store_true", default=None,
-                   help="allow overriding a key that an ablation defines (collapses that arm)")
+    if arms:
+        g.add_argument("--arms", metavar="FILE", help="a question: a TOML file with a "
+                       "[baseline] and [arms.<name>] tables, a shipped question by name "
+                       "(reference, positional, ffn, schedule), or the TOML text itself "
+                       "(default: reference, the six reference ablations)")
+        g.add_argument("--arm", action="append", metavar="NAME:KEY=VALUE,...",
+                       help="an arm on the command line, e.g. swiglu:ffn=swiglu,"
+                       "match_params=true or big:d_model=x2 (a factor of the baseline's); "
+                       "repeatable; with --arms it adds to the file's arms (default: none)")
 
 
 def spec_from_args(args: argparse.Namespace, *, default_preset: str
                    ) -> tuple[RunSpec, set[str]]:
-    """(spec, the spec fields the user gave). Precedence: the config file < `--set` <
-    explicit flags; `--data` beats the file's corpus."""
+    """(spec, the spec fields the user gave). Precedence: the config file < the question's
+    [baseline] < `--set` < explicit flags; `--data` beats the files' corpus."""
     spec, given = load_spec_file(args.config) if args.config else (RunSpec(), set())
+    file = getattr(args, "arms", None)
+    question = load_question(file) if file else None
+    flagged = parse_arm_flags(getattr(args, "arm", None))
+    if question is not None:
+        spec, g = apply_flat(spec, question.baseline)
+        given |= g
+    if question is not None or flagged:
+        spec = replace(spec, arms=merge_arms(spec.arms, question.arms if question else (),
+                                             flagged))
+        given.add("arms")
     if "preset" not in given:
         spec = replace(spec, preset=default_preset)
     spec, g = apply_flat(spec, parse_sets(args.set))
@@ -386,7 +461,5 @@ def spec_from_args(args: argparse.Namespace, *, default_preset: str
                          ("published_steps", "steps")):
         if getattr(args, dest, None):
             flags["budget"] = budget
-    if args.force_set:
-        flags["force"] = True
     spec, g = apply_flat(spec, flags)
     return spec, given | g

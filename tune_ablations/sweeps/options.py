@@ -17,7 +17,9 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from ..results.sequential import FIRST_LOOK
 from ..spec.io import REDACTED, redact
+from ..spec.names import TUNING_SEEDS_FROM
 from ..spec.runspec import RunSpec
 
 
@@ -145,11 +147,12 @@ def _seeds(text: str) -> int | str:
 
 @dataclass(frozen=True, kw_only=True)
 class GridOptions:
-    """A grid's arms and how many seeds each gets."""
-    ablations: tuple = option(None, "--ablations", "subset of the six reference ablations",
-                              nargs="+", metavar="NAME", shown="all six")
-    seeds: int | str = option("auto", "--seeds", "seeds per arm: N, or auto (2, then more "
-                              "for arms still undecided, by a group-sequential test)",
+    """Which of the question's arms a grid runs and how many seeds each gets."""
+    ablations: tuple = option(None, "--ablations", "which arms of the question to run, "
+                              "baseline included", nargs="+", metavar="NAME",
+                              shown="all of them")
+    seeds: int | str = option("auto", "--seeds", f"seeds per arm: N, or auto ({FIRST_LOOK}, then "
+                              "more for arms still undecided, by a group-sequential test)",
                               type=_seeds)
     max_seeds: int = option(5, "--max-seeds", "with --seeds auto: the most seeds an arm gets",
                             type=int)
@@ -168,8 +171,13 @@ class GridOptions:
             object.__setattr__(self, "ablations", tuple(self.ablations))
         if isinstance(self.seeds, int) and self.seeds < 1:
             raise ValueError(f"--seeds={self.seeds} must be >= 1 (or auto)")
-        if self.max_seeds < 2:
-            raise ValueError(f"--max-seeds={self.max_seeds} must be >= 2")
+        for flag, n in (("--seeds", self.seeds), ("--max-seeds", self.max_seeds)):
+            if isinstance(n, int) and n > TUNING_SEEDS_FROM:
+                raise ValueError(f"{flag}={n} must be <= {TUNING_SEEDS_FROM}: seeds from "
+                                 f"{TUNING_SEEDS_FROM} on belong to runs that tune settings")
+        if self.max_seeds < FIRST_LOOK:
+            raise ValueError(f"--max-seeds={self.max_seeds} must be >= {FIRST_LOOK} (the seeds "
+                             "every arm gets before the first look)")
         if self.time_budget is not None and self.time_budget < 0:
             raise ValueError(f"--time-budget={self.time_budget} must be >= 0 (0: none)")
         if self.tune_lr != 0 and (self.tune_lr < 3 or self.tune_lr % 2 == 0):
@@ -198,8 +206,8 @@ class SearchOptions:
     evals: int = option(8, "--evals", "evaluations per reference run: ASHA can only stop a "
                         "trial when it reports (ignored if eval_every is set)", type=int)
     asha_probes: str = option("auto", "--asha-probes", "rank trials at each ASHA rung by a "
-                              "cooldown probe's decayed loss (needs schedule=wsd; auto: on "
-                              "with wsd)", choices=("auto", "on", "off"))
+                              "cooldown probe's decayed loss (auto: on with a schedule that "
+                              "decays: wsd, cosine, linear)", choices=("auto", "on", "off"))
     study_storage: str = option(None, "--study-storage", "Optuna storage URL the searcher "
                                 "writes as trials report (e.g. postgresql+psycopg://...)",
                                 shown="sqlite study.db in the experiment")

@@ -53,17 +53,16 @@ class SweepPlan:
     scheduler: Callable[[], Any] | None = None
     """Builds Ray's trial scheduler (ASHA) once Ray is imported."""
     after: Callable[..., None] | None = None
-    """Runs after the results tables are written (a search: importances, best.toml)."""
+    """Runs after the results tables are written (a search: importances, best.toml, held-out
+    check)."""
     files: dict[str, str] = field(default_factory=dict)
     """Files stored verbatim in the experiment (name -> text)."""
-    forced: dict[str, list[str]] = field(default_factory=dict)
-    """Overrides the user forced onto arms that define them (key -> arms)."""
     max_concurrent: int | None = None
     """Trials at once (None: what the resources allow)."""
     later: str = ""
     """What the sweep decides to run after the listed trials (`--dry-run` says it)."""
     tracker: Any = None
-    """The experiment tracker (`sweeps.trackers.TrackerOptions`); set by `sweep_main`."""
+    """The experiment tracker (`sweeps.trackers.TrackerOptions`); set by `sweep.execute`."""
     progress: Callable[[list], str] | None = None
     """The progress table's summary line from Ray's trials (`tuner.arms_progress`, ...)."""
     show_best: bool = True

@@ -3,7 +3,7 @@
 A file names one question:
 
     description = "..."
-    ablation = "baseline"          # base config the search perturbs
+    ablation = "baseline"          # the reference arm the search perturbs
     preset = "cpu"                 # optional; the command line may override it
     num_samples = 16               # optional default for --num-samples
     [fixed]                        # flat-key overrides of the base
@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..spec.config import PRESETS, field_names, field_type, to_flat_dict, unknown_key_error
-from ..spec.presets import ABLATIONS
+from ..spec.questions import reference
 from ..spec.resolve import resolve
-from ..spec.runspec import FLAT_SPEC_KEYS, RunSpec, apply_flat, toml_module
+from ..spec.runspec import FLAT_SPEC_KEYS, RunSpec, apply_flat
+from ..spec.toml import toml_module
 
 SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -98,9 +99,10 @@ class SearchSpace:
         return [base.with_params(**dict(zip(self.params, c)))
                 for c in itertools.product(*(p.corners() for p in self.params.values()))]
 
-    def baseline_point(self, base: RunSpec) -> dict[str, Any] | None:
-        """The base config's value of every searched key, if inside the space (tried first)."""
-        cfg = to_flat_dict(resolve(base))
+    def baseline_point(self, base: RunSpec, cfg=None) -> dict[str, Any] | None:
+        """The base config's value of every searched key, if inside the space (tried first);
+        `cfg`: the base spec's resolved config, when the caller has it."""
+        cfg = to_flat_dict(cfg if cfg is not None else resolve(base))
         point = {}
         for k, p in self.params.items():
             v = cfg[k]
@@ -209,8 +211,9 @@ def parse_space(text: str, path: Path) -> SearchSpace:
         if k not in _TOP_KEYS:
             raise _err(path, str(unknown_key_error(k, list(_TOP_KEYS), what="top-level key")))
     ablation = doc.get("ablation", "baseline")
-    if ablation not in ABLATIONS:
-        raise _err(path, str(unknown_key_error(str(ablation), list(ABLATIONS), what="ablation")))
+    names = ["baseline", *reference().names]
+    if ablation not in names:
+        raise _err(path, str(unknown_key_error(str(ablation), names, what="ablation")))
     preset = doc.get("preset")
     if preset is not None and preset not in PRESETS:
         raise _err(path, f"preset={preset!r} must be one of {', '.join(PRESETS)}")

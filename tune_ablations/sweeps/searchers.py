@@ -4,14 +4,18 @@ arms, fixed or decided by the data) and `OptunaSearcher` for searches (Optuna's 
 Design choices:
 - Both are Ray Tune `Searcher`s, so one Tuner runs the whole sweep and `--resume` restores
   them with Ray's experiment (their state is saved, as JSON, with every experiment snapshot).
-- `ArmsSearcher` with `seeds="auto"` runs looks: two seeds for every arm, then one more seed for
-  the baseline and the arms whose comparison is still undecided (`results.sequential`), until
-  every arm is decided, `max_seeds` is reached, or the next look would not fit the time budget;
-  it says which arms stayed undecided and why. Within a look the costliest arms start first.
-  Every look is recorded in decisions.json, which the report replays.
+- `ArmsSearcher` with `seeds="auto"` runs looks: three seeds for every arm (`FIRST_LOOK`), then
+  one more seed for the baseline and the arms whose comparison is still undecided
+  (`results.sequential`), until every arm is decided, `max_seeds` is reached, or the next look
+  would not fit the time budget; it says which arms stayed undecided and why. Within a look the
+  costliest arms start first. The family is every arm, also one whose every seed diverged
+  (which gets no more seeds: divergence is its outcome).
+  Every look and decision is recorded in decisions.json, which the report replays.
 - `OptunaSearcher` tells the sampler the truth: a trial ASHA stopped is PRUNED with its
   intermediate values keyed by tokens seen (Ray's OptunaSearch reports it COMPLETE with its
-  partial-budget loss), a diverged or failed one FAIL. The study lives in an Optuna storage
+  partial-budget loss); a diverged one PRUNED at its last finite value, so TPE counts it among
+  the bad trials and samples fewer diverging values (a FAIL it would ignore); an errored one
+  FAIL. The study lives in an Optuna storage
   (SQLite in the experiment, or a shared database such as PostgreSQL), written as trials
   report, so optuna-dashboard follows a running search. After a driver kill, trials the study
   holds as RUNNING but Ray never scheduled are handed out again, so no trial is lost or
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results.experiment import Experiment
-from ..results.sequential import ALPHA, decide, describe
+from ..results.sequential import ALPHA, FIRST_LOOK, decide, describe
 from ..spec.names import DECISIONS_FILE, METRIC, MODE, STUDY_FILE, TIME_ATTR, Status
 
 
@@ -54,12 +58,13 @@ class ArmsSearcher(_searcher_base()):
         self.arms, self.auto, self.alpha = list(arms), seeds == "auto", alpha
         self.max_seeds = max_seeds if self.auto else int(seeds)
         self.time_budget, self.slots, self.experiment = time_budget or 0.0, slots, experiment
-        first = 2 if self.auto else int(seeds)
+        first = FIRST_LOOK if self.auto else int(seeds)
         self.looks = [first]
         self.queue: list[tuple[str, int]] = [(a, s) for s in range(first) for a in self.arms]
         self.live: dict[str, tuple[str, int]] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.verdicts: dict[str, str] = {}
+        self.decided_at: dict[str, int] = {}  # seeds at the deciding look
         self.stopped_because, self.finished = "", False
         self.spent, self.session = 0.0, time.time()
 
@@ -86,7 +91,8 @@ class ArmsSearcher(_searcher_base()):
                                          "seconds": result.get("time_total_s")}
 
     _STATE = ("arms", "auto", "alpha", "max_seeds", "time_budget", "slots", "experiment",
-              "looks", "queue", "live", "results", "verdicts", "stopped_because", "finished")
+              "looks", "queue", "live", "results", "verdicts", "decided_at", "stopped_because",
+              "finished")
 
     def save(self, checkpoint_path: str) -> None:
         state = {k: getattr(self, k) for k in self._STATE} | {"spent": self.elapsed()}
@@ -123,7 +129,10 @@ class ArmsSearcher(_searcher_base()):
             outcome = decide(self.losses(), others, self.looks, max_seeds=self.max_seeds,
                              alpha=self.alpha)
             self.verdicts = {a: d.verdict for a, d in outcome.decisions.items()}
-            undecided = outcome.undecided
+            self.decided_at = {a: self.looks[d.look] for a, d in outcome.decisions.items()
+                               if d.look is not None}
+            alive = self.losses()  # an arm that lost every seed gets no more: that is its outcome
+            undecided = [a for a in outcome.undecided if a in alive]
         n = self.looks[-1]
         why = self._stop_reason(undecided, n)
         if why is not None:
@@ -155,7 +164,8 @@ class ArmsSearcher(_searcher_base()):
         looks = self.looks if self.finished else looks
         return {"procedure": describe(looks, self.alpha), "auto": self.auto,
                 "looks": looks, "max_seeds": self.max_seeds, "alpha": self.alpha,
-                "arms": self.arms, "verdicts": self.verdicts, "finished": self.finished,
+                "arms": self.arms, "verdicts": self.verdicts, "decided_at": self.decided_at,
+                "finished": self.finished,
                 "stopped_because": self.stopped_because, "seconds": round(self.elapsed(), 1),
                 "trials": len(self.results) + len(self.live) + len(self.queue)}
 
@@ -395,12 +405,14 @@ def _final_status(status: str | None, error: bool) -> str:
 def tell_state(status: str | None, value: float | None):
     """(Optuna state, value) for a trial's last status: completed -> COMPLETE with its final
     loss; stopped by the scheduler (last status still running) or by its caller -> PRUNED;
-    diverged, errored or lost -> FAIL."""
+    diverged -> PRUNED at its last finite value (its intermediate values stop there), which
+    TPE ranks with the bad trials and learns to avoid, where a FAIL is ignored by every
+    sampler; errored or lost -> FAIL (they say nothing about the sampled values)."""
     from optuna.trial import TrialState
 
     if status == Status.COMPLETED and value is not None and math.isfinite(value):
         return TrialState.COMPLETE, float(value)
-    if status in (Status.RUNNING, Status.STOPPED, Status.EARLY_STOPPED):
+    if status in (Status.RUNNING, Status.STOPPED, Status.EARLY_STOPPED, Status.DIVERGED):
         return TrialState.PRUNED, None
     return TrialState.FAIL, None
 

@@ -6,7 +6,9 @@ Design choices:
   SQLite inside a local experiment (`study.db`), a local SQLite file uploaded at the end for a
   remote one, or a shared database named by `--study-storage` (PostgreSQL on a cluster), which
   optuna-dashboard follows live.
-- Importances use COMPLETE trials only (all trained the full budget), name their evaluator
+- Importances use COMPLETE trials only (all trained the full budget) and say so, with the
+  trials they leave out by how they ended (early-stopped ones are ASHA's losers, diverged ones
+  a region of failure: importances describe the survivors); they name their evaluator
   (PED-ANOVA, which needs no scikit-learn), need at least `MIN_TOP` trials in PED-ANOVA's top
   quantile (else they say "insufficient"), and report their spread over bootstrap resamples of
   the trials.
@@ -75,7 +77,7 @@ def importances(study, params: list[str], *, n_boot: int = N_BOOT, seed: int = 0
     top = int(len(done) * TARGET_QUANTILE)
     out: dict[str, Any] = {"evaluator": "ped_anova", "target_quantile": TARGET_QUANTILE,
                            "n_trials": len(done), "top_trials": top, "min_top": MIN_TOP,
-                           "importances": {}}
+                           "importances": {}, **coverage(study)}
     if top < MIN_TOP:
         out["skipped"] = (f"insufficient: {len(done)} full-budget completed trials put {top} in "
                           f"PED-ANOVA's top {TARGET_QUANTILE:.0%}; importances need at least "
@@ -95,6 +97,24 @@ def importances(study, params: list[str], *, n_boot: int = N_BOOT, seed: int = 0
                         for k in params}
     out["n_boot"] = n_boot
     return out
+
+
+def coverage(study) -> dict[str, Any]:
+    """Which trials importances cover (the full-budget completed ones) and, by how they ended,
+    the ones they leave out: early stopping keeps the survivors of each rung, so importances
+    over them describe the region the search kept, not the whole space."""
+    import optuna
+
+    left: dict[str, int] = {}
+    for t in study.trials:
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            why = str(t.user_attrs.get("status") or t.state.name.lower())
+            left[why] = left.get(why, 0) + 1
+    n = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    note = f"over the {n} full-budget completed trials of {len(study.trials)}"
+    if left:
+        note += "; not covered: " + ", ".join(f"{v} {k}" for k, v in sorted(left.items()))
+    return {"covers": note, "left_out": left}
 
 
 def _ped_anova(trials, params: list[str], evaluator) -> dict[str, float]:
@@ -192,10 +212,10 @@ def finish_search(exp: Experiment, res, base: RunSpec, params: list[str], storag
                 f"{hold['holdout_val_loss_se']:.4f} on {hold['holdout_windows']} windows of "
                 "documents selection never scored")
     if imp["importances"]:
-        say("importances (" + imp["evaluator"] + "): " + " ".join(
+        say("importances (" + imp["evaluator"] + f", {imp['covers']}): " + " ".join(
             f"{k}={v:.3f}" for k, v in imp["importances"].items()))
     else:
-        say(f"importances: {imp.get('skipped', imp.get('note'))}")
+        say(f"importances: {imp.get('skipped', imp.get('note'))} ({imp['covers']})")
     if local_db is not None:  # optuna-dashboard reads no URI: the copy on this machine
         exp.write_bytes(local_db.read_bytes(), STUDY_FILE)
         say(f"study: optuna-dashboard sqlite:///{local_db} (this machine's copy; the "

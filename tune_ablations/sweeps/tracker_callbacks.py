@@ -67,14 +67,22 @@ class TrialContext:
     location: str | None = None
     """The experiment's location to read from (None when it holds credentials, which are never
     kept here: this object is stored in Ray's tuner.pkl)."""
+    choice: dict | None = None
+    """The sweep's precision and compile decision (`probes.Choice.to_dict()`), which every
+    trial pins where its config says `auto`."""
 
     def config(self, trial_config: dict[str, Any]) -> dict[str, Any]:
         """The trial's resolved config, flat, as its run.json records it (strings redacted)."""
         from ..training.data import data_id
+        from ..training.probes import Choice
+        from .decide import pin_spec
         from .trainable import trial_spec  # here: W&B's logging actors import this module
 
         spec = trial_spec(RunSpec.from_dict(self.base), trial_config)
-        cfg = resolve(spec, vocab_size=self.vocab.get(data_id(resolve(spec).data)))
+        first = resolve(spec)
+        if self.choice:  # as the trial pins it (trainable.run_trial)
+            spec = pin_spec(spec, first, Choice.from_dict(self.choice))
+        cfg = resolve(spec, vocab_size=self.vocab.get(data_id(first.data)))
         return {k: redact(v) if isinstance(v, str) else v for k, v in to_flat_dict(cfg).items()}
 
     def tags(self, config: dict[str, Any], trial) -> dict[str, str]:

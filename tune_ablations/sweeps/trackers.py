@@ -168,13 +168,15 @@ def _open_wandb(opts: TrackerOptions) -> TrackerOptions:
 
 
 def build_tracker(tracker: str | None, *, uri: str | None, project: str | None, sweep: str,
-                  kind: str, base: dict, vocab: dict[str, int], results: str):
+                  kind: str, base: dict, vocab: dict[str, int], results: str,
+                  choice: dict | None = None):
     """The Ray Tune logger callback for `tracker` (None: no callback).
 
     uri / project: as `open_tracker` resolved them; sweep / kind: the sweep's name and kind
     (`grid`, `search`); base: the sweep's base RunSpec as a dict; vocab: the real vocabulary
     size of each prepared corpus by data id (so the driver resolves each trial's config as the
-    trial does); results: the experiment's location (recorded on each run)."""
+    trial does); results: the experiment's location (recorded on each run); choice: the
+    sweep's precision and compile decision, pinned into each trial's config as the trial does."""
     if tracker is None:
         return None
     check_installed(tracker)
@@ -182,7 +184,8 @@ def build_tracker(tracker: str | None, *, uri: str | None, project: str | None, 
 
     context = TrialContext(sweep=sweep, kind=kind, base=base, vocab=dict(vocab),
                            results=redact(results),
-                           location=results if redact(results) == results else None)
+                           location=results if redact(results) == results else None,
+                           choice=choice)
     if tracker == "mlflow":
         return MLflowTracker(tracking_uri=uri, experiment_name=project or sweep, context=context)
     return WandbTracker(project=project or WANDB_PROJECT, base_url=uri, context=context)

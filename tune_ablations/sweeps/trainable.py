@@ -37,10 +37,8 @@ from typing import Any
 from ..results.experiment import Experiment
 from ..spec.io import redact, write_atomic
 from ..spec.names import OUTCOME_FILE, RUN_FILE, Status
-from ..spec.resolve import resolve
 from ..spec.runspec import RunSpec
-from ..training.data import data_id, prepare_data
-from ..training.domains import with_domains
+from ..training.resolved import Resolver
 from ..training.trainer import train
 from .decide import pin_spec
 
@@ -107,17 +105,6 @@ def _node() -> dict[str, Any]:
 _DATA: dict[str, Any] = {}  # per worker process: a reused actor prepares a corpus once
 
 
-def trial_data(cfg, datasets: dict | None, cache_dir: str | None):
-    key = data_id(cfg.data)
-    if datasets and key in datasets:
-        return datasets[key]
-    if key not in _DATA:  # data the driver did not prepare (a search over data settings)
-        cache = Path(cache_dir) if cache_dir else None
-        _DATA[key] = with_domains(prepare_data(cfg.data, cache, log=lambda s: None), cfg.data,
-                                  cache)
-    return _DATA[key]
-
-
 def run_metadata(spec: RunSpec, cfg, data, **extra: Any) -> dict[str, Any]:
     from ..spec.config import to_flat_dict
 
@@ -127,6 +114,16 @@ def run_metadata(spec: RunSpec, cfg, data, **extra: Any) -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "reproduce": " ".join(["python -m tune_ablations.train",
                                    *spec.settled().to_argv()]), **extra}
+
+
+def run_record(spec: RunSpec, cfg, data, **extra: Any) -> str:
+    """The text of a trial's run.json (what reproduces it)."""
+    return json.dumps(run_metadata(spec, cfg, data, **extra), indent=2, default=str)
+
+
+def outcome_record(result: dict[str, Any], trial_id: str) -> str:
+    """The text of a trial's outcome.json (its history, samples and throughput)."""
+    return json.dumps(result | {"trial_id": trial_id}, indent=2, default=str)
 
 
 def _finished_outcome(experiment: str | None, trial_name: str) -> dict | None:
@@ -151,9 +148,9 @@ def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = Non
 
     decided = Choice.from_dict(choice) if choice else None
     spec = trial_spec(RunSpec.from_dict(base), config)
-    data = trial_data(resolve(spec), datasets, cache_dir)
-    spec = pin_spec(spec, resolve(spec), decided)
-    cfg = resolve(spec, vocab_size=data.vocab_size)
+    resolver = Resolver(cache_dir, datasets=datasets, memo=_DATA)
+    spec = pin_spec(spec, Resolver(prepare=False).config(spec), decided)
+    cfg, data = resolver.run(spec)
     torch.set_num_threads(threads)
     if torch.cuda.is_available() and 0 < gpu_fraction < 1:
         # Several trials share a GPU: cap this process so one cannot starve the others.
@@ -165,11 +162,11 @@ def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = Non
     if done is not None:  # finished before the driver died: report it again, do not retrain
         tune.report({k: v for k, v in done["history"][-1].items() if "window" not in k})
         return {}
-    write_atomic(trial_dir / RUN_FILE, json.dumps(run_metadata(
+    write_atomic(trial_dir / RUN_FILE, run_record(
         spec, cfg, data, trial_id=context.get_trial_id(), git_sha=sha, threads=threads,
         runtime=_runtime(cfg, decided),
         gpu_fraction=gpu_fraction, pid=os.getpid(), argv=[redact(a) for a in (argv or [])],
-        **_node()), indent=2, default=str))
+        **_node()))
     hold = _hold(name)
 
     def report(metrics: dict[str, Any], save_checkpoint) -> None:
@@ -179,8 +176,7 @@ def run_trial(config: dict[str, Any], *, base: dict, datasets: dict | None = Non
         hold(metrics["step"])
 
     def on_end(result: dict[str, Any]) -> None:
-        write_atomic(trial_dir / OUTCOME_FILE, json.dumps(
-            result | {"trial_id": context.get_trial_id()}, indent=2, default=str))
+        write_atomic(trial_dir / OUTCOME_FILE, outcome_record(result, context.get_trial_id()))
 
     resume_dir = _checkpoint_dir(tune.get_checkpoint())
     try:

@@ -3,8 +3,10 @@ keep statuses honest, tables live and checkpoints pruned safely, fitting or rest
 Tuner, and Ray's final view of each trial.
 
 Design choices:
-- The live table's `run` column is our status; a trial the scheduler stopped is marked
-  `early_stopped` the moment it is stopped, so the live table and the final tables agree.
+- The live table goes to stderr with the other logs (stdout carries results and JSON only, so
+  `grid --json` pipes into jq); its `run` column is our status; a trial the scheduler stopped
+  is marked `early_stopped` the moment it is stopped, so the live table and the final tables
+  agree.
 - The table's head speaks of the sweep, not of Ray's open-ended trial count ("4/infinite"):
   a grid's arms and seeds (the current look, trials planned, running and done), a search's
   samples of the planned number. A grid shows no "current best trial" (arms are compared by
@@ -21,13 +23,14 @@ Design choices:
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Any
 
 from ..results.experiment import Experiment
 from ..results.frames import load, write_tables
 from ..spec.io import log
-from ..spec.names import METRIC, TIME_ATTR, TRIALS_FILE, Status
+from ..spec.names import METRIC, RAY_ERROR, RAY_TERMINATED, TIME_ATTR, TRIALS_FILE, Status
 
 
 def _short(v: Any) -> str:
@@ -119,6 +122,9 @@ def progress_reporter(parameter_columns: list[str], exp: Experiment, summary=Non
     from ray import tune
 
     class Reporter(tune.CLIReporter):
+        def _print(self, msg: str) -> None:  # a log: stdout carries results and JSON only
+            print(msg, file=sys.stderr, flush=True)
+
         def _progress_str(self, trials, done, *sys_info, **kw):
             text = super()._progress_str(trials, done, *sys_info, **kw)
             return rewrite_progress(text, exp, summary(trials) if summary else None, best)
@@ -218,7 +224,7 @@ def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_fail
             name=exp.name, storage_path=storage_path, storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # we prune (see above)
-            sync_config=tune.SyncConfig(sync_artifacts=True),
+            sync_config=_sync_config(),
             progress_reporter=progress_reporter(parameter_columns, exp, summary, best),
             verbose=1,
             callbacks=[*callbacks(exp, keep_checkpoints, live=True), *(extra_callbacks or [])],
@@ -228,13 +234,27 @@ def run_tuner(trainable, *, exp: Experiment, resume: bool, tune_config, max_fail
     return tuner.fit()
 
 
+def _sync_config():
+    """Artifacts (run.json, outcome.json) synced from every node: `ray.tune.SyncConfig` where
+    Tune has its own (newer Ray); on older Ray (2.41) that name is a stub that raises, and the
+    class is `ray.train.SyncConfig`, which Tune's RunConfig accepts there."""
+    from ray import tune
+
+    try:
+        return tune.SyncConfig(sync_artifacts=True)
+    except DeprecationWarning:
+        from ray.train import SyncConfig
+
+        return SyncConfig(sync_artifacts=True)
+
+
 def record_states(exp: Experiment, results) -> dict[str, dict]:
     """Ray's final view of each trial into `trials.json` (analysis needs no Ray after this)."""
     states: dict[str, dict] = {}
     for r in results:
         trial_id = (r.metrics or {}).get("trial_id") or str(r.path).rsplit("/", 1)[-1]
         states[trial_id] = {
-            "status": "ERROR" if r.error else "TERMINATED", "path": str(r.path),
+            "status": RAY_ERROR if r.error else RAY_TERMINATED, "path": str(r.path),
             "error": f"{type(r.error).__name__}: {str(r.error)[:500]}" if r.error else None}
     exp.write_json(states, TRIALS_FILE)
     return states

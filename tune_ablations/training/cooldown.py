@@ -4,6 +4,12 @@ the floor over the rest of a budget B, evaluate it, and restore the run. The pro
 exactly what a wsd run of budget B reaches (same initialisation, batches and schedule), so one
 run gives the loss of several budgets, each with a decayed learning rate.
 
+Under `cosine` or `linear` the same branch is a short decay from the lr the run has at the
+branch point to the floor: not the loss of a cosine run of budget B, but a loss read after a
+decay, which ranks learning rates the way final losses do; a mid-schedule loss, read near the
+peak lr, favours low learning rates (the short-horizon bias). Early stopping ranks by it
+(`rank_loss`; benchmarks/RESULTS.md, section 13).
+
 Design choices:
 - The branch point is where a wsd run of budget B starts its decay; the cooldown draws the
   batches the run itself would see next (a copy of its sampler) and leaves the run's weights,

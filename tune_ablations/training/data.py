@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..spec.config import DataConfig
+from ..spec.names import MANIFEST_FILE, TOKENIZER_JSON
 from .corpus import SHINGLE_WORDS, CorpusError, corpus_identity, load_documents, split_documents
 from .runtime import cache_root
 
@@ -98,7 +99,7 @@ def load_tokenizer(source: str | Path):
 
     if isinstance(source, str) and source.lstrip().startswith("{"):
         return Tokenizer.from_str(source)
-    return Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
+    return Tokenizer.from_file(str(Path(source) / TOKENIZER_JSON))
 
 
 # --- cache -----------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def valid_cache(folder: Path, verify: bool = False) -> dict | None:
     fails it); `verify` also checks every file's digest (after a build, and on demand with
     `python -m tune_ablations.cache verify`)."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
         for name in _FILES:
             if (folder / name).stat().st_size != manifest["sizes"][name]:
                 return None
@@ -163,6 +164,14 @@ class Domain:
     """Documents left out: they are, or share a 12-word passage with, a training document."""
     total: int
     """Documents in the domain corpus."""
+    in_validation: int = 0
+    """Documents left out because they are, or share a 12-word passage with, a document of the
+    main validation split (the check would otherwise compare that split with itself)."""
+
+    def facts(self) -> dict:
+        """What a run records of it (outcome.json's `domains`)."""
+        return {"corpus": self.corpus, "documents": self.documents, "dropped": self.dropped,
+                "in_validation": self.in_validation, "total": self.total}
 
 
 @dataclass
@@ -268,7 +277,7 @@ def _build(cfg: DataConfig, key: str, folder: Path, log=print) -> None:
         "digests": {name: _digest(folder / name) for name in _FILES},
         "sizes": {name: (folder / name).stat().st_size for name in _FILES},
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))  # written last
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))  # written last
 
 
 def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, *, log=print) -> TokenData:
@@ -303,7 +312,7 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, *, log=print) -
     return load_folder(folder, manifest)
 
 
-STORED_FILES = (*_FILES, "manifest.json")
+STORED_FILES = (*_FILES, MANIFEST_FILE)
 """What a token cache folder holds: what an experiment stores to be resumed anywhere."""
 
 
@@ -318,7 +327,7 @@ def load_folder(folder: Path, manifest: dict | None = None) -> TokenData:
         val=np.load(folder / "val.npy", mmap_mode="r"),
         token_bytes=np.load(folder / "token_bytes.npy"),
         vocab_size=manifest["vocab_size"], eos_id=manifest["eos_id"], manifest=manifest,
-        tokenizer_json=(folder / "tokenizer" / "tokenizer.json").read_text(), path=folder)
+        tokenizer_json=(folder / "tokenizer" / TOKENIZER_JSON).read_text(), path=folder)
 
 
 def check_fits(data: TokenData, seq_len: int) -> None:

@@ -6,6 +6,12 @@ Design choices:
   one that contains it, or an unrelated one): a domain is scored only on its documents that
   share no document and no 12-word passage with the training split, the same rule as the main
   split. How many documents each domain lost to the rule is recorded and reported.
+- Other text must be other than the main validation set too: a domain inside the training
+  corpus (`pydoc` inside `embedded`) keeps exactly the main validation documents after the
+  rule above, and "the ranking holds on other text" would be the validation set agreeing with
+  itself. So a domain's documents that are, or share a 12-word passage with, a main-validation
+  document are left out as well and counted (`in_validation`); a domain left with nothing is
+  refused with the fix (evaluate on a corpus the training corpus does not contain).
 - Each domain gets its own unigram reference (the training split's token frequencies on the
   domain's eval tokens), computed by the trainer like the main one.
 - Token ids are cached per (run corpus, domain, rule) and built where the data is prepared
@@ -28,7 +34,7 @@ from .corpus import CorpusError, load_documents, shingles, split_documents
 from .data import Domain, TokenData, load_tokenizer
 from .runtime import cache_root
 
-RULE_VERSION = 2  # 2: no document or 12-word passage shared with the training split
+RULE_VERSION = 3  # 3: none shared with the training split, nor with the main validation split
 HUB_DOMAIN_DOCUMENTS = 1000  # a Hub domain is streamed: its first documents
 
 
@@ -52,13 +58,31 @@ def clean_documents(train_docs: list[str], domain_docs: list[str]) -> list[str]:
     return [d for d in domain_docs if not (shingles(d) & seen)]
 
 
-def _domain_docs(cfg: DataConfig, corpus: str) -> tuple[list[str], int]:
-    """(documents kept, documents in the domain corpus)."""
-    train, _ = split_documents(load_documents(replace(cfg, eval_data="")), cfg.val_fraction,
-                               cfg.split_seed)
+def _domain_docs(cfg: DataConfig, corpus: str) -> tuple[list[str], dict[str, int]]:
+    """(documents kept, facts): the domain's documents that share no text with the training
+    split nor with the main validation split, and how many each rule left out."""
+    train, val = split_documents(load_documents(replace(cfg, eval_data="")), cfg.val_fraction,
+                                 cfg.split_seed)
     n = HUB_DOMAIN_DOCUMENTS if corpus.startswith(HUB_PREFIX) else 0
     docs = load_documents(replace(cfg, corpus=corpus, num_documents=n, eval_data=""))
-    return clean_documents(train, docs), len(docs)
+    unseen = clean_documents(train, docs)
+    kept = clean_documents(val, unseen)
+    facts = {"documents": len(kept), "dropped": len(docs) - len(unseen),
+             "in_validation": len(unseen) - len(kept), "total": len(docs)}
+    if not kept:
+        raise CorpusError(_nothing_left(cfg, corpus, facts))
+    return kept, facts
+
+
+def _nothing_left(cfg: DataConfig, corpus: str, f: dict[str, int]) -> str:
+    if f["in_validation"]:
+        return (f"eval_data={corpus!r}: each of its {f['in_validation']} documents that share "
+                f"no text with training is a main-validation document of corpus={cfg.corpus!r} "
+                "(which contains it), so scoring it would be the validation set agreeing with "
+                "itself; evaluate on a corpus the training corpus does not contain (e.g. "
+                "--data stdlib --eval-data pydoc)")
+    return (f"eval_data={corpus!r}: all {f['total']} of its documents are, or share a 12-word "
+            "passage with, training documents: nothing held out to score")
 
 
 def build_domain(cfg: DataConfig, data: TokenData, label: str, corpus: str,
@@ -70,17 +94,13 @@ def build_domain(cfg: DataConfig, data: TokenData, label: str, corpus: str,
     if path.exists() and meta.exists():
         facts = json.loads(meta.read_text())
         return Domain(label, corpus, np.load(path, mmap_mode="r"), **facts)
-    docs, total = _domain_docs(cfg, corpus)
-    if not docs:
-        raise CorpusError(f"eval_data={corpus!r}: all {total} of its documents are, or share a "
-                          "12-word passage with, training documents: nothing held out to score")
+    docs, facts = _domain_docs(cfg, corpus)
     tok = load_tokenizer(data.tokenizer_json)
     ids: list[int] = []
     for enc in tok.encode_batch(docs, add_special_tokens=False):
         ids.extend(enc.ids)
         ids.append(data.eos_id)
     arr = np.asarray(ids, dtype=data.train.dtype)
-    facts = {"documents": len(docs), "dropped": total - len(docs), "total": total}
     buf = io.BytesIO()
     np.save(buf, arr)
     write_atomic(path, buf.getvalue())

@@ -34,7 +34,7 @@ import torch
 
 from ..spec.config import RunConfig, to_flat_dict
 from ..spec.flops import count_params, flops_per_token
-from ..spec.names import DIVERGED_LOSS, METRICS, REPORT_KEYS, VAL_KEYS, Status
+from ..spec.names import DIVERGED_LOSS, METRICS, REPORT_KEYS, VAL_KEYS, Status, context_metric
 from .cooldown import probe_schedule, run_probe
 from .data import (
     TokenData,
@@ -82,6 +82,8 @@ class TrainState:
     """Loss per eval window at the latest evaluation (paired eval noise between arms)."""
     domain_window_losses: dict = field(default_factory=dict)
     """The same for each extra evaluation domain (rank agreement's bootstrap)."""
+    context_window_losses: dict = field(default_factory=dict)
+    """The same on each of `eval_contexts`' windows, at the last evaluation."""
 
 
 def divergence(cfg: RunConfig, st: TrainState, train_loss: float, metrics: dict | None
@@ -138,6 +140,8 @@ class Run:
     probe_at: dict
     domains: dict = field(default_factory=dict)
     """label -> (windows, unigram reference) of each extra evaluation domain."""
+    contexts: dict = field(default_factory=dict)
+    """context length -> windows of `eval_contexts` shorter than the run's own seq_len."""
 
 
 def _domain_windows(cfg: RunConfig, data: TokenData) -> dict[str, tuple[torch.Tensor, float]]:
@@ -167,10 +171,12 @@ def _setup(cfg: RunConfig, data: TokenData | None, log, choice: Choice | None) -
     reference = unigram_reference(data.train, windows, data.token_bytes, data.vocab_size)
     peak, source = (cfg.peak_flops, "config") if cfg.peak_flops else \
         peak_flops_for(device, step.amp)
+    contexts = {c: val_windows(val_part(data.val, data.eos_id), c, cfg.eval.eval_tokens)
+                for c in cfg.eval_context_lengths if c < cfg.data.seq_len}
     return Run(cfg, data, step, torch.Generator().manual_seed(cfg.seed), windows,
                torch.from_numpy(data.token_bytes).to(device), reference,
                flops_per_token(cfg.model, data.vocab_size, cfg.data.seq_len), peak, source,
-               wall0, probe_schedule(cfg), _domain_windows(cfg, data))
+               wall0, probe_schedule(cfg), _domain_windows(cfg, data), contexts)
 
 
 def _state_dict(r: Run, st: TrainState) -> dict[str, Any]:
@@ -212,8 +218,8 @@ def _result(r: Run, st: TrainState) -> dict[str, Any]:
         "diverged_because": st.diverged_because, "initial_loss": st.initial_loss,
         "probes": st.probes, "probe_time_s": st.probe_time,
         "window_losses": st.window_losses, "domain_window_losses": st.domain_window_losses,
-        "domains": {label: {"corpus": d.corpus, "documents": d.documents, "dropped": d.dropped,
-                            "total": d.total} for label, d in r.data.domains.items()},
+        "context_window_losses": st.context_window_losses,
+        "domains": {label: d.facts() for label, d in r.data.domains.items()},
         "probe_tokens_trained": st.probe_tokens_trained,
         "flops_per_token": r.fpt, "device": str(r.step.device),
         "precision": precision_name(r.step.amp), "precision_reason": r.step.precision_reason,
@@ -244,11 +250,13 @@ def _evaluate(r: Run, st: TrainState, train_loss: float, lr: float, gnorm: float
                       f"val_loss_se@{label}": d["val_loss_se"],
                       f"unigram_val_loss@{label}": unigram})
             st.domain_window_losses[label] = d["window_losses"]
+        if st.step >= cfg.steps:  # the answer compares final losses: scored once, at the end
+            m.update(_context_losses(r, st, m["val_loss"]))
         why = divergence(cfg, st, train_loss, m)
     if why is not None or st.status == Status.DIVERGED.value:
         st.status, st.diverged_because = Status.DIVERGED.value, why or st.diverged_because
         m.update({x.name: x.diverged for x in METRICS})  # finite: Ray, ASHA, Optuna need numbers
-        st.window_losses = []
+        st.window_losses, st.context_window_losses = [], {}
         if not math.isfinite(m["train_loss"]):
             m["train_loss"] = DIVERGED_LOSS
     else:
@@ -262,6 +270,21 @@ def _evaluate(r: Run, st: TrainState, train_loss: float, lr: float, gnorm: float
     diverged = st.status == Status.DIVERGED.value
     m["rank_loss"] = probe["val_loss"] if probe and not diverged else m["val_loss"]
     return m
+
+
+def _context_losses(r: Run, st: TrainState, own_loss: float) -> dict[str, float]:
+    """`val_loss@ctx<N>` for each of `eval_contexts` up to the run's seq_len (its own windows
+    when N is its seq_len), each batch holding about a training batch's tokens."""
+    cfg, out = r.cfg, {}
+    if cfg.data.seq_len in cfg.eval_context_lengths:
+        out[context_metric(cfg.data.seq_len)] = own_loss
+        st.context_window_losses[str(cfg.data.seq_len)] = st.window_losses
+    for c, windows in r.contexts.items():
+        d = evaluate(r.step.model, windows, r.token_bytes, max(1, cfg.tokens_per_step // c),
+                     r.step.device, r.step.amp)
+        out[context_metric(c)] = d["val_loss"]
+        st.context_window_losses[str(c)] = d["window_losses"]
+    return out
 
 
 def _throughput(r: Run, st: TrainState, m: dict[str, Any]) -> None:
