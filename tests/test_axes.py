@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from tune_ablations.spec.config import ModelConfig, RunConfig
 from tune_ablations.spec.flops import attended_keys, count_params, flops_per_token
 from tune_ablations.training.model import (
-    MoE,
     Attention,
     FeedForward,
+    MoE,
     TransformerLM,
     causal_attention,
     causal_mask,

@@ -76,7 +76,8 @@ def fused_rows(name: str, p: torch.Tensor, cfg: RunConfig) -> tuple[int, ...]:
 
 def assign(model: torch.nn.Module, cfg: RunConfig) -> dict[str, list[tuple[str, Any]]]:
     """Parameter names and tensors by role: `hidden` (Muon's 2-D matrices inside the blocks,
-    an MoE router excepted; empty unless the optimizer is muon), `decay` (other 2-D weights), `no_decay` (the rest)."""
+    an MoE router excepted; empty unless the optimizer is muon), `decay` (other 2-D
+    weights), `no_decay` (the rest)."""
     out: dict[str, list[tuple[str, Any]]] = {"hidden": [], "decay": [], "no_decay": []}
     muon = cfg.optim.optimizer == "muon"
     for name, p in model.named_parameters():
