@@ -302,3 +302,59 @@ def test_every_axis_is_causal_and_trains_a_step(axis):
     objective, _ = NextTokenLoss(m)(x, x)
     objective.backward()
     assert all(p.grad is not None for n, p in m.named_parameters()), axis
+
+
+def test_the_dry_run_shows_each_axis_with_its_parameters_and_flops(corpus_dir, tmp_path, capsys):
+    import json
+
+    from tune_ablations import grid
+
+    sets = ["n_experts=4", "experts_per_token=2", "n_kv_heads=1", "sliding_window=16",
+            "qk_norm=true", "norm=layernorm", "ffn=geglu", "tie_embeddings=false",
+            "z_loss=0.0001"]
+    assert grid.main(["--preset", "tiny", "--data", str(corpus_dir), "--set", "vocab_size=300",
+                      *sets, "--ablations", "baseline", "--seeds", "1", "--storage",
+                      str(tmp_path), "--dry-run", "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = dict(s.split("=") for s in sets)
+    for key, value in want.items():
+        assert str(row[key]).lower() == value.lower(), key
+    cfg = dataclasses.replace(ModelConfig(), **{k: row[k] for k in (
+        "d_model", "n_heads", "n_layers", "d_ff", "ffn", "norm", "n_kv_heads", "qk_norm",
+        "sliding_window", "tie_embeddings", "n_experts", "experts_per_token")})
+    counts = count_params(cfg, row["vocab_size"])
+    assert row["params"] == counts["params"] > row["active_params"] == counts["active_params"]
+    assert row["flops_per_token"] == flops_per_token(cfg, row["vocab_size"], row["seq_len"])
+
+
+TRAIN_AXES = {**AXES, "window": {"sliding_window": 4}, "moe_muon": {
+    "n_experts": 2, "experts_per_token": 1, "ffn": "swiglu", "optimizer": "muon", "lr": 0.02}}
+
+
+@pytest.mark.parametrize("axis", list(TRAIN_AXES))
+def test_every_axis_trains_and_resumes_as_if_uninterrupted(axis, tiny_cfg, tiny_data, tmp_path):
+    from tune_ablations.spec.config import with_overrides
+    from tune_ablations.training.trainer import train
+
+    cfg = with_overrides(tiny_cfg, {**TRAIN_AXES[axis], "max_steps": 8, "eval_every": 4,
+                                    "warmup_steps": 2, "text_samples": 0,
+                                    "precision": "fp32", "diverge_margin": 0.0, "d_model": 32,
+                                    "n_heads": 4, "d_ff": 48, "batch_size": 4, "seq_len": 32})
+    full = train(cfg, data=tiny_data)
+    assert full["status"] == "completed", full.get("diverged_because")
+    losses = [h["train_loss"] for h in full["history"]]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+    def stop_at_4(metrics, save):
+        if metrics["step"] == 4:
+            save(tmp_path)
+            return True
+        return None
+
+    assert train(cfg, data=tiny_data, report=stop_at_4)["steps"] == 4
+    resumed = train(cfg, data=tiny_data, resume_from=tmp_path)
+    timing = {"tokens_per_s", "steps_per_s", "mfu", "train_time_s", "eval_time_s"}
+    strip = [{k: v for k, v in h.items() if k not in timing} for h in full["history"]]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed["history"]] == strip
+    assert resumed["final"] == full["final"]
+    assert full["active_params"] == count_params(cfg.model, tiny_data.vocab_size)["active_params"]
