@@ -358,3 +358,22 @@ def test_every_axis_trains_and_resumes_as_if_uninterrupted(axis, tiny_cfg, tiny_
     assert [{k: v for k, v in h.items() if k not in timing} for h in resumed["history"]] == strip
     assert resumed["final"] == full["final"]
     assert full["active_params"] == count_params(cfg.model, tiny_data.vocab_size)["active_params"]
+
+
+def test_match_active_params_sizes_moe_arms_to_the_dense_active_compute():
+    from tune_ablations.spec.resolve import resolve
+    from tune_ablations.spec.runspec import RunSpec
+
+    dense = resolve(RunSpec(preset="cpu"))
+    moe = resolve(RunSpec(preset="cpu", overrides={"n_experts": 8, "experts_per_token": 2},
+                          match_active_params=True))
+    assert moe.model.d_ff == dense.model.d_ff // 2
+    a, b = (count_params(c.model, 1024) for c in (dense, moe))
+    router = dense.model.n_layers * dense.model.d_model * 8
+    assert b["active_params"] == a["active_params"] + router
+    assert b["params"] > 3 * a["non_embedding_params"]
+    gated = resolve(RunSpec(preset="cpu", match_params=True, match_active_params=True,
+                            overrides={"n_experts": 4, "experts_per_token": 2, "ffn": "swiglu"}))
+    assert gated.model.d_ff == round(round(dense.model.d_ff * 2 / 3) / 2)
+    assert resolve(RunSpec(preset="cpu", match_active_params=True)) == dense  # dense: no-op
+    assert "match_active_params=true" in " ".join(RunSpec(match_active_params=True).to_argv())
