@@ -377,3 +377,33 @@ def test_match_active_params_sizes_moe_arms_to_the_dense_active_compute():
     assert gated.model.d_ff == round(round(dense.model.d_ff * 2 / 3) / 2)
     assert resolve(RunSpec(preset="cpu", match_active_params=True)) == dense  # dense: no-op
     assert "match_active_params=true" in " ".join(RunSpec(match_active_params=True).to_argv())
+
+
+def test_confounds_of_moe_arms_count_active_compute():
+    """At equal active parameters an MoE arm lists its larger total only; at equal expert
+    width, top-2 also doubles the active parameters and nearly the FLOPs, and says so."""
+    import pandas as pd
+
+    from tune_ablations.results.confounds import FOLLOWS, confounds
+    from tune_ablations.spec.config import to_flat_dict
+    from tune_ablations.spec.resolve import resolve
+    from tune_ablations.spec.runspec import RunSpec
+
+    def rows(arm, **kw):
+        c = resolve(RunSpec(preset="cpu", **kw), vocab_size=1024)
+        n = count_params(c.model, 1024)
+        return [{"ablation": arm, "seed": s, "status": "completed", **to_flat_dict(c),
+                 "val_loss": 5.0, "tokens_seen": c.total_tokens, "step": c.steps,
+                 "epoch": 0.5, "flops_per_token": flops_per_token(c.model, 1024, 128),
+                 "params": n["params"], "active_params": n["active_params"]} for s in (0, 1)]
+
+    moe = {"n_experts": 4, "experts_per_token": 2}
+    df = pd.DataFrame(rows("baseline") + rows("iso", overrides=moe, match_active_params=True)
+                      + rows("wide", overrides=moe))
+    own = {"iso": set(moe), "wide": set(moe)}.get
+    iso = {c.what: c for c in confounds(df, "iso", own_keys=own)}
+    assert iso["parameters"].kind == FOLLOWS and "active parameters" not in iso
+    assert "training FLOPs" not in iso  # the router's FLOPs are within 5%
+    wide = {c.what: c for c in confounds(df, "wide", own_keys=own)}
+    assert wide["active parameters"].kind == FOLLOWS
+    assert wide["training FLOPs"].arm.startswith("1.") and wide["training FLOPs"].kind == FOLLOWS
