@@ -328,7 +328,8 @@ def test_the_dry_run_shows_each_axis_with_its_parameters_and_flops(corpus_dir, t
 
 
 TRAIN_AXES = {**AXES, "window": {"sliding_window": 4}, "moe_muon": {
-    "n_experts": 2, "experts_per_token": 1, "ffn": "swiglu", "optimizer": "muon", "lr": 0.02}}
+    "n_experts": 2, "experts_per_token": 1, "ffn": "swiglu", "optimizer": "muon", "lr": 0.02},
+    "gqa_muon": {"n_kv_heads": 2, "optimizer": "muon", "lr": 0.02}}
 
 
 @pytest.mark.parametrize("axis", list(TRAIN_AXES))
@@ -407,3 +408,18 @@ def test_confounds_of_moe_arms_count_active_compute():
     wide = {c.what: c for c in confounds(df, "wide", own_keys=own)}
     assert wide["active parameters"].kind == FOLLOWS
     assert wide["training FLOPs"].arm.startswith("1.") and wide["training FLOPs"].kind == FOLLOWS
+
+
+def test_muon_splits_grouped_qkv_and_expert_halves_and_leaves_the_router_to_adamw():
+    from tune_ablations.training.optimizers import assign, fused_rows
+
+    cfg = RunConfig(model=_cfg(n_kv_heads=2, n_experts=2, ffn="swiglu"))
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, optimizer="muon"))
+    m = TransformerLM(cfg.model, 50)
+    named = dict(m.named_parameters())
+    assert fused_rows("blocks.0.attn.qkv.weight", named["blocks.0.attn.qkv.weight"],
+                      cfg) == (32, 16, 16)
+    up = "blocks.0.ffn.experts.1.up.weight"
+    assert fused_rows(up, named[up], cfg) == (48, 48)
+    roles = {role: {n for n, _ in ps} for role, ps in assign(m, cfg).items()}
+    assert "blocks.0.ffn.router.weight" in roles["decay"] and up in roles["hidden"]
