@@ -413,7 +413,7 @@ def test_confounds_of_moe_arms_count_active_compute():
 def test_muon_splits_grouped_qkv_and_expert_halves_and_leaves_the_router_to_adamw():
     from tune_ablations.training.optimizers import assign, fused_rows
 
-    cfg = RunConfig(model=_cfg(n_kv_heads=2, n_experts=2, ffn="swiglu"))
+    cfg = RunConfig(model=_cfg(n_kv_heads=2, n_experts=2, ffn="swiglu", max_seq_len=512))
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, optimizer="muon"))
     m = TransformerLM(cfg.model, 50)
     named = dict(m.named_parameters())
