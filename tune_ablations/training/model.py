@@ -190,15 +190,15 @@ class Attention(nn.Module):
             cos, sin = cos[:T, None], sin[:T, None]
         else:  # (B, T, 1, D/2)
             cos, sin = cos[:, :, None], sin[:, :, None]
-        qkv = self.qkv(x).view(B, T, H + 2 * G, self.head_dim)
+        # split (not slices): its backward is one concatenation, no zero-filled gradients
+        qk, v = self.qkv(x).view(B, T, H + 2 * G, self.head_dim).split((H + G, G), dim=2)
         if self.q_norm is not None:
-            qkv = torch.cat((self.q_norm(qkv[:, :, :H]), self.k_norm(qkv[:, :, H:H + G]),
-                             qkv[:, :, H + G:]), dim=2)
+            q, k = qk.split((H, G), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
         if self.rope:  # q and k in one pass: the tables broadcast over B and heads
-            qk, v = _rotate(qkv[:, :, :H + G], cos, sin), qkv[:, :, H + G:]
-        else:
-            qk, v = qkv[:, :, :H + G], qkv[:, :, H + G:]
-        q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
+            qk = _rotate(qk, cos, sin)
+        q, k = (t.transpose(1, 2) for t in qk.split((H, G), dim=2))  # (B, heads, T, D)
+        v = v.transpose(1, 2)
         if cache is not None:  # keys and values of every earlier position, then these
             k, v = cache.update(k, v, self.layer)
         y = causal_attention(q, k, v, window=self.window, mask=mask)  # (B, H, T, D)
