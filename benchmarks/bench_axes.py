@@ -5,6 +5,10 @@ this tree against another tree's (the main branch before the axes), side by side
     git archive main | tar -x -C /tmp/main-tree     # the other tree, read-only
     python benchmarks/bench_axes.py [--reps 3] [--steps 20] --vs-tree /tmp/main-tree
 
+`--ops` instead counts the ATen ops of one dense `train_step` (forward, backward, optimizer)
+in this tree and in `--vs-tree`, and the loss each computes: a comparison that CPU contention
+cannot blur (the dense path must do no more work than before the axes).
+
 Each measurement is `train_step` (the trainer's own step: autocast, loss, backward, clip,
 AdamW) on random tokens of the preset's batch, in fp32 and, on CPUs with bf16 matrix units, in
 bf16. Prints one `key=value` line per measurement and per-variant medians and ratios to dense.
@@ -59,6 +63,46 @@ print(json.dumps({"tokens_per_s": steps * cfg.tokens_per_step / (time.perf_count
 """
 
 
+OPS_CHILD = r"""
+import json, torch
+from torch.profiler import ProfilerActivity, profile
+from tune_ablations.spec.presets import build_ablation
+from tune_ablations.training.step import build_step, train_step
+torch.set_num_threads(1)
+cfg = build_ablation("baseline", "cpu")
+out = {}
+for dtype in ("fp32", "bf16"):
+    amp = torch.bfloat16 if dtype == "bf16" else None
+    s = build_step(cfg, 1024, torch.device("cpu"), amp=amp)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 1024, (cfg.data.batch_size, cfg.data.seq_len + 1), generator=g)
+    train_step(s, x[:, :-1], x[:, 1:], 1e-3)
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        loss, _ = train_step(s, x[:, :-1], x[:, 1:], 1e-3)
+    out[dtype] = {"ops": {e.key: e.count for e in p.key_averages()}, "loss": float(loss)}
+print(json.dumps(out))
+"""
+
+
+def count_ops(tree: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run([sys.executable, "-c", OPS_CHILD], capture_output=True, text=True,
+                       env=env, cwd=str(tree), check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def compare_ops(here: Path, other: Path) -> None:
+    a, b = count_ops(here), count_ops(other)
+    for dtype in a:
+        ours, theirs = a[dtype]["ops"], b[dtype]["ops"]
+        differ = {k: (ours.get(k, 0), theirs.get(k, 0)) for k in sorted({*ours, *theirs})
+                  if ours.get(k, 0) != theirs.get(k, 0) and k.startswith("aten::")}
+        print(f"ops dtype={dtype} ops_here={sum(ours.values())} ops_vs={sum(theirs.values())} "
+              f"loss_here={a[dtype]['loss']!r} loss_vs={b[dtype]['loss']!r}")
+        for k, (x, y) in differ.items():
+            print(f"ops dtype={dtype} op={k} here={x} vs={y}")
+
+
 def measure(tree: Path, overrides: dict, steps: int, threads: int, dtype: str) -> float:
     """tokens/s of `steps` train steps in a fresh process importing the package from `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -75,9 +119,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vs-tree", default="", help="another checkout: its dense baseline too")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--ops", action="store_true", help="count the dense step's ops instead")
     args = ap.parse_args()
     here = Path(__file__).resolve().parent.parent
     print(machine())
+    if args.ops:
+        return compare_ops(here, Path(args.vs_tree))
     dtypes = ["fp32", *(["bf16"] if has_fast_bf16() else [])]
     runs = [(here, name) for name in args.variants]
     if args.vs_tree:
