@@ -423,3 +423,10 @@ def test_muon_splits_grouped_qkv_and_expert_halves_and_leaves_the_router_to_adam
     assert fused_rows(up, named[up], cfg) == (48, 48)
     roles = {role: {n for n, _ in ps} for role, ps in assign(m, cfg).items()}
     assert "blocks.0.ffn.router.weight" in roles["decay"] and up in roles["hidden"]
+
+
+def test_match_active_params_names_d_ff_as_the_arms_own_change():
+    from tune_ablations.spec.questions import load_question
+
+    arm = dict((a.name, a) for a in load_question("moe").arms)["moe8_top2"]
+    assert arm.config_keys("cpu") == {"n_experts", "experts_per_token", "d_ff"}

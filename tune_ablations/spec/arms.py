@@ -102,7 +102,8 @@ def _pairs(arm: str, changes: Any) -> Changes:
     return tuple(sorted(out.items()))
 
 
-DERIVES = {"match_params": "d_ff", "ffn_mult": "d_ff", "head_dim": "n_heads", "lr_width": "lr"}
+DERIVES = {"match_params": "d_ff", "match_active_params": "d_ff", "ffn_mult": "d_ff",
+           "head_dim": "n_heads", "lr_width": "lr"}
 """A derived-width setting -> the config field it sets."""
 
 
