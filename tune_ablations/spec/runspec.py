@@ -75,7 +75,12 @@ class RunSpec:
     """Scale the learning rate by lr_width / d_model (muP for Adam: a model half as wide
     takes twice the rate), so runs of several widths each train near their own optimum."""
     match_params: bool = field(default=False, metadata=_flag("--set match_params"))
-    """A gated `ffn=swiglu` gets d_ff x 2/3: the SiLU FFN's parameter count."""
+    """A gated `ffn` (swiglu, geglu) gets d_ff x 2/3: the ungated FFN's parameter count."""
+    match_active_params: bool = field(default=False,
+                                      metadata=_flag("--set match_active_params"))
+    """A Mixture of Experts arm gets each expert's d_ff / experts_per_token, so the experts a
+    token uses hold the dense FFN's parameters (iso-active parameters and FLOPs, router
+    aside); with `match_params`, after its 2/3."""
     overrides: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("--set"))
     """Config fields every run shares, sorted by key."""
     params: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("params"))
@@ -180,6 +185,7 @@ class RunSpec:
                                                                   "lr_width")
                  if getattr(self, k) is not None]
         sets += ["match_params=true"] if self.match_params else []
+        sets += ["match_active_params=true"] if self.match_active_params else []
         argv += ["--set", *sets] if sets else []
         return argv + [flag for a in self.arms for f in a.to_flags() for flag in ("--arm", f)]
 
@@ -229,8 +235,9 @@ def _validate(s: RunSpec) -> None:
                          f"budget={s.budget!r}): give --tokens alone")
     if s.ffn_mult is not None and not (isinstance(s.ffn_mult, (int, float)) and s.ffn_mult > 0):
         raise ValueError(f"ffn_mult={s.ffn_mult!r} must be a number > 0")
-    if not isinstance(s.match_params, bool):
-        raise ValueError(f"match_params={s.match_params!r} must be true or false")
+    for name in ("match_params", "match_active_params"):
+        if not isinstance(getattr(s, name), bool):
+            raise ValueError(f"{name}={getattr(s, name)!r} must be true or false")
     if not isinstance(s.seed, int) or isinstance(s.seed, bool) or s.seed < 0:
         raise ValueError(f"seed={s.seed!r} must be an integer >= 0")
 
