@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .arms import BASELINE, Arm, arms_from_table, merge_arms
-from .config import PRESETS, field_names, field_type, unknown_key_error
+from .config import HUB_PREFIX, PRESETS, field_names, field_type, unknown_key_error
 from .presets import is_named_corpus
 from .questions import arm_toml, load_question, reference
 from .toml import toml_module, toml_value
@@ -251,9 +252,19 @@ FLAT_SPEC_KEYS = (*SPEC_KEYS, "iso_tokens", "iso_flops", "corpus")
 """Every flat key `apply_flat` reads as a spec field (besides config fields)."""
 
 
-def normalize_data(name: str) -> str:
-    """A corpus name as given; a local path made absolute (trials may run elsewhere)."""
-    return name if is_named_corpus(name) else str(Path(name).expanduser().resolve())
+def normalize_data(name: str, field: str = "data") -> str:
+    """A corpus name as given; a local path made absolute (trials may run elsewhere). A URL
+    (`s3://...`, `https://...`) is refused, credentials redacted: corpora are read from the
+    Hub or from a local file, never fetched from another URL."""
+    if is_named_corpus(name):
+        return name
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", name):
+        from .io import redact
+
+        raise ValueError(f"{field}={redact(name)!r} is a URL: a corpus is an embedded name, "
+                         f"'{HUB_PREFIX}<dataset>/<config>' or a local path (download the file "
+                         "first)")
+    return str(Path(name).expanduser().resolve())
 
 
 def apply_flat(spec: RunSpec, flat: Mapping[str, Any]) -> tuple[RunSpec, set[str]]:
@@ -280,7 +291,8 @@ def apply_flat(spec: RunSpec, flat: Mapping[str, Any]) -> tuple[RunSpec, set[str
             changes["data"] = normalize_data(str(value))
         elif key == "eval_data":
             items = value.split(",") if isinstance(value, str) else list(value)
-            changes["eval_data"] = tuple(normalize_data(c.strip()) for c in items if c.strip())
+            changes["eval_data"] = tuple(normalize_data(c.strip(), "eval_data")
+                                         for c in items if c.strip())
         elif key == "arms":
             changes["arms"] = tuple(a if isinstance(a, Arm) else Arm.from_dict(a)
                                     for a in value)
