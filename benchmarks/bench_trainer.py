@@ -108,7 +108,7 @@ def task_plain(a: dict) -> dict:
     def step():
         x, y = sample_batch(data.train, B, T, gen)
         with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            loss(x, y).backward()
+            loss(x, y)[0].backward()  # (objective, cross-entropy)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -116,7 +116,7 @@ def task_plain(a: dict) -> dict:
     if a["compiled"]:  # compiled before the clock starts, as train() does
         x, y = sample_batch(data.train, B, T, torch.Generator())
         with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            loss(x, y).backward()
+            loss(x, y)[0].backward()  # (objective, cross-entropy)
         model.zero_grad(set_to_none=True)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()

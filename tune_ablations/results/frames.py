@@ -51,9 +51,9 @@ from .experiment import Experiment, as_experiment
 _HISTORY_KEYS = tuple(k for k in REPORT_KEYS if k != "status")
 _LAST_KEYS = ("train_loss", "tokens_seen", "step", "epoch", "tokens_per_s", "mfu",
               "train_time_s", "eval_time_s", "unigram_val_loss", "unigram_val_bpb")
-_OUTCOME_KEYS = ("params", "non_embedding_params", "flops_per_token", "peak_flops",
-                 "initial_loss", "diverged_because", "probe_tokens_trained", "probe_time_s",
-                 "compile_time_s")
+_OUTCOME_KEYS = ("params", "non_embedding_params", "active_params", "flops_per_token",
+                 "peak_flops", "initial_loss", "diverged_because", "probe_tokens_trained",
+                 "probe_time_s", "compile_time_s")
 SPEC_COLUMNS = ("preset", "data", "budget")
 
 

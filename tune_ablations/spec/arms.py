@@ -37,7 +37,7 @@ from .config import PRESETS, field_names, field_type, unknown_key_error
 
 BASELINE = "baseline"
 """The arm every other arm is compared with; it changes nothing."""
-DERIVED = ("match_params", "head_dim", "ffn_mult", "lr_width")
+DERIVED = ("match_params", "match_active_params", "head_dim", "ffn_mult", "lr_width")
 """RunSpec settings an arm may change besides config fields (absolute values only)."""
 SHARED = {
     "corpus": "the data", "tokenizer": "the data", "vocab_size": "the tokenizer",
@@ -102,7 +102,8 @@ def _pairs(arm: str, changes: Any) -> Changes:
     return tuple(sorted(out.items()))
 
 
-DERIVES = {"match_params": "d_ff", "ffn_mult": "d_ff", "head_dim": "n_heads", "lr_width": "lr"}
+DERIVES = {"match_params": "d_ff", "match_active_params": "d_ff", "ffn_mult": "d_ff",
+           "head_dim": "n_heads", "lr_width": "lr"}
 """A derived-width setting -> the config field it sets."""
 
 

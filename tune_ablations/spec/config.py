@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 PRESETS = ("seed", "cpu", "tiny")
+FFNS = ("silu", "gelu", "relu2", "swiglu", "geglu")
+NORMS = ("rmsnorm", "layernorm")
 EMBEDDED_CORPORA = ("embedded", "pydoc", "stdlib")
 HUB_PREFIX = "hf:"
 REFERENCE_CORPUS = "hf:HuggingFaceTB/smollm-corpus/cosmopedia-v2"
@@ -41,8 +43,33 @@ class ModelConfig:
     """Transformer blocks."""
     d_ff: int = 1536
     """Hidden width of the feed-forward network."""
-    ffn: Literal["silu", "swiglu"] = "silu"
-    """Feed-forward activation: `silu` (reference) or gated `swiglu`."""
+    ffn: Literal["silu", "gelu", "relu2", "swiglu", "geglu"] = "silu"
+    """Feed-forward activation: `silu` (reference), `gelu`, `relu2` (ReLU squared), or gated
+    `swiglu` / `geglu` (three matrices: `match_params` keeps the parameter count)."""
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    """Norm of every block, the final norm and QK-norm: `rmsnorm` (reference) or `layernorm`
+    (with bias)."""
+    n_kv_heads: int = 0
+    """Key-value heads (grouped-query attention; 1: multi-query); 0: n_heads (multi-head)."""
+    qk_norm: bool = False
+    """Normalise each head's query and key (over head_dim, before RoPE) as Qwen3 / OLMo 2."""
+    sliding_window: int = 0
+    """Local attention: each token attends to itself and the previous window - 1 tokens,
+    tokens (0: full causal attention)."""
+    tie_embeddings: bool = True
+    """Output projection tied to the input embedding (reference); false: a separate
+    `lm_head`."""
+    z_loss: float = 0.0
+    """Coefficient of the output z-loss, mean logsumexp(logits)^2 added to the training
+    objective (PaLM: 1e-4; 0: none). `train_loss` stays the cross-entropy."""
+    n_experts: int = 0
+    """Mixture of Experts: experts per FFN layer, each a FFN of width d_ff (0: a dense FFN)."""
+    experts_per_token: int = 1
+    """Mixture of Experts: experts each token is routed to (top-k); routing is dropless."""
+    moe_aux_loss: float = 0.01
+    """Mixture of Experts: load-balancing loss coefficient per layer (Switch: 0.01)."""
+    router_z_loss: float = 0.001
+    """Mixture of Experts: router z-loss coefficient per layer (ST-MoE: 0.001)."""
     pos_encoding: Literal["rope", "none"] = "rope"
     """`rope`, or `none`: the reference's effective model (its RoPE rotated by head index)."""
     rope_base: float = 10000.0
@@ -56,7 +83,7 @@ class ModelConfig:
     """How init, multipliers and per-layer learning rates depend on width: `standard` (the
     reference's), or `mup` (Yang et al. 2022, for Adam: hidden init and lr / width_mult, the
     logits x 1 / width_mult), so an lr tuned at `mup_base_width` transfers to wider models
-    (training/parametrization.py)."""
+    (training/model.py, its width rules)."""
     mup_base_width: int = 0
     """`mup`: the d_model at which muP equals the standard model (where lr was tuned); 0: the
     reference run's d_model (the resolver sets it)."""
@@ -64,6 +91,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key-value heads in effect (`n_kv_heads`, or n_heads when 0)."""
+        return self.n_kv_heads or self.n_heads
 
 
 PARAMETRIZATIONS = ("standard", "mup")
@@ -279,7 +311,19 @@ def _validate_model(m: ModelConfig) -> None:
         _check(m.head_dim % 2 == 0,
                f"head_dim={m.head_dim} (d_model={m.d_model} / n_heads={m.n_heads}) must be even "
                "for RoPE")
-    _check(m.ffn in ("silu", "swiglu"), f"ffn={m.ffn!r} must be one of 'silu', 'swiglu'")
+    _check(m.ffn in FFNS, f"ffn={m.ffn!r} must be one of " + ", ".join(map(repr, FFNS)))
+    _check(m.norm in NORMS, f"norm={m.norm!r} must be one of " + ", ".join(map(repr, NORMS)))
+    _check(m.n_kv_heads >= 0, f"n_kv_heads={m.n_kv_heads} must be >= 0 (0: n_heads)")
+    _check(m.n_kv_heads == 0 or m.n_heads % m.n_kv_heads == 0,
+           f"n_kv_heads={m.n_kv_heads} must divide n_heads={m.n_heads}")
+    _check(m.sliding_window >= 0,
+           f"sliding_window={m.sliding_window} must be >= 0 (0: full attention)")
+    _check(m.n_experts >= 0, f"n_experts={m.n_experts} must be >= 0 (0: a dense FFN)")
+    _check(m.experts_per_token >= 1, f"experts_per_token={m.experts_per_token} must be >= 1")
+    _check(m.n_experts == 0 or m.experts_per_token <= m.n_experts,
+           f"experts_per_token={m.experts_per_token} must be <= n_experts={m.n_experts}")
+    for name in ("z_loss", "moe_aux_loss", "router_z_loss"):
+        _check(getattr(m, name) >= 0, f"{name}={getattr(m, name)} must be >= 0 (0: none)")
     _check(m.pos_encoding in ("rope", "none"),
            f"pos_encoding={m.pos_encoding!r} must be one of 'rope', 'none'")
     _check(m.rope_base > 1, f"rope_base={m.rope_base} must be > 1")

@@ -46,7 +46,7 @@ REFERENCE = "reference"
 """The shipped question of the six reference ablations: the default."""
 BASELINE_SPEC_KEYS = ("preset", "data", "corpus", "eval_data", "budget", "iso_tokens",
                       "iso_flops", "max_steps", "token_budget", "head_dim", "ffn_mult",
-                      "lr_width", "match_params")
+                      "lr_width", "match_params", "match_active_params")
 """Spec fields a question's [baseline] may set (the arm and the seed are the sweep's)."""
 _TOP = ("description", "baseline", "arms")
 

@@ -111,8 +111,11 @@ def _build(spec: RunSpec, name: str, shared: dict[str, Any], last: dict[str, Any
     try:
         flat = _derive({**flat, **changes, **last}, spec)
         cfg = with_overrides(RunConfig(name=name), flat)
-        if spec.match_params and cfg.model.ffn == "swiglu":  # three matrices: d_ff x 2/3
+        if spec.match_params and cfg.model.ffn in ("swiglu", "geglu"):  # three matrices
             cfg = with_overrides(cfg, {"d_ff": max(1, round(cfg.model.d_ff * 2 / 3))})
+        if spec.match_active_params and cfg.model.n_experts:  # k experts: the dense FFN's
+            k = cfg.model.experts_per_token
+            cfg = with_overrides(cfg, {"d_ff": max(1, round(cfg.model.d_ff / k))})
         if spec.lr_width:  # muP for Adam: hidden-layer rates scale as 1/width
             cfg = with_overrides(cfg, {"lr": cfg.optim.lr * spec.lr_width / cfg.model.d_model})
     except ValueError as exc:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .arms import BASELINE, Arm, arms_from_table, merge_arms
-from .config import PRESETS, field_names, field_type, unknown_key_error
+from .config import HUB_PREFIX, PRESETS, field_names, field_type, unknown_key_error
 from .presets import is_named_corpus
 from .questions import arm_toml, load_question, reference
 from .toml import toml_module, toml_value
@@ -75,7 +76,12 @@ class RunSpec:
     """Scale the learning rate by lr_width / d_model (muP for Adam: a model half as wide
     takes twice the rate), so runs of several widths each train near their own optimum."""
     match_params: bool = field(default=False, metadata=_flag("--set match_params"))
-    """A gated `ffn=swiglu` gets d_ff x 2/3: the SiLU FFN's parameter count."""
+    """A gated `ffn` (swiglu, geglu) gets d_ff x 2/3: the ungated FFN's parameter count."""
+    match_active_params: bool = field(default=False,
+                                      metadata=_flag("--set match_active_params"))
+    """A Mixture of Experts arm gets each expert's d_ff / experts_per_token, so the experts a
+    token uses hold the dense FFN's parameters (iso-active parameters and FLOPs, router
+    aside); with `match_params`, after its 2/3."""
     overrides: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("--set"))
     """Config fields every run shares, sorted by key."""
     params: tuple[tuple[str, Any], ...] = field(default=(), metadata=_flag("params"))
@@ -180,6 +186,7 @@ class RunSpec:
                                                                   "lr_width")
                  if getattr(self, k) is not None]
         sets += ["match_params=true"] if self.match_params else []
+        sets += ["match_active_params=true"] if self.match_active_params else []
         argv += ["--set", *sets] if sets else []
         return argv + [flag for a in self.arms for f in a.to_flags() for flag in ("--arm", f)]
 
@@ -229,8 +236,9 @@ def _validate(s: RunSpec) -> None:
                          f"budget={s.budget!r}): give --tokens alone")
     if s.ffn_mult is not None and not (isinstance(s.ffn_mult, (int, float)) and s.ffn_mult > 0):
         raise ValueError(f"ffn_mult={s.ffn_mult!r} must be a number > 0")
-    if not isinstance(s.match_params, bool):
-        raise ValueError(f"match_params={s.match_params!r} must be true or false")
+    for name in ("match_params", "match_active_params"):
+        if not isinstance(getattr(s, name), bool):
+            raise ValueError(f"{name}={getattr(s, name)!r} must be true or false")
     if not isinstance(s.seed, int) or isinstance(s.seed, bool) or s.seed < 0:
         raise ValueError(f"seed={s.seed!r} must be an integer >= 0")
 
@@ -244,9 +252,19 @@ FLAT_SPEC_KEYS = (*SPEC_KEYS, "iso_tokens", "iso_flops", "corpus")
 """Every flat key `apply_flat` reads as a spec field (besides config fields)."""
 
 
-def normalize_data(name: str) -> str:
-    """A corpus name as given; a local path made absolute (trials may run elsewhere)."""
-    return name if is_named_corpus(name) else str(Path(name).expanduser().resolve())
+def normalize_data(name: str, field: str = "data") -> str:
+    """A corpus name as given; a local path made absolute (trials may run elsewhere). A URL
+    (`s3://...`, `https://...`) is refused, credentials redacted: corpora are read from the
+    Hub or from a local file, never fetched from another URL."""
+    if is_named_corpus(name):
+        return name
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", name):
+        from .io import redact
+
+        raise ValueError(f"{field}={redact(name)!r} is a URL: a corpus is an embedded name, "
+                         f"'{HUB_PREFIX}<dataset>/<config>' or a local path (download the file "
+                         "first)")
+    return str(Path(name).expanduser().resolve())
 
 
 def apply_flat(spec: RunSpec, flat: Mapping[str, Any]) -> tuple[RunSpec, set[str]]:
@@ -273,7 +291,8 @@ def apply_flat(spec: RunSpec, flat: Mapping[str, Any]) -> tuple[RunSpec, set[str
             changes["data"] = normalize_data(str(value))
         elif key == "eval_data":
             items = value.split(",") if isinstance(value, str) else list(value)
-            changes["eval_data"] = tuple(normalize_data(c.strip()) for c in items if c.strip())
+            changes["eval_data"] = tuple(normalize_data(c.strip(), "eval_data")
+                                         for c in items if c.strip())
         elif key == "arms":
             changes["arms"] = tuple(a if isinstance(a, Arm) else Arm.from_dict(a)
                                     for a in value)

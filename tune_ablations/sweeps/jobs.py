@@ -126,8 +126,8 @@ def submit(kind: str, rest: list[str], *, name: str, storage: str, job_address: 
     entrypoint = shlex.join([python, "-m", f"tune_ablations.{kind}", *rest, "--address", "auto"])
     runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent)]} if ship_code \
         else None
-    c, deadline = client(job_address), time.time() + 60
-    while True:  # a head that has just started may not have its job agent yet
+    c, deadline = client(job_address), time.time() + 180
+    while True:  # a head that has just started (or is loaded) may not have its job agent yet
         try:
             job_id = c.submit_job(
                 entrypoint=entrypoint, submission_id=f"tune-ablations-{name}-{int(time.time())}",

@@ -23,7 +23,8 @@ from ..spec.runspec import RunSpec
 from .options import ResourceOptions
 
 KEY_SETTINGS = ("optimizer", "lr", "batch_size", "seq_len", "d_model", "n_layers", "n_heads",
-                "vocab_size")
+                "d_ff", "vocab_size", "ffn", "norm", "n_kv_heads", "qk_norm", "sliding_window",
+                "tie_embeddings", "z_loss", "n_experts", "experts_per_token")
 
 
 @dataclass
@@ -94,10 +95,12 @@ def trial_rows(plan: SweepPlan, configs: list[RunConfig], data_by_id: dict, thre
             step_time[shape] = estimate_step_seconds(c, data.vocab_size, threads, choice)
         probe = planned_probe_tokens(c)
         fpt = flops_per_token(c.model, data.vocab_size, c.data.seq_len)
+        counts = count_params(c.model, data.vocab_size)
         rows.append({
             "trial": spec.label, "ablation": c.name, "seed": c.seed,
             **{k: v for k, v in to_flat_dict(c).items() if k in KEY_SETTINGS},
-            "params": count_params(c.model, data.vocab_size)["params"], "steps": c.steps,
+            "params": counts["params"], "active_params": counts["active_params"],
+            "flops_per_token": fpt, "steps": c.steps,
             "tokens": c.total_tokens, "probe_tokens": probe, "tokens_per_step": c.tokens_per_step,
             "eval_every_tokens": c.eval.eval_every_tokens, "corpus": c.data.corpus,
             "num_documents": c.data.num_documents, "flops": fpt * (c.total_tokens + probe),

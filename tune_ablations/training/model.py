@@ -1,15 +1,32 @@
-"""A compact decoder-only Transformer LM: the reference architecture, with RoPE that works.
+"""A compact decoder-only Transformer LM: the reference architecture, with RoPE that works, and
+the architecture axes an ablation varies.
 
 Design choices:
-- Token embedding scaled by sqrt(d_model); pre-norm blocks with RMSNorm; causal attention through
-  `F.scaled_dot_product_attention(is_causal=True)`; SiLU FFN (or SwiGLU); final RMSNorm; output
-  projection tied to the embedding; every weight initialised normal(0, 0.02), as the reference
-  (`parametrization="mup"` changes the init, the two multipliers and the hidden layers' rates
-  by width: `parametrization.py`).
+- Token embedding scaled by sqrt(d_model); pre-norm blocks; causal attention through
+  `F.scaled_dot_product_attention(is_causal=True)`; a feed-forward network; a final norm; output
+  projection tied to the embedding; every weight initialised normal(0, 0.02), as the reference.
+- The axes (spec/config.py's ModelConfig): `norm` RMSNorm or LayerNorm; `ffn` silu, gelu, relu2
+  (ReLU squared, So et al. 2021) or the gated swiglu / geglu (Shazeer 2020); `n_kv_heads`
+  grouped-query attention (Ainslie et al. 2023; one fused projection holds q's n_heads and k's
+  and v's n_kv_heads); `qk_norm` on each head's query and key before RoPE (Dehghani et al. 2023,
+  as Qwen3 and OLMo 2); `sliding_window` local attention (each token attends to itself and the
+  window - 1 tokens before it, as Mistral); `tie_embeddings`; and a Mixture of Experts FFN
+  (`n_experts`, `experts_per_token`): a linear router, softmax gates, top-k experts per token,
+  the gates renormalised over the chosen experts when k > 1 (Mixtral) and the chosen gate itself
+  when k = 1 (Switch, so the router learns from the language-model loss). Routing is dropless
+  (MegaBlocks, Gale et al. 2022): tokens are sorted by expert and every expert runs once on its
+  own rows; no token is dropped. Each MoE layer adds its load-balancing loss (Switch, Fedus et
+  al. 2021: n_experts x sum_e f_e P_e, 1 at uniform routing) and router z-loss (ST-MoE, Zoph et
+  al. 2022: mean logsumexp(router logits)^2), times their coefficients, to the `aux` list the
+  training loss sums.
 - RoPE rotates by *position*. The reference indexed (B, H, T, D) tensors as (B, T, H, D) and so
   rotated by head index, identically for q and k: q.k was unchanged and its model had no
   positional information. `pos_encoding="none"` reproduces that effective model as an ablation.
 - Rotary helpers are pure functions so the relative-position property is testable directly.
+- This module imports only torch (the config is a type hint): the exported remote-code model is
+  generated from this source text (results/hf_remote_code.py), so there is one model. `forward`
+  takes optional rotary tables for given positions, a boolean attention mask and a key-value
+  cache (any object with `update(k, v, layer)`) for that use; training passes none of them.
 - Speed on CPUs (profiles in benchmarks/RESULTS.md, section 1), with the same numbers up to
   rounding: RoPE rotates q and k in one pass; RMSNorm has a hand-written backward on CPUs (8
   element-wise ops where autograd's composite used about 14; GPUs keep the fused kernel); and
@@ -21,20 +38,30 @@ Design choices:
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..spec.config import ModelConfig
-from .parametrization import init_weights, input_multiplier, output_multiplier
+if TYPE_CHECKING:
+    from ..spec.config import ModelConfig
+
+
+def rope_at(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, ...]:
+    """cos, sin tables for integer `positions` (any shape P): each (*P, head_dim // 2),
+    float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float()
+                               / head_dim))
+    angles = positions.float()[..., None] * inv_freq
+    return angles.cos(), angles.sin()
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float,
                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables, each (seq_len, head_dim // 2), float32."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
-    return angles.cos(), angles.sin()
+    return rope_at(torch.arange(seq_len, device=device), head_dim, base)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -82,71 +109,223 @@ class RMSNorm(nn.Module):
         return _RMSNormFn.apply(x, self.weight, self.eps)
 
 
+LAYER_NORM_EPS = 1e-5
+"""LayerNorm's epsilon (torch's and GPT-2's default); RMSNorm's is 1e-6."""
+
+
+def build_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """The config's norm over `dim` features: RMSNorm (gain) or LayerNorm (gain and bias)."""
+    return RMSNorm(dim) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+
+
 EXPLICIT_ATTENTION_MAX = 1 << 24
 """Score elements (B x heads x T x T) up to which bf16/fp16 attention on a CPU is computed
 explicitly (32 MiB of bf16 scores per layer kept for the backward); beyond, the memory of the
 scores outweighs the speed and the flash kernel runs."""
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax attention of q, k, v (B, H, T, D) -> (B, H, T, D)."""
+def causal_mask(T: int, past: int = 0, window: int = 0,
+                device: torch.device | None = None) -> torch.Tensor:
+    """(T, past + T) True where query i (at position past + i) may attend to key j: j at or
+    before it and, with a `window` > 0, fewer than `window` positions back."""
+    q = torch.arange(past, past + T, device=device)[:, None]
+    k = torch.arange(past + T, device=device)[None, :]
+    allowed = k <= q
+    return allowed & (k > q - window) if window > 0 else allowed
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int = 0,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal softmax attention of q (B, H, T, D) over k, v (B, H_kv, S, D) -> (B, H, T, D).
+    H_kv divides H (grouped-query: each key-value head serves H / H_kv query heads). `window`
+    > 0 limits each query to the `window` latest keys; `mask` (broadcast to (B, H, T, S), True
+    where attending is allowed) replaces the causal rule (a padded batch, a cache)."""
     B, H, T, D = q.shape
+    if k.shape[1] != H:  # grouped-query: repeat each key-value head for its query heads
+        g = H // k.shape[1]
+        k, v = (t.repeat_interleave(g, dim=1) for t in (k, v))
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    local = 0 < window < T
     explicit = (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
                 and B * H * T * T <= EXPLICIT_ATTENTION_MAX)
     if not explicit:
+        if local:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=causal_mask(T, window=window, device=q.device))
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
-    scores = torch.baddbmm(mask, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
-                           alpha=D ** -0.5)  # (B * H, T, T), masked above the diagonal
+    if local:
+        add = torch.zeros((T, T), dtype=q.dtype, device=q.device).masked_fill_(
+            ~causal_mask(T, window=window, device=q.device), float("-inf"))
+    else:
+        add = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    scores = torch.baddbmm(add, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
+                           alpha=D ** -0.5)  # (B * H, T, T), masked where not allowed
     return torch.bmm(scores.softmax(-1), v.reshape(B * H, T, D)).view(B, H, T, D)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.n_kv = cfg.n_kv_heads or cfg.n_heads
+        self.window, self.layer = cfg.sliding_window, layer
+        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv) * self.head_dim,
+                             bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rope = cfg.pos_encoding == "rope"
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
-        if self.rope:  # q and k in one pass: tables (T, 1, 1, D/2) broadcast over B, (q, k), H
-            qk = _rotate(qkv[:, :, :2], cos[:T, None, None], sin[:T, None, None])
-            (q, k), v = qk.unbind(2), qkv[:, :, 2]
+        if cfg.qk_norm:  # per head, over head_dim, one gain for all heads (Qwen3)
+            self.q_norm, self.k_norm = build_norm(cfg, self.head_dim), build_norm(
+                cfg, self.head_dim)
         else:
-            q, k, v = qkv.unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        y = causal_attention(q, k, v)  # (B, H, T, D)
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """x (B, T, C); cos, sin: the tables of positions 0, 1, ... (L >= T, D/2), or of given
+        positions (B, T, D/2)."""
+        B, T, C = x.shape
+        H, G = self.n_heads, self.n_kv
+        if cos.dim() == 2:  # (T, 1, D/2): broadcast over B and heads
+            cos, sin = cos[:T, None], sin[:T, None]
+        else:  # (B, T, 1, D/2)
+            cos, sin = cos[:, :, None], sin[:, :, None]
+        # split (not slices): its backward is one concatenation, no zero-filled gradients
+        qk, v = self.qkv(x).view(B, T, H + 2 * G, self.head_dim).split((H + G, G), dim=2)
+        if self.q_norm is not None:
+            q, k = qk.split((H, G), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
+        if self.rope:  # q and k in one pass: the tables broadcast over B and heads
+            qk = _rotate(qk, cos, sin)
+        q, k = (t.transpose(1, 2) for t in qk.split((H, G), dim=2))  # (B, heads, T, D)
+        v = v.transpose(1, 2)
+        if cache is not None:  # keys and values of every earlier position, then these
+            k, v = cache.update(k, v, self.layer)
+        y = causal_attention(q, k, v, window=self.window, mask=mask)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.gated = cfg.ffn == "swiglu"
-        self.up = nn.Linear(cfg.d_model, (2 if self.gated else 1) * cfg.d_ff, bias=False)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu2": lambda h: F.relu(h).square(),
+               "swiglu": F.silu, "geglu": F.gelu}
+GATED = ("swiglu", "geglu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+class FeedForward(nn.Module):
+    """down(act(up(x))), or gated: down(act(gate(x)) * value(x)), the up projection holding
+    value then gate."""
+
+    def __init__(self, cfg: ModelConfig, d_ff: int | None = None):
+        super().__init__()
+        d_ff = d_ff or cfg.d_ff
+        self.gated, self.act = cfg.ffn in GATED, ACTIVATIONS[cfg.ffn]
+        self.up = nn.Linear(cfg.d_model, (2 if self.gated else 1) * d_ff, bias=False)
+        self.down = nn.Linear(d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, aux: list | None = None) -> torch.Tensor:
         h = self.up(x)
         if self.gated:
             a, g = h.chunk(2, dim=-1)
-            return self.down(F.silu(g) * a)
-        return self.down(F.silu(h))
+            return self.down(self.act(g) * a)
+        return self.down(self.act(h))
+
+
+class MoE(nn.Module):
+    """Mixture of Experts FFN: top-k of `n_experts` FeedForwards per token, dropless."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.k, self.n = cfg.experts_per_token, cfg.n_experts
+        self.balance, self.z = cfg.moe_aux_loss, cfg.router_z_loss
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.n_experts))
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, C) -> gates (N, k), experts (N, k), router logits (N, n_experts) in fp32."""
+        logits = self.router(x).float()
+        gates, chosen = logits.softmax(-1).topk(self.k, dim=-1)
+        if self.k > 1:  # Mixtral; top-1 keeps its probability (Switch)
+            gates = gates / gates.sum(-1, keepdim=True)
+        return gates, chosen, logits
+
+    def forward(self, x: torch.Tensor, aux: list | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        flat = x.reshape(-1, C)  # (N, C)
+        gates, chosen, logits = self.route(flat)
+        order = chosen.flatten().argsort(stable=True)  # (N k,) assignments grouped by expert
+        rows = order // self.k  # token of each assignment
+        sizes = torch.bincount(chosen.flatten(), minlength=self.n)
+        parts = flat[rows].split(sizes.tolist())
+        ys = torch.cat([e(part) for e, part in zip(self.experts, parts)])  # (N k, C)
+        ys = ys * gates.flatten()[order, None].to(ys.dtype)
+        out = ys.new_zeros(flat.shape).index_add_(0, rows, ys)
+        if aux is not None and self.training:
+            aux.append(self.balance * load_balance_loss(logits, chosen, self.n)
+                       + self.z * logits.logsumexp(-1).square().mean())
+        return out.view(B, T, C)
+
+
+def load_balance_loss(logits: torch.Tensor, chosen: torch.Tensor, n: int) -> torch.Tensor:
+    """Switch Transformer's auxiliary loss n x sum_e f_e P_e: f_e the fraction of routing
+    assignments to expert e (not differentiable), P_e its mean router probability. Uniform
+    routing gives 1."""
+    f = torch.bincount(chosen.flatten(), minlength=n).to(logits.dtype) / chosen.numel()
+    return n * (f * logits.softmax(-1).mean(0)).sum()
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm2, self.ffn = RMSNorm(cfg.d_model), FeedForward(cfg)
+        self.norm1, self.attn = build_norm(cfg, cfg.d_model), Attention(cfg, layer)
+        self.norm2 = build_norm(cfg, cfg.d_model)
+        self.ffn = MoE(cfg) if cfg.n_experts else FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)  # on each branch before the residual add
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin))
-        return x + self.drop(self.ffn(self.norm2(x)))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None, cache=None, aux: list | None = None
+                ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache))
+        return x + self.drop(self.ffn(self.norm2(x), aux))
+
+
+# --- width rules: standard (the reference's) or muP ---------------------------------------
+# muP (Yang et al. 2022, "Tensor Programs V", for Adam), in its readout-multiplier form (TP-V
+# Table 8; the `mup` package's MuSharedReadout), which suits a tied embedding. With width_mult
+# m = d_model / mup_base_width: hidden matrices (every weight of 2 or more dimensions inside
+# the blocks) start at std 0.02 / sqrt(m) (variance ~ 1/fan_in) and train at lr / m
+# (optimizers.py asks `lr_multiplier`); the embedding and output layer keep std 0.02 and lr;
+# the input is multiplied by sqrt(mup_base_width) (standard: sqrt(d_model)) and the logits by
+# 1 / m. At m = 1 muP computes exactly the standard model. Attention keeps 1/sqrt(head_dim):
+# the ladder grows heads at a fixed head_dim, where muP's 1/head_dim differs by a constant.
+# The rules live here because the exported remote code copies this file verbatim.
+
+def width_mult(m: ModelConfig) -> float:
+    """d_model / mup_base_width under muP (a base of 0 stands for d_model); 1 otherwise."""
+    base = getattr(m, "mup_base_width", 0)
+    if getattr(m, "parametrization", "standard") != "mup" or not base:
+        return 1.0
+    return m.d_model / base
+
+
+def input_multiplier(m: ModelConfig) -> float:
+    """What the token embedding is multiplied by: sqrt(d_model), or sqrt(base width) (muP)."""
+    if getattr(m, "parametrization", "standard") != "mup":
+        return math.sqrt(m.d_model)
+    return math.sqrt(getattr(m, "mup_base_width", 0) or m.d_model)
+
+
+def output_multiplier(m: ModelConfig) -> float:
+    """What the logits are multiplied by: 1, or 1 / width_mult (muP)."""
+    return 1.0 / width_mult(m)
+
+
+def is_hidden(name: str, p: torch.Tensor) -> bool:
+    """A hidden matrix: a weight of 2 or more dimensions inside the blocks."""
+    return p.dim() >= 2 and name.startswith("blocks.")
+
+
+def lr_multiplier(name: str, p: torch.Tensor, m: ModelConfig) -> float:
+    """The factor on `lr` of parameter `name`: 1 / width_mult for hidden matrices under muP."""
+    return 1.0 / width_mult(m) if is_hidden(name, p) else 1.0
 
 
 class TransformerLM(nn.Module):
@@ -154,25 +333,42 @@ class TransformerLM(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = build_norm(cfg, cfg.d_model)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size,
+                                                                 bias=False)
         self.drop = nn.Dropout(cfg.dropout)
-        cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_base)
+        cos, sin = rope_tables(cfg.max_seq_len, cfg.d_model // cfg.n_heads, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # Width rules (standard or muP): initialisation and the two multipliers.
+        self.apply(self._init)
         self.input_mult, self.output_mult = input_multiplier(cfg), output_multiplier(cfg)
-        init_weights(self, cfg)
+        if width_mult(cfg) != 1.0:  # muP: hidden matrices at std 0.02 / sqrt(width_mult)
+            with torch.no_grad():
+                for name, p in self.named_parameters():
+                    if is_hidden(name, p):
+                        p.mul_(width_mult(cfg) ** -0.5)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab_size)."""
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, *, aux: list | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab_size). In training, an `aux` list
+        receives each MoE layer's auxiliary loss. `rope` (cos, sin each (B, T, D/2)) rotates by
+        given positions, `mask` (B, 1, T, S) and `cache` serve padded batches and generation."""
         T = idx.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} must be <= max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = (self.rope_cos, self.rope_sin) if rope is None else rope
         x = self.drop(self.embed(idx) * self.input_mult)  # (B, T, C)
         for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
-        logits = F.linear(self.norm(x), self.embed.weight)  # tied output projection
+            x = block(x, cos, sin, mask, cache, aux)
+        out = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(self.norm(x), out)  # tied (or untied) output projection
         return logits if self.output_mult == 1.0 else logits * self.output_mult
 
     @torch.no_grad()

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from ..spec.config import ModelConfig, OptimConfig, RunConfig
-from .parametrization import lr_multiplier
+from .model import lr_multiplier
 
 # (module, pip package) of the optimizers that live outside torch.
 PACKAGES = {"lion": ("lion_pytorch", "lion-pytorch"),
@@ -65,9 +65,10 @@ def check_available(o: OptimConfig) -> None:
 def fused_rows(name: str, p: torch.Tensor, cfg: RunConfig) -> tuple[int, ...]:
     """Row blocks of a hidden matrix that are separate projections stored together."""
     m = cfg.model
-    if name.endswith("attn.qkv.weight"):  # (3 d_model, d_model): q, k, v
-        rows: tuple[int, ...] = (m.d_model,) * 3
-    elif name.endswith("ffn.up.weight") and p.shape[0] == 2 * m.d_ff:  # gated: value, gate
+    if name.endswith("attn.qkv.weight"):  # q (n_heads), k and v (kv_heads each) x head_dim
+        kv = m.kv_heads * m.head_dim
+        rows: tuple[int, ...] = (m.d_model, kv, kv)
+    elif name.endswith("up.weight") and p.shape[0] == 2 * m.d_ff:  # gated (or an expert's)
         rows = (m.d_ff,) * 2
     else:
         rows = (p.shape[0],)
@@ -76,12 +77,13 @@ def fused_rows(name: str, p: torch.Tensor, cfg: RunConfig) -> tuple[int, ...]:
 
 
 def assign(model: torch.nn.Module, cfg: RunConfig) -> dict[str, list[tuple[str, Any]]]:
-    """Parameter names and tensors by role: `hidden` (Muon's 2-D matrices inside the blocks;
-    empty unless the optimizer is muon), `decay` (other 2-D weights), `no_decay` (the rest)."""
+    """Parameter names and tensors by role: `hidden` (Muon's 2-D matrices inside the blocks,
+    an MoE router excepted; empty unless the optimizer is muon), `decay` (other 2-D
+    weights), `no_decay` (the rest)."""
     out: dict[str, list[tuple[str, Any]]] = {"hidden": [], "decay": [], "no_decay": []}
     muon = cfg.optim.optimizer == "muon"
     for name, p in model.named_parameters():
-        if muon and p.dim() == 2 and name.startswith("blocks."):
+        if muon and p.dim() == 2 and name.startswith("blocks.") and "router" not in name:
             out["hidden"].append((name, p))
         else:
             out["decay" if p.dim() >= 2 else "no_decay"].append((name, p))

@@ -111,7 +111,12 @@ class Choice:
 def shape_label(cfg: RunConfig, vocab_size: int) -> str:
     """What a step's time depends on, as a readable key."""
     m = cfg.model
-    return (f"d{m.d_model}-h{m.n_heads}-L{m.n_layers}-ff{m.d_ff}{m.ffn}-{m.pos_encoding}"
+    axes = "".join([f"-kv{m.n_kv_heads}" if m.n_kv_heads else "",
+                    f"-w{m.sliding_window}" if m.sliding_window else "",
+                    f"-e{m.n_experts}k{m.experts_per_token}" if m.n_experts else "",
+                    "-qknorm" if m.qk_norm else "", "-ln" if m.norm == "layernorm" else "",
+                    "-untied" if not m.tie_embeddings else ""])
+    return (f"d{m.d_model}-h{m.n_heads}-L{m.n_layers}-ff{m.d_ff}{m.ffn}-{m.pos_encoding}{axes}"
             f"-B{cfg.data.batch_size}-T{cfg.data.seq_len}-V{vocab_size}")
 
 

@@ -63,17 +63,27 @@ def lr_at(step: int, cfg: RunConfig) -> float:
 
 
 class NextTokenLoss(torch.nn.Module):
-    """Mean next-token cross-entropy (in fp32) of `model` on inputs/targets (B, T): the unit
-    that is compiled, so the loss's cast, log-softmax and their backward fuse with the model's
-    last layers."""
+    """(training objective, mean next-token cross-entropy), in fp32, of `model` on
+    inputs/targets (B, T): the unit that is compiled, so the loss's cast, log-softmax and their
+    backward fuse with the model's last layers. The objective adds the output z-loss (PaLM:
+    z_loss x mean logsumexp(logits)^2) and the MoE layers' auxiliary losses to the
+    cross-entropy; without them it is the cross-entropy itself."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        self.z_loss = model.cfg.z_loss
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)  # (B, T, V)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        aux: list[torch.Tensor] = []
+        logits = self.model(x, aux=aux).float()  # (B, T, V)
+        ce = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        objective = ce
+        if self.z_loss:
+            objective = objective + self.z_loss * logits.logsumexp(-1).square().mean()
+        for term in aux:
+            objective = objective + term
+        return objective, ce
 
 
 @dataclass
@@ -82,7 +92,7 @@ class Step:
     cfg: RunConfig
     model: TransformerLM
     loss: Any
-    """(x, y) -> mean loss: `NextTokenLoss(model)`, compiled when asked."""
+    """(x, y) -> (objective, cross-entropy): `NextTokenLoss(model)`, compiled when asked."""
     opt: Any
     """The optimizer (optimizers.build_optimizer): a torch optimizer or a `Combined`."""
     scaler: torch.amp.GradScaler
@@ -115,13 +125,14 @@ def build_step(cfg: RunConfig, vocab_size: int, device: torch.device, *,
 def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on inputs/targets (B, T) at the schedule's `lr` (each param group
-    at `lr` x its `lr_scale`); returns (loss, grad norm) as tensors, so the caller decides
-    when to sync."""
+    at `lr` x its `lr_scale`); returns (cross-entropy, grad norm) as tensors, so the caller
+    decides when to sync (the objective, with any z-loss and MoE auxiliary losses, is what is
+    minimised)."""
     for group in s.opt.param_groups:  # each group's own rate, on the schedule (optimizers.py)
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with s.ctx:
-        loss = s.loss(x, y)
-    s.scaler.scale(loss).backward()
+        objective, loss = s.loss(x, y)
+    s.scaler.scale(objective).backward()
     s.scaler.unscale_(s.opt)
     gnorm = torch.zeros((), device=s.device)
     if s.cfg.optim.grad_clip > 0:
@@ -149,7 +160,7 @@ def _maybe_compile(s: Step, vocab_size: int, log) -> tuple[Any, bool]:
         x = torch.randint(0, vocab_size, (s.cfg.data.batch_size, s.cfg.data.seq_len),
                           device=s.device)
         with s.ctx:
-            compiled(x, x).backward()
+            compiled(x, x)[0].backward()
         s.model.zero_grad(set_to_none=True)
         return compiled, True
     except Exception as exc:  # no compiler toolchain, unsupported platform, ...
