@@ -3,8 +3,10 @@ smoke grid submitted as a Ray Job, followed with `status` to the end, its result
 one stopped mid-way and resumed."""
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pandas as pd
@@ -42,17 +44,26 @@ def head(s3):
     # cluster's job agent from registering; the remaining tests do not need it.
     ray.shutdown()
 
+    # Ray's job server gives each job's driver the cluster's address (RAY_ADDRESS) from the
+    # "current cluster" file in the node's temp folder, which every Ray cluster started on this
+    # machine with the default folder (/tmp/ray) overwrites, and deletes at its shutdown: with
+    # another Ray test running beside this one, a driver joined that other cluster and was
+    # refused ("InvalidAuthToken ... Failed to connect to Ray cluster"). This cluster keeps its
+    # own folder, and its own address in it.
+    temp_dir = tempfile.mkdtemp(prefix="ray-svc-", dir="/tmp")  # short: Ray's socket paths
     port = free_port()
     # Each node's dashboard agent gets its own port: both nodes share this machine's address,
     # and with Ray's default (52365) the second agent fails to bind, leaving the head without
     # the job agent that every submission needs ("No available agent to submit job").
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": True,
+        "num_cpus": 1, "temp_dir": temp_dir, "gcs_server_port": free_port(),
+        "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": port,
         "dashboard_agent_listen_port": free_port()})
     worker = c.add_node(num_cpus=2, resources={"worker_node": 2},
                         dashboard_agent_listen_port=free_port())
     c.wait_for_nodes()
+    ray._private.utils.write_ray_address(c.head_node.gcs_address, temp_dir)
     address = f"http://127.0.0.1:{port}"
     from ray.job_submission import JobSubmissionClient
 
@@ -66,6 +77,7 @@ def head(s3):
             time.sleep(1)
     yield address, worker.node_id
     c.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _cli(*args, timeout=600):
