@@ -94,8 +94,10 @@ def ray_session():
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        # address="local": always this session's own Ray, never a cluster that another
+        # process on the machine started (its "current cluster" file would be joined).
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
     yield ray
 
 
