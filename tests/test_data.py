@@ -197,6 +197,20 @@ def test_tokenizer_loads_with_autotokenizer_and_counts_bytes(tiny_data):
     assert tiny_data.token_bytes[tiny_data.eos_id] == 0
 
 
+def test_cached_tokenizer_is_readable_by_every_supported_tokenizers(tiny_data):
+    """A token cache is shared by environments with different tokenizers versions (CI's
+    minimum-versions one read a cache the newest had written): stored with "a b" merges, which
+    tokenizers 0.19 reads, and a cache in the 0.20+ pair form loads the same tokenizer."""
+    stored = json.loads(tiny_data.tokenizer_json)["model"]["merges"]
+    assert stored and all(isinstance(m, str) and m.count(" ") == 1 for m in stored)
+    as_pairs = json.loads(tiny_data.tokenizer_json)
+    as_pairs["model"]["merges"] = [m.split(" ") for m in stored]
+    text = "The model reads a document, then a window."
+    want = D.load_tokenizer(tiny_data.tokenizer_json).encode(text).ids
+    assert D.load_tokenizer(json.dumps(as_pairs)).encode(text).ids == want
+    assert D.load_tokenizer(tiny_data.path / "tokenizer").encode(text).ids == want
+
+
 def test_batches_are_shifted_windows_and_seeded(tiny_data):
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     x1, y1 = D.sample_batch(tiny_data.train, 4, 16, g1)

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune_ablations.results.export import export, legacy_merges, load_pretrained, locate_trial
+from tune_ablations.results.export import export, load_pretrained, locate_trial
 from tune_ablations.spec.config import from_flat_dict
 from tune_ablations.sweeps.smoke import smoke_experiment
+from tune_ablations.training.data import legacy_merges
 from tune_ablations.training.model import TransformerLM
 from tune_ablations.training.step import load_checkpoint
 

@@ -31,6 +31,7 @@ from typing import Any
 from ..spec.config import from_flat_dict
 from ..spec.io import write_atomic
 from ..spec.names import OUTCOME_FILE, RUN_FILE, TOKENIZER_DIR, TOKENIZER_JSON
+from ..training.data import legacy_merges
 from . import hf_formats
 from .experiment import Experiment, ExperimentError
 from .frames import best_completed, load_results
@@ -145,21 +146,6 @@ def _unlocate(text: str, hide: dict[str, str]) -> str:
     for path in sorted(hide, key=len, reverse=True):  # the longest (most specific) first
         text = text.replace(path, hide[path])
     return text
-
-
-def legacy_merges(tokenizer_json: str) -> str:
-    """A BPE tokenizer.json with its merges in the "a b" form every tokenizers version reads
-    (0.20+ writes ["a", "b"] pairs, which tokenizers 0.19 rejects); unchanged when a merge
-    holds a space (only the pair form can say it) or the model is not BPE."""
-    data = json.loads(tokenizer_json)
-    model = data.get("model") or {}
-    merges = model.get("merges")
-    if model.get("type") != "BPE" or not merges or isinstance(merges[0], str):
-        return tokenizer_json
-    if any(" " in part for pair in merges for part in pair):
-        return tokenizer_json
-    model["merges"] = [" ".join(pair) for pair in merges]
-    return json.dumps(data, ensure_ascii=False, indent=2)
 
 
 def _save_tokenizer(text: str, out: Path, seq_len: int) -> int | None:

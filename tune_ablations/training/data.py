@@ -45,6 +45,21 @@ EOS = "<|endoftext|>"
 
 # --- tokenizer -------------------------------------------------------------------------------
 
+def legacy_merges(tokenizer_json: str) -> str:
+    """A BPE tokenizer.json with its merges in the "a b" form every tokenizers version reads
+    (0.20+ writes ["a", "b"] pairs, which tokenizers 0.19 rejects); unchanged when a merge
+    holds a space (only the pair form can say it) or the model is not BPE."""
+    data = json.loads(tokenizer_json)
+    model = data.get("model") or {}
+    merges = model.get("merges")
+    if model.get("type") != "BPE" or not merges or isinstance(merges[0], str):
+        return tokenizer_json
+    if any(" " in part for pair in merges for part in pair):
+        return tokenizer_json
+    model["merges"] = [" ".join(pair) for pair in merges]
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
 def train_bpe(texts: list[str], vocab_size: int, out_dir: Path) -> None:
     """Byte-level BPE trained on `texts`, saved so `AutoTokenizer.from_pretrained(out_dir)`
     loads it."""
@@ -59,6 +74,8 @@ def train_bpe(texts: list[str], vocab_size: int, out_dir: Path) -> None:
                                   show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS).save_pretrained(str(out_dir))
+    path = out_dir / TOKENIZER_JSON  # stored in the form every supported tokenizers reads
+    path.write_text(legacy_merges(path.read_text(encoding="utf-8")), encoding="utf-8")
 
 
 def fetch_tokenizer(name: str, out_dir: Path) -> None:
@@ -97,9 +114,9 @@ def load_tokenizer(source: str | Path):
     tokenizer.json (no transformers import)."""
     from tokenizers import Tokenizer
 
-    if isinstance(source, str) and source.lstrip().startswith("{"):
-        return Tokenizer.from_str(source)
-    return Tokenizer.from_file(str(Path(source) / TOKENIZER_JSON))
+    if not (isinstance(source, str) and source.lstrip().startswith("{")):
+        source = (Path(source) / TOKENIZER_JSON).read_text(encoding="utf-8")
+    return Tokenizer.from_str(legacy_merges(source))  # a cache written by a newer tokenizers
 
 
 # --- cache -----------------------------------------------------------------------------------
