@@ -31,7 +31,7 @@ from typing import Any
 from ..spec.config import from_flat_dict
 from ..spec.io import write_atomic
 from ..spec.names import OUTCOME_FILE, RUN_FILE, TOKENIZER_DIR, TOKENIZER_JSON
-from ..training.data import legacy_merges
+from ..training.data import EOS, legacy_merges, load_tokenizer
 from . import hf_formats
 from .experiment import Experiment, ExperimentError
 from .frames import best_completed, load_results
@@ -40,7 +40,6 @@ WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 GENERATION_FILE, CARD_FILE = "generation_config.json", "README.md"
 TOKENIZER_FILE, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
-EOS = "<|endoftext|>"
 DEFAULT_LICENSE = "mit"
 
 
@@ -151,9 +150,7 @@ def _unlocate(text: str, hide: dict[str, str]) -> str:
 def _save_tokenizer(text: str, out: Path, seq_len: int) -> int | None:
     """tokenizer.json and the tokenizer config that transformers 4.x and 5.x both load
     (`PreTrainedTokenizerFast`); returns the end-of-text id (or None without one)."""
-    from tokenizers import Tokenizer
-
-    eos = Tokenizer.from_str(text).token_to_id(EOS)
+    eos = load_tokenizer(text).token_to_id(EOS)
     special = {"eos_token": EOS, "pad_token": EOS} if eos is not None else {}
     write_atomic(out / TOKENIZER_FILE, legacy_merges(text))
     write_atomic(out / TOKENIZER_CONFIG, json.dumps({
