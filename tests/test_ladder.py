@@ -53,6 +53,10 @@ def test_rungs_follow_the_rule():
     assert widths[-1] > widths[0] and depths[-1] > depths[0]  # both grow
     mup = build_rungs(_ref(parametrization="mup"), [1, 4], "iso_tokens")
     assert mup[1].sets["mup_base_width"] == 64  # rung 0's lr transfers
+    assert "mup_base_depth" not in mup[1].sets
+    cp = build_rungs(_ref(parametrization="completep"), [1, 4], "iso_tokens")
+    assert (cp[1].sets["mup_base_width"], cp[1].sets["mup_base_depth"]) == (64, 2)  # rung 0's
+    assert cp[1].sets["n_layers"] > 2  # the depth rule is needed: the ladder deepens
 
 
 def test_rungs_refused():

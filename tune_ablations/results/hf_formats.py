@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..spec.config import ModelConfig
-from ..training.model import input_multiplier, output_multiplier
+from ..training.model import input_multiplier, output_multiplier, residual_multiplier
 
 REMOTE_CODE_FILE = "modeling_tune_ablations.py"
 LLAMA, MISTRAL, REMOTE = "llama", "mistral", "tune_ablations"
@@ -57,7 +57,8 @@ def _split_qkv(w: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, ...]:
 
 def to_llama(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> LlamaForCausalLM's (and MistralForCausalLM's): identical logits."""
-    embed = state["embed.weight"]  # muP's multipliers fold in as the standard one does
+    embed = state["embed.weight"]  # muP's multipliers fold in as the standard one does,
+    r = residual_multiplier(m)  # and CompleteP's into each branch's last projection
     out = {"model.embed_tokens.weight": embed * input_multiplier(m),
            "lm_head.weight": state.get("lm_head.weight", embed) * output_multiplier(m),
            "model.norm.weight": state["norm.weight"]}
@@ -67,9 +68,9 @@ def to_llama(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.
         up, gate = state[ours + "ffn.up.weight"].chunk(2, dim=0)
         out |= {theirs + "self_attn.q_proj.weight": q, theirs + "self_attn.k_proj.weight": k,
                 theirs + "self_attn.v_proj.weight": v,
-                theirs + "self_attn.o_proj.weight": state[ours + "attn.proj.weight"],
+                theirs + "self_attn.o_proj.weight": state[ours + "attn.proj.weight"] * r,
                 theirs + "mlp.up_proj.weight": up, theirs + "mlp.gate_proj.weight": gate,
-                theirs + "mlp.down_proj.weight": state[ours + "ffn.down.weight"],
+                theirs + "mlp.down_proj.weight": state[ours + "ffn.down.weight"] * r,
                 theirs + "input_layernorm.weight": state[ours + "norm1.weight"],
                 theirs + "post_attention_layernorm.weight": state[ours + "norm2.weight"]}
     return {k: v.contiguous() for k, v in out.items()}
@@ -84,15 +85,16 @@ def from_llama(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torc
         out = {"embed.weight": state["model.embed_tokens.weight"] / input_multiplier(m),
                "lm_head.weight": state["lm_head.weight"] / output_multiplier(m)}
     out["norm.weight"] = state["model.norm.weight"]
+    r = residual_multiplier(m)
     for i in range(m.n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         attn, mlp = theirs + "self_attn.", theirs + "mlp."
         out |= {ours + "attn.qkv.weight": torch.cat(
                     [state[attn + f"{x}_proj.weight"] for x in "qkv"]),
-                ours + "attn.proj.weight": state[attn + "o_proj.weight"],
+                ours + "attn.proj.weight": state[attn + "o_proj.weight"] / r,
                 ours + "ffn.up.weight": torch.cat(
                     [state[mlp + "up_proj.weight"], state[mlp + "gate_proj.weight"]]),
-                ours + "ffn.down.weight": state[mlp + "down_proj.weight"],
+                ours + "ffn.down.weight": state[mlp + "down_proj.weight"] / r,
                 ours + "norm1.weight": state[theirs + "input_layernorm.weight"],
                 ours + "norm2.weight": state[theirs + "post_attention_layernorm.weight"]}
     return out

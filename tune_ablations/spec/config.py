@@ -79,14 +79,18 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout on the embedding and on each block's attention and FFN output (0: none, as the
     reference)."""
-    parametrization: Literal["standard", "mup"] = "standard"
-    """How init, multipliers and per-layer learning rates depend on width: `standard` (the
-    reference's), or `mup` (Yang et al. 2022, for Adam: hidden init and lr / width_mult, the
-    logits x 1 / width_mult), so an lr tuned at `mup_base_width` transfers to wider models
-    (training/model.py, its width rules)."""
+    parametrization: Literal["standard", "mup", "completep"] = "standard"
+    """How init, multipliers and per-layer learning rates depend on width and depth: `standard`
+    (the reference's); `mup` (Yang et al. 2022, for Adam: hidden init and lr / width_mult, the
+    logits x 1 / width_mult), so an lr tuned at `mup_base_width` transfers to wider models; or
+    `completep` (Dey et al. 2025: muP plus each block's residual branch x 1 / depth_mult), so
+    it also transfers to deeper ones (training/model.py, its width and depth rules)."""
     mup_base_width: int = 0
-    """`mup`: the d_model at which muP equals the standard model (where lr was tuned); 0: the
-    reference run's d_model (the resolver sets it)."""
+    """`mup` / `completep`: the d_model at which they equal the standard model (where lr was
+    tuned); 0: the reference run's d_model (the resolver sets it)."""
+    mup_base_depth: int = 0
+    """`completep`: the n_layers at which it equals muP (where lr was tuned); 0: the reference
+    run's n_layers (the resolver sets it)."""
 
     @property
     def head_dim(self) -> int:
@@ -98,7 +102,7 @@ class ModelConfig:
         return self.n_kv_heads or self.n_heads
 
 
-PARAMETRIZATIONS = ("standard", "mup")
+PARAMETRIZATIONS = ("standard", "mup", "completep")
 ADAM_LIKE = ("adamw", "lion", "schedule_free_adamw")
 OPTIMIZERS = ("adamw", "muon", "lion", "schedule_free_adamw", "sgd")
 MUON_LR_ADJUSTS = ("match_rms_adamw", "original")
@@ -296,10 +300,10 @@ def validate(cfg: RunConfig) -> None:
     _validate_optim(cfg.optim)
     _validate_data(cfg.data, cfg.model)
     _validate_run(cfg)
-    _check(cfg.model.parametrization != "mup" or cfg.optim.optimizer in ADAM_LIKE,
-           f"parametrization='mup' needs an Adam-like optimizer ({', '.join(ADAM_LIKE)}): its "
-           f"learning-rate rules are Yang et al.'s for Adam; got optimizer="
-           f"{cfg.optim.optimizer!r}")
+    p = cfg.model.parametrization
+    _check(p == "standard" or cfg.optim.optimizer in ADAM_LIKE,
+           f"parametrization={p!r} needs an Adam-like optimizer ({', '.join(ADAM_LIKE)}): its "
+           f"learning-rate rules are for Adam; got optimizer={cfg.optim.optimizer!r}")
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -332,6 +336,8 @@ def _validate_model(m: ModelConfig) -> None:
            "be one of " + ", ".join(repr(x) for x in PARAMETRIZATIONS))
     _check(m.mup_base_width >= 0,
            f"mup_base_width={m.mup_base_width} must be >= 0 (0: the reference run's d_model)")
+    _check(m.mup_base_depth >= 0,
+           f"mup_base_depth={m.mup_base_depth} must be >= 0 (0: the reference run's n_layers)")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -155,20 +155,23 @@ def resolve(spec: RunSpec, vocab_size: int | None = None) -> RunConfig:
         check_reachable(spec, cfg, tokens, warm_ref)
         cfg = with_token_budget(cfg, tokens, warm_ref)
     after_budget.setdefault("eval_every_tokens", ref.eval.eval_every * ref.tokens_per_step)
-    if cfg.model.parametrization == "mup":
+    if cfg.model.parametrization != "standard":
         cfg = _mup_base(spec, cfg, ref)
     return with_overrides(cfg, after_budget)
 
 
 def _mup_base(spec: RunSpec, cfg: RunConfig, ref: RunConfig) -> RunConfig:
-    """muP's base width defaults to the reference run's d_model (where the preset's lr was
-    tuned); muP and `lr_width` would both scale the rate with width."""
+    """muP's base width (and CompleteP's base depth) default to the reference run's d_model
+    (and n_layers), where the preset's lr was tuned; muP and `lr_width` would both scale the
+    rate with width."""
+    p = cfg.model.parametrization
     if spec.lr_width:
-        raise ValueError(f"lr_width={spec.lr_width} with parametrization='mup': muP already "
+        raise ValueError(f"lr_width={spec.lr_width} with parametrization={p!r}: it already "
                          "scales the hidden layers' rates with width; drop lr_width")
-    if cfg.model.mup_base_width:
-        return cfg
-    return with_overrides(cfg, {"mup_base_width": ref.model.d_model})
+    base = {"mup_base_width": cfg.model.mup_base_width or ref.model.d_model}
+    if p == "completep":
+        base["mup_base_depth"] = cfg.model.mup_base_depth or ref.model.n_layers
+    return with_overrides(cfg, base)
 
 
 _AFTER_BUDGET = ("probe_tokens", "eval_every_tokens")

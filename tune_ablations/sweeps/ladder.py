@@ -15,7 +15,8 @@ parameters of the question's baseline at the preset (rung 0 is that baseline, mu
   evaluation interval with them: every rung evaluates at the same fractions of its run;
 - the data, vocabulary, seq_len, batch_size, eval_tokens (the same validation windows) and the
   question's arms (relative to each rung's baseline) are kept; under `parametrization=mup`
-  every rung's base width is rung 0's d_model, so rung 0's learning rate transfers;
+  every rung's base width is rung 0's d_model, so rung 0's learning rate transfers across
+  width; under `completep` also its base depth rung 0's n_layers (transfer across depth too);
 - `--ladder N` takes mult_k = 2^k (k = 0..N-1: compute about 4x per rung); `--ladder
   1,4,16` names the multiples.
 
@@ -110,8 +111,10 @@ def build_rungs(ref: RunConfig, mults: list[float], budget: str,
                     "n_layers": sized.n_layers, "d_ff": sized.d_ff,
                     "warmup_steps": round(ref.optim.warmup_steps * ratio),
                     "eval_every": max(1, round(ref.eval.eval_every * ratio))}
-            if m.parametrization == "mup":
+            if m.parametrization != "standard":
                 sets["mup_base_width"] = m.mup_base_width or m.d_model
+            if m.parametrization == "completep":
+                sets["mup_base_depth"] = m.mup_base_depth or m.n_layers
             rung = Rung(k, mult, sets, max(1, round(base_steps * ratio)), ratio)
             if builds(rung):
                 break

@@ -9,7 +9,9 @@ Design choices:
   step 0 and after `steps` steps: the change is the update's effect on that batch.
 - Size = mean |x| over coordinates (the paper's l1 per coordinate); layers: the embedding
   (the first block's input), every block's output, and the logits.
-- Everything but the width is held: head_dim, depth, d_ff / d_model, the vocabulary.
+- Everything but the width is held: head_dim, depth, d_ff / d_model, the vocabulary. The
+  depth check (CompleteP's) holds everything but the depth, and compares the last block's
+  output ("final"), which every depth has.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def _activations(model: TransformerLM, x: torch.Tensor) -> dict[str, torch.Tenso
         out["logits"] = model(x).detach()
     for h in hooks:
         h.remove()
+    out["final"] = out[f"block{len(model.blocks) - 1}"]
     return out
 
 
@@ -44,14 +47,34 @@ def coordinate_check(widths: list[int], *, parametrization: str, base_width: int
                      seed: int = 0) -> dict[int, dict[str, dict[str, float]]]:
     """{width: {layer: {"activation": mean |x_t|, "update": mean |x_t - x_0|}}} after `steps`
     AdamW steps (no warmup, no decay, no clipping) on one fixed batch."""
+    models = {d: ModelConfig(d_model=d, n_heads=d // head_dim, n_layers=n_layers, d_ff=4 * d,
+                             max_seq_len=seq_len, parametrization=parametrization,
+                             mup_base_width=base_width) for d in widths}
+    return _measure(models, steps, lr, vocab_size, seq_len, batch_size, seed)
+
+
+def depth_check(depths: list[int], *, parametrization: str, base_depth: int,
+                width: int = 64, steps: int = 4, lr: float = 1e-2, head_dim: int = 16,
+                vocab_size: int = 256, seq_len: int = 16, batch_size: int = 8,
+                seed: int = 0) -> dict[int, dict[str, dict[str, float]]]:
+    """The coordinate check across depth (CompleteP's, Dey et al. 2025): {n_layers: {layer:
+    sizes}} as `coordinate_check`, at one width; "final" is the last block's output. Under
+    CompleteP the final stream's update stays flat as blocks are added; without its 1/depth
+    branch multiplier each block adds its own update, and the sum grows with depth."""
+    models = {n: ModelConfig(d_model=width, n_heads=width // head_dim, n_layers=n,
+                             d_ff=4 * width, max_seq_len=seq_len,
+                             parametrization=parametrization, mup_base_width=width,
+                             mup_base_depth=base_depth) for n in depths}
+    return _measure(models, steps, lr, vocab_size, seq_len, batch_size, seed)
+
+
+def _measure(models: dict[int, ModelConfig], steps: int, lr: float, vocab_size: int,
+             seq_len: int, batch_size: int, seed: int) -> dict[int, dict[str, dict[str, float]]]:
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=gen)
     x, y = tokens[:, :-1], tokens[:, 1:]
     out = {}
-    for d in widths:
-        m = ModelConfig(d_model=d, n_heads=d // head_dim, n_layers=n_layers, d_ff=4 * d,
-                        max_seq_len=seq_len, parametrization=parametrization,
-                        mup_base_width=base_width)
+    for size, m in models.items():
         cfg = RunConfig(model=m, optim=OptimConfig(lr=lr, warmup_steps=0, weight_decay=0.0,
                                                    grad_clip=0.0),
                         data=DataConfig(vocab_size=max(260, vocab_size), seq_len=seq_len,
@@ -67,6 +90,6 @@ def coordinate_check(widths: list[int], *, parametrization: str, base_width: int
             loss.backward()
             opt.step()
         after = _activations(model, x)
-        out[d] = {k: {"activation": after[k].abs().mean().item(),
-                      "update": (after[k] - before[k]).abs().mean().item()} for k in after}
+        out[size] = {k: {"activation": after[k].abs().mean().item(),
+                         "update": (after[k] - before[k]).abs().mean().item()} for k in after}
     return out

@@ -279,15 +279,21 @@ class Block(nn.Module):
         self.norm2 = build_norm(cfg, cfg.d_model)
         self.ffn = MoE(cfg) if cfg.n_experts else FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)  # on each branch before the residual add
+        self.branch_mult = residual_multiplier(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, cache=None, aux: list | None = None
                 ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache))
-        return x + self.drop(self.ffn(self.norm2(x), aux))
+        x = x + self._branch(self.attn(self.norm1(x), cos, sin, mask, cache))
+        return x + self._branch(self.ffn(self.norm2(x), aux))
+
+    def _branch(self, y: torch.Tensor) -> torch.Tensor:
+        """A residual branch's output as added to the stream (CompleteP: x 1 / depth_mult)."""
+        y = self.drop(y)
+        return y if self.branch_mult == 1.0 else y * self.branch_mult
 
 
-# --- width rules: standard (the reference's) or muP ---------------------------------------
+# --- width and depth rules: standard (the reference's), muP or CompleteP --------------------
 # muP (Yang et al. 2022, "Tensor Programs V", for Adam), in its readout-multiplier form (TP-V
 # Table 8; the `mup` package's MuSharedReadout), which suits a tied embedding. With width_mult
 # m = d_model / mup_base_width: hidden matrices (every weight of 2 or more dimensions inside
@@ -296,25 +302,52 @@ class Block(nn.Module):
 # the input is multiplied by sqrt(mup_base_width) (standard: sqrt(d_model)) and the logits by
 # 1 / m. At m = 1 muP computes exactly the standard model. Attention keeps 1/sqrt(head_dim):
 # the ladder grows heads at a fixed head_dim, where muP's 1/head_dim differs by a constant.
+# CompleteP (Dey et al. 2025, "Don't be lazy: CompleteP enables compute-efficient deep
+# transformers", depth exponent alpha = 1) is muP plus one depth rule: with depth_mult
+# L / mup_base_depth, each block's two residual branches are multiplied by 1 / depth_mult before
+# they join the stream. At alpha = 1 its Adam rules leave every rate and the init as muP's
+# (hidden lr x depth_mult^(alpha - 1) = 1); AdamW's epsilon stays 1e-8 (the paper scales it
+# down with width and depth, which matters only where gradients near 1e-8: not at these sizes).
+# At depth_mult = 1 CompleteP is muP exactly.
 # The rules live here because the exported remote code copies this file verbatim.
 
+MUP_LIKE = ("mup", "completep")
+"""The parametrizations with muP's width rules."""
+
+
 def width_mult(m: ModelConfig) -> float:
-    """d_model / mup_base_width under muP (a base of 0 stands for d_model); 1 otherwise."""
+    """d_model / mup_base_width under muP or CompleteP (a base of 0 stands for d_model); 1
+    otherwise."""
     base = getattr(m, "mup_base_width", 0)
-    if getattr(m, "parametrization", "standard") != "mup" or not base:
+    if getattr(m, "parametrization", "standard") not in MUP_LIKE or not base:
         return 1.0
     return m.d_model / base
 
 
+def depth_mult(m: ModelConfig) -> float:
+    """n_layers / mup_base_depth under CompleteP (a base of 0 stands for n_layers); 1
+    otherwise."""
+    base = getattr(m, "mup_base_depth", 0)
+    if getattr(m, "parametrization", "standard") != "completep" or not base:
+        return 1.0
+    return m.n_layers / base
+
+
+def residual_multiplier(m: ModelConfig) -> float:
+    """What each residual branch is multiplied by: 1, or 1 / depth_mult (CompleteP)."""
+    return 1.0 / depth_mult(m)
+
+
 def input_multiplier(m: ModelConfig) -> float:
-    """What the token embedding is multiplied by: sqrt(d_model), or sqrt(base width) (muP)."""
-    if getattr(m, "parametrization", "standard") != "mup":
+    """What the token embedding is multiplied by: sqrt(d_model), or sqrt(base width) (muP,
+    CompleteP)."""
+    if getattr(m, "parametrization", "standard") not in MUP_LIKE:
         return math.sqrt(m.d_model)
     return math.sqrt(getattr(m, "mup_base_width", 0) or m.d_model)
 
 
 def output_multiplier(m: ModelConfig) -> float:
-    """What the logits are multiplied by: 1, or 1 / width_mult (muP)."""
+    """What the logits are multiplied by: 1, or 1 / width_mult (muP, CompleteP)."""
     return 1.0 / width_mult(m)
 
 
@@ -324,7 +357,8 @@ def is_hidden(name: str, p: torch.Tensor) -> bool:
 
 
 def lr_multiplier(name: str, p: torch.Tensor, m: ModelConfig) -> float:
-    """The factor on `lr` of parameter `name`: 1 / width_mult for hidden matrices under muP."""
+    """The factor on `lr` of parameter `name`: 1 / width_mult for hidden matrices under muP
+    and CompleteP (whose depth factor on it is depth_mult^(alpha - 1) = 1)."""
     return 1.0 / width_mult(m) if is_hidden(name, p) else 1.0
 
 
