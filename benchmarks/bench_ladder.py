@@ -4,6 +4,7 @@ smaller rungs' verdicts and pairwise orderings the largest rung confirms (decisi
 with a bootstrap over seeds), with the wall time of every rung.
 
     flock /work/coord/cpu.lock python benchmarks/bench_ladder.py [--ladder 1,2.5,6,10]
+        [--arms activation]     # a shipped question (tune_ablations/questions/) instead
 
 Defaults are sized for about 15 minutes on 2 cores: a base of d_model 64, 2 layers, 40 steps
 (the cpu preset's batch and context), four arms of the reference question, three seeds.
@@ -61,12 +62,15 @@ def main() -> None:
     ap.add_argument("--ladder", default="1,2.5,6,10")
     ap.add_argument("--seeds", default="3")
     ap.add_argument("--keep", help="keep the results in this folder")
+    ap.add_argument("--arms", help="a question file or shipped question instead of the "
+                    f"reference's {' '.join(ARMS)}")
     args = ap.parse_args()
     from tune_ablations.results.ladder import ladder_lines, load_ladder
 
     storage = args.keep or tempfile.mkdtemp(prefix="bench-ladder-")
+    arms = ["--arms", args.arms] if args.arms else ["--ablations", *ARMS]
     cmd = [sys.executable, "-m", "tune_ablations.grid", "--ladder", args.ladder, "--seeds",
-           args.seeds, "--ablations", *ARMS, "--set", *BASE, "--max-steps", "40",
+           args.seeds, *arms, "--set", *BASE, "--max-steps", "40",
            "--storage", storage, "--name", "ladder"]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -114,6 +114,26 @@ def test_submit_refuses_a_secret_in_the_entrypoint(capsys, flag, value):
     assert quote(SECRET, safe="") not in err and SECRET not in err
 
 
+def test_job_client_leaves_no_auth_mode_behind(monkeypatch, tmp_path):
+    """With ~/.ray/auth_token present the job client authenticates with it, but the token
+    mode must not stay in the environment: every Ray this process starts later (a local sweep,
+    CI's later test runs) would then demand a token (found by CI: "Failed to start GCS ...
+    InvalidAuthToken" in a ladder test after the submit tests)."""
+    from tune_ablations.sweeps import jobs
+
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("0" * 64)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(ValueError, match="no Ray job server there"):
+        jobs.client("http://127.0.0.1:9")
+    assert "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a user's own choice is kept
+    with pytest.raises(ValueError):
+        jobs.client("http://127.0.0.1:9")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
 def test_rays_job_record_gets_the_redacted_command_line(monkeypatch):
     """Ray stores the driver's command line (read from /proc) as the job's entrypoint: while our
     local or joined Ray starts, it reads the redacted one."""

@@ -41,24 +41,30 @@ def job_record(name: str) -> dict[str, Any] | None:
 
 def client(address: str):
     """A job client; like Ray's own local clusters (2.59+), it authenticates with the token in
-    ~/.ray/auth_token when one exists and no RAY_AUTH_MODE was chosen."""
+    ~/.ray/auth_token when one exists and no RAY_AUTH_MODE was chosen. The mode is set only
+    while the client reads its headers: left in the environment, it would make every Ray this
+    process starts later (a sweep, a test's cluster) demand a token its own driver lacks."""
     import logging
     import os
 
-    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
+    auto = "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists()
     from ray.job_submission import JobSubmissionClient
 
     for name in ("ray", "ray.dashboard"):  # "Uploading package ..." lines: --verbose territory
         logging.getLogger(name).setLevel(logging.WARNING)
 
     try:
+        if auto:
+            os.environ["RAY_AUTH_MODE"] = "token"
         return JobSubmissionClient(address)
     except Exception as exc:  # nothing listening, not a Ray dashboard, ...
         raise ValueError(f"--job-address {address!r}: no Ray job server there "
                          f"({type(exc).__name__}); start one with `ray start --head "
                          "--dashboard-host 127.0.0.1` or name another with --job-address"
                          ) from None
+    finally:
+        if auto:
+            os.environ.pop("RAY_AUTH_MODE", None)
 
 
 def find_job(name: str, address: str | None) -> tuple[str, str] | None:
