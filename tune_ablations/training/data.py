@@ -363,11 +363,14 @@ def check_fits(data: TokenData, seq_len: int) -> None:
 
 def sample_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of seq_len + 1 tokens: inputs and next-token targets, each (B, T) int64."""
+    """Random windows of seq_len + 1 tokens: inputs and next-token targets, each (B, T) int64
+    and contiguous: the layout a compiled step was built for (views into the (B, T + 1)
+    windows have other strides, which made torch.compile build its graphs again inside the
+    training clock)."""
     starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=generator).numpy()
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
     w = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))  # (B, T + 1)
-    return w[:, :-1], w[:, 1:]
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
 def val_part(tokens: np.ndarray, eos_id: int, part: str = "select") -> np.ndarray:

@@ -155,12 +155,14 @@ def compile_model(module: torch.nn.Module) -> Any:
 def _maybe_compile(s: Step, vocab_size: int, log) -> tuple[Any, bool]:
     try:
         compiled = compile_model(s.loss)
-        # Compile forward and backward now, outside the training clock, at the training shape;
-        # a failure falls back before training starts. No optimizer step: weights unchanged.
-        x = torch.randint(0, vocab_size, (s.cfg.data.batch_size, s.cfg.data.seq_len),
-                          device=s.device)
+        # Compile forward and backward now, outside the training clock, with inputs exactly as
+        # training's (shape, layout, and two distinct tensors: dynamo guards on aliasing, and
+        # an (x, x) warm-up was compiled again at the first timed step); a failure falls back
+        # before training starts. No optimizer step: weights unchanged.
+        B, T = s.cfg.data.batch_size, s.cfg.data.seq_len
+        x, y = (torch.randint(0, vocab_size, (B, T), device=s.device) for _ in range(2))
         with s.ctx:
-            compiled(x, x)[0].backward()
+            compiled(x, y)[0].backward()
         s.model.zero_grad(set_to_none=True)
         return compiled, True
     except Exception as exc:  # no compiler toolchain, unsupported platform, ...
