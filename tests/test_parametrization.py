@@ -147,7 +147,8 @@ def test_resolver_sets_the_base_width_to_the_baselines():
 
 
 @pytest.mark.parametrize("overrides, spec_fields, message", [
-    ({"parametrization": "mu"}, {}, "parametrization='mu' must be one of 'standard', 'mup', 'completep'"),
+    ({"parametrization": "mu"}, {},
+     "parametrization='mu' must be one of 'standard', 'mup', 'completep'"),
     ({"parametrization": "mup", "optimizer": "sgd"}, {},
      "parametrization='mup' needs an Adam-like optimizer (adamw, lion, schedule_free_adamw)"),
     ({"parametrization": "mup", "optimizer": "muon"}, {}, "got optimizer='muon'"),

@@ -142,3 +142,27 @@ def test_train_with_a_sweeps_choice_does_not_probe(tiny_cfg, tiny_data, cache, m
     monkeypatch.setattr(P, "measure_shape", fake(half))
     r = train(auto(tiny_cfg, max_steps=6, eval_every=6, text_samples=0), data=tiny_data)
     assert r["precision"] == "bfloat16" and "2.00x faster than fp32" in r["precision_reason"]
+
+
+@pytest.mark.parametrize("limit, units", [
+    (None, "amx_bf16"), ("ALL", "amx_bf16"), ("AVX512_CORE_AMX", "amx_bf16"),
+    ("AVX512_CORE_BF16", "avx512_bf16"), ("AVX512_CORE", None), ("AVX2", None)])
+def test_an_instruction_set_limit_is_what_the_cpu_has(monkeypatch, limit, units):
+    """`ONEDNN_MAX_CPU_ISA` holds oneDNN below the CPU's own units (how a user pins a kernel
+    path, and how the benchmarks emulate other CPUs): the bf16 units it leaves are the ones that
+    count, and the limit keys every cached measurement (a probe or peak measured with AMX must
+    not decide for a run held to AVX2: the trainer benchmark's emulated kinds read the native
+    cache and trained in bf16 at 0.8x the fp32 speed)."""
+    from tune_ablations.training import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "avx512_bf16", "amx_bf16"])
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if limit is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    assert runtime.cpu_bf16_units() == units
+    key = runtime.machine_id()
+    assert (f"ONEDNN_MAX_CPU_ISA={limit}" in key) == (limit is not None)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert runtime.machine_id() != key or limit == "AVX2"

@@ -47,19 +47,40 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+              "MKL_ENABLE_INSTRUCTIONS")
+"""Environment variables that hold the math libraries below the CPU's own instruction sets:
+what a measurement depends on as much as the CPU itself."""
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        return next((line.split(":", 1)[1].split() for line in
+                     open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
 def cpu_bf16_units() -> str | None:
     """The CPU's native bf16 matrix instruction set (`amx_bf16`, `avx512_bf16`), if any: read
-    from /proc/cpuinfo, never assumed from the model name."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in
-                      open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), [])
-    except OSError:
-        return None
-    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+    from /proc/cpuinfo, never assumed from the model name, and only where oneDNN is not held
+    below it (`ONEDNN_MAX_CPU_ISA=AVX2` leaves bf16 emulated; `AVX512_CORE_BF16` leaves no
+    AMX)."""
+    flags = cpu_flags()
+    units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+             or "ALL").upper()
+    if limit != "ALL":
+        allowed = {"amx_bf16": "AMX" in limit,
+                   "avx512_bf16": any(k in limit for k in ("AMX", "BF16", "AVX10"))}
+        units = [u for u in units if allowed[u]]
+    return units[0] if units else None
 
 
 def machine_id() -> str:
-    """What a cached measurement on this machine depends on."""
+    """What a cached measurement on this machine depends on: the CPU, its usable bf16 units,
+    threads, torch, and any instruction-set limit in the environment."""
     import platform
 
     try:
@@ -68,8 +89,9 @@ def machine_id() -> str:
                      platform.processor())
     except OSError:
         model = platform.processor()
+    limits = "".join(f"|{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k))
     return (f"{model}|{cpu_bf16_units()}|threads={torch.get_num_threads()}"
-            f"|torch={torch.__version__}")
+            f"|torch={torch.__version__}{limits}")
 
 
 def cache_root() -> Path:
