@@ -53,13 +53,19 @@ ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
 what a measurement depends on as much as the CPU itself."""
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line's value in /proc/cpuinfo (None where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith(field)), None)
+    except OSError:
+        return None
+
+
 def cpu_flags() -> list[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        return next((line.split(":", 1)[1].split() for line in
-                     open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), [])
-    except OSError:
-        return []
+    return (_cpuinfo("flags") or "").split()
 
 
 def cpu_bf16_units() -> str | None:
@@ -83,12 +89,7 @@ def machine_id() -> str:
     threads, torch, and any instruction-set limit in the environment."""
     import platform
 
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in
-                      open("/proc/cpuinfo", encoding="utf-8") if line.startswith("model name")),
-                     platform.processor())
-    except OSError:
-        model = platform.processor()
+    model = _cpuinfo("model name") or platform.processor()
     limits = "".join(f"|{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k))
     return (f"{model}|{cpu_bf16_units()}|threads={torch.get_num_threads()}"
             f"|torch={torch.__version__}{limits}")
